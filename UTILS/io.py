@@ -1,0 +1,103 @@
+"""File I/O: atomic writes, safe npz/CSV/JSON, output-directory checks."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from UTILS.errors import fail
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write through a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A crash leaves either the old file or the new one under the final name, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Atomic ``np.savez``; the saved file is byte-identical for identical arrays."""
+    return atomic_write(path, lambda h: np.savez(h, **arrays))
+
+
+def load_npz(path: str | os.PathLike, keys: Sequence[str], flag: str) -> dict[str, np.ndarray]:
+    """Load an npz without unpickling; ``flag`` names the option the file came from, for errors."""
+    path = Path(path)
+    if not path.is_file():
+        fail(f"{flag} {path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                fail(f"{flag} {path}: npz lacks key(s) {missing}; it has {sorted(data.files)}")
+            return {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            fail(f"{flag} {path}: npz holds pickled objects, refused for safety (expected plain arrays)")
+        fail(f"{flag} {path}: not a readable npz ({exc})")
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        fail(f"{flag} {path}: not a readable npz ({exc.__class__.__name__}: {exc})")
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n"
+    return atomic_write(path, lambda h: h.write(text.encode()))
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequence[str] | None = None) -> Path:
+    """Write all rows at once (atomic); callers keep rows in memory and rewrite after each update."""
+    rows = list(rows)
+    if fieldnames is None:
+        fieldnames = list(rows[0].keys()) if rows else []
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    return atomic_write(path, lambda h: h.write(buf.getvalue().encode()))
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def ensure_writable_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create ``path`` if needed and check we may write into it; fails with one line otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{flag} {path}: cannot create directory ({exc.strerror or exc})")
+    if not path.is_dir():
+        fail(f"{flag} {path}: exists and is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail(f"{flag} {path}: directory is not writable")
+    return path

@@ -1,0 +1,74 @@
+"""Device selection, seeding and progress bars, resolved once and imported everywhere."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Iterable, Optional, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from UTILS.errors import fail
+
+T = TypeVar("T")
+
+
+def resolve_device(device: str = "auto", gpu: int | str = 0, verbose: bool = True) -> torch.device:
+    """Turn ``--device`` (auto, cpu, cuda, cuda:N) and the original ``--gpu`` index into a device."""
+    choice = (device or "auto").strip().lower()
+    if choice == "auto":
+        choice = f"cuda:{int(gpu)}" if torch.cuda.is_available() else "cpu"
+        if choice.startswith("cuda") and int(gpu) >= torch.cuda.device_count():
+            choice = "cuda:0"
+    elif choice == "cuda":
+        choice = f"cuda:{int(gpu)}"
+    if choice.startswith("cuda"):
+        if not torch.cuda.is_available():
+            fail(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
+        index = int(choice.split(":", 1)[1]) if ":" in choice else 0
+        if index >= torch.cuda.device_count():
+            fail(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif choice != "cpu":
+        fail(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    dev = torch.device(choice)
+    if verbose:
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+        print(f"device: {dev} ({name})", flush=True)
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) so a CPU run is bit-for-bit repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """The RNG state a run depends on. The project draws random numbers from torch only."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"].cpu()))
+
+
+def progress(iterable: Iterable[T], desc: str, total: Optional[int] = None, leave: bool = False, **kw) -> Iterable[T]:
+    """The project's one progress bar. ``RECEIVE_NO_PROGRESS=1`` silences every bar (tests, CI logs)."""
+    disable = os.environ.get("RECEIVE_NO_PROGRESS", "") not in ("", "0")
+    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disable,
+                dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+def log(message: str) -> None:
+    """Progress-bar-safe print."""
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()

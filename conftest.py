@@ -1,0 +1,1 @@
+# Makes the top-level packages importable from tests without installing the project.
