@@ -1,0 +1,152 @@
+"""Load a dataset split from ``--data_dir`` in either supported layout (SPEC §3).
+
+Layouts, detected per split: BadEncoder's npz (``<data_dir>/<name>/{train,test}.npz``, preferred)
+and torchvision's own files, looked for directly under ``data_dir`` and under ``data_dir/<name>``.
+Every split comes back as uint8 (N, size, size, 3) images and int64 labels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from DATASETS import tv_layout
+from UTILS.errors import fail
+from UTILS.io import load_npz
+from UTILS.runtime import progress
+
+DATASET_NAMES = ("cifar10", "stl10", "svhn", "gtsrb", "synthetic", "synthetic_down")
+NUM_CLASSES = {"cifar10": 10, "stl10": 10, "svhn": 10, "gtsrb": 43, "synthetic": 10, "synthetic_down": 10}
+SPLITS = ("train", "test")
+_RESIZE_CHUNK = 256  # images per interpolate call: bounds the float32 copy (STL: 256*3*96*96*4 = 28 MB)
+
+
+@dataclass
+class ImageSet:
+    x: np.ndarray  # (N, H, W, 3) uint8
+    y: np.ndarray  # (N,) int64
+    num_classes: int
+    name: str
+    split: str
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
+    """(n, h, w, 3) uint8 -> (n, size, size, 3) uint8, antialiased bilinear, rounded."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()  # (n, 3, h, w)
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def resize_images(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarray:
+    """Resize an (N,H,W,3) array or a list of (H,W,3) arrays of mixed sizes to (N,size,size,3)."""
+    if isinstance(images, np.ndarray) and images.shape[1:3] == (size, size):
+        return images
+    if isinstance(images, np.ndarray):
+        chunks = range(0, len(images), _RESIZE_CHUNK)
+        return np.concatenate([_resize_batch(images[i:i + _RESIZE_CHUNK], size)
+                               for i in progress(chunks, desc=f"resize to {size}")])
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):  # batch images of equal size so interpolate stays vectorised
+        by_shape.setdefault(img.shape, []).append(i)
+    for idx in by_shape.values():
+        out[idx] = resize_images(np.stack([images[i] for i in idx]), size)
+    return out
+
+
+def _npz_path(name: str, split: str, data_dir: Path) -> Path:
+    return data_dir / name / f"{split}.npz"
+
+
+def _read_npz(path: Path, flag: str) -> tuple[np.ndarray, np.ndarray]:
+    data = load_npz(path, keys=("x", "y"), flag=flag)
+    x, y = data["x"], data["y"]
+    if x.ndim != 4 or x.shape[3] != 3 or x.dtype != np.uint8:
+        fail(f"{flag} {path}: 'x' must be (N,H,W,3) uint8, found {x.shape} {x.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (x.shape[0],):
+        fail(f"{flag} {path}: 'y' must be (N,) or (N,1) with N={x.shape[0]}, found {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+            fail(f"{flag} {path}: 'y' must hold integer labels, found dtype {y.dtype}")
+    return x, y.astype(np.int64)
+
+
+def _tv_roots(name: str, data_dir: Path) -> list[Path]:
+    return [data_dir, data_dir / name]
+
+
+def _locate(name: str, split: str, data_dir: Path) -> tuple[str, Path]:
+    """('npz', file) or ('torchvision', root) for the first layout present; fails listing all paths."""
+    npz = _npz_path(name, split, data_dir)
+    if npz.is_file():
+        return "npz", npz
+    looked = []
+    for root in _tv_roots(name, data_dir):
+        needed = tv_layout.files(name, root, split)
+        if all(p.exists() for p in needed):
+            return "torchvision", root
+        looked.append(" + ".join(str(p) for p in needed))
+    fail(f"--data_dir {data_dir}: {name} {split} split not found; looked for BadEncoder's npz layout at "
+         f"{npz} and torchvision's layout at {' or at '.join(looked)}")
+
+
+def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        fail(f"{where}: labels must lie in [0, {num_classes}), found [{y.min()}, {y.max()}]")
+
+
+def load_split(name: str, split: str, data_dir: str | Path, size: int = 32, flag: str = "--dataset") -> ImageSet:
+    """Load ``split`` ('train' | 'test') of dataset ``name`` as uint8 (N, size, size, 3) images."""
+    key = str(name).strip().lower()
+    if key not in DATASET_NAMES:
+        fail(f"{flag} {name}: unknown dataset; expected one of {', '.join(DATASET_NAMES)}")
+    if split not in SPLITS:
+        fail(f"{flag} {name}: split must be 'train' or 'test', got {split!r}")
+    if int(size) < 1:
+        fail(f"{flag} {name}: image size must be positive, got {size}")
+    data_dir = Path(data_dir)
+    if key.startswith("synthetic"):
+        from DATASETS import synthetic
+
+        synthetic.ensure_cached(key, data_dir)
+    layout, path = _locate(key, split, data_dir)
+    if layout == "npz":
+        images, y = _read_npz(path, flag)
+    else:
+        images, y = tv_layout.READERS[key](path, split)
+    _check_labels(y, NUM_CLASSES[key], f"{flag} {key}: {path}")
+    x = resize_images(images, int(size))
+    return ImageSet(x=x, y=y, num_classes=NUM_CLASSES[key], name=key, split=split)
+
+
+def take_ratio(ds: ImageSet, ratio: float, flag: str = "--data_ratio") -> ImageSet:
+    """Keep the first floor(N * ratio) samples (deterministic, SPEC §3)."""
+    try:
+        ratio = float(ratio)
+    except (TypeError, ValueError):
+        fail(f"{flag} {ratio}: expected a number in (0, 1]")
+    if not 0.0 < ratio <= 1.0:
+        fail(f"{flag} {ratio}: expected a share in (0, 1]")
+    # The epsilon absorbs float error (e.g. 100 * 0.29 = 28.999...) so this is the exact floor.
+    n = min(len(ds), math.floor(len(ds) * ratio + 1e-9))
+    if n == 0:
+        fail(f"{flag} {ratio}: keeps no sample of the {len(ds)} in {ds.name} {ds.split}; use a larger share")
+    return replace(ds, x=ds.x[:n], y=ds.y[:n])
+
+
+def to_tensor(x: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1] on ``device``."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+        raise ValueError(f"to_tensor expects an (N,H,W,3) uint8 array, got {getattr(x, 'shape', type(x))}")
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device)  # move uint8: 4x less traffic
+    return t.permute(0, 3, 1, 2).float().div_(255.0).contiguous()

@@ -1,0 +1,97 @@
+"""BadEncoder's downstream classifier on frozen features: an MLP trained with Adam (SPEC §6.6)."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from UTILS.runtime import log, progress
+
+_EVAL_CHUNK = 4096  # rows per forward pass when scoring, to bound memory on large test sets
+
+
+class DownstreamMLP(nn.Module):
+    """Linear(d, h1) -> ReLU -> Dropout(0.5) -> Linear(h1, h2) -> ReLU -> Linear(h2, C).
+
+    Attribute names (fc1, fc2, fc3, dropout2) follow BadEncoder's NeuralNet so saved classifiers match.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, hidden_1: int = 512, hidden_2: int = 256) -> None:
+        super().__init__()
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(in_dim, hidden_1)
+        self.fc2 = nn.Linear(hidden_1, hidden_2)
+        self.fc3 = nn.Linear(hidden_2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.dropout2(F.relu(self.fc1(x)))  # (B, h1)
+        return self.fc3(F.relu(self.fc2(out)))  # (B, C)
+
+
+@torch.no_grad()
+def _predict(net: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """Arg-max labels (N,) in eval mode (dropout off)."""
+    net.eval()
+    chunks = [net(feats[i:i + _EVAL_CHUNK]).argmax(dim=1) for i in range(0, feats.shape[0], _EVAL_CHUNK)]
+    return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.long, device=feats.device)
+
+
+def _percent(hits: torch.Tensor) -> float:
+    return 100.0 * hits.float().mean().item() if hits.numel() else float("nan")
+
+
+def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, feats: torch.Tensor, labels: torch.Tensor,
+                 batch_size: int) -> float:
+    """One shuffled pass of minibatches sliced from on-device tensors; returns the mean batch loss."""
+    net.train()
+    order = torch.randperm(feats.shape[0], device=feats.device)
+    total, batches = 0.0, 0
+    for start in range(0, feats.shape[0], batch_size):
+        idx = order[start:start + batch_size]
+        loss = F.cross_entropy(net(feats[idx]), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, batches = total + loss.item(), batches + 1
+    return total / max(batches, 1)
+
+
+def _print_metrics(row: dict, clean: bool) -> None:
+    """Two JSON lines per epoch, with BadEncoder's metric names (null stands for a NaN value)."""
+    names = (("Clean Accuracy (CA)", "Attack Success Rate-Baseline (ASR-B)") if clean
+             else ("Backdoored Accuracy (BA)", "Attack Success Rate (ASR)"))
+    for name, key in zip(names, ("acc", "asr")):
+        value = None if math.isnan(row[key]) else row[key]
+        log(json.dumps({"metric": f"Eval - {name}", "value": value, "epoch": row["epoch"]}))
+
+
+def train_downstream(train_feat: torch.Tensor, train_y: torch.Tensor, test_feat: torch.Tensor,
+                     test_y: torch.Tensor, bd_feat: torch.Tensor, target: int, num_classes: int,
+                     epochs: int, lr: float, batch_size: int, hidden_1: int = 512, hidden_2: int = 256,
+                     clean: bool = False, on_epoch: Optional[Callable[[dict], None]] = None,
+                     ) -> tuple[DownstreamMLP, list[dict]]:
+    """Train the MLP on features (N, D) already on one device; history rows {"epoch", "acc", "asr", "loss"}.
+
+    ``bd_feat`` (M, D) holds the stamped test images that count for ASR (already subset by the caller).
+    Epochs are numbered from 1; each prints BA/ASR (or CA/ASR-B with ``clean``) as JSON lines.
+    """
+    device = train_feat.device
+    net = DownstreamMLP(train_feat.shape[1], num_classes, hidden_1, hidden_2).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    train_y, test_y = train_y.to(device).long(), test_y.to(device).long()
+    test_feat, bd_feat = test_feat.to(device), bd_feat.to(device)
+    history: list[dict] = []
+    for epoch in progress(range(1, epochs + 1), desc="downstream", total=epochs):
+        loss = _train_epoch(net, opt, train_feat, train_y, batch_size)
+        acc = _percent(_predict(net, test_feat) == test_y)
+        asr = _percent(_predict(net, bd_feat) == int(target))
+        row = {"epoch": epoch, "acc": acc, "asr": asr, "loss": loss}
+        history.append(row)
+        _print_metrics(row, clean)
+        if on_epoch is not None:
+            on_epoch(row)
+    return net, history

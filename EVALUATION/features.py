@@ -1,0 +1,53 @@
+"""Backbone features of an image tensor, batched, with an optional trigger stamped first."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from DATASETS.stats import UsageInfo, normalize
+from UTILS.runtime import progress
+
+Trigger = Callable[[torch.Tensor], torch.Tensor]
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (CPU for a module with neither)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, images: torch.Tensor, usage: UsageInfo,
+                     trigger: Optional[Trigger] = None, batch_size: int = 512,
+                     desc: str = "features") -> torch.Tensor:
+    """L2-normalised ``backbone(normalize(trigger(x)))`` for images (N, 3, H, W) in [0, 1].
+
+    ``images`` may live on any device; batches move to the backbone's device, and so does the result
+    (N, D). The backbone runs in eval mode (BatchNorm uses running stats); its mode is restored after.
+    """
+    if not torch.is_floating_point(images) or images.dim() != 4:
+        raise TypeError(f"extract_features: expected float images (N, 3, H, W) in [0, 1], "
+                        f"got {images.dtype} {tuple(images.shape)}")
+    device = module_device(backbone)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        chunks = []
+        starts = range(0, images.shape[0], batch_size)
+        for start in progress(starts, desc=desc, total=len(starts)):
+            x = images[start:start + batch_size].to(device, non_blocking=True)  # (b, 3, H, W)
+            if trigger is not None:
+                x = trigger(x)
+            feature = backbone(normalize(x, usage))
+            chunks.append(F.normalize(torch.flatten(feature, start_dim=1), dim=1))  # (b, D)
+    finally:
+        backbone.train(was_training)
+    if not chunks:
+        raise ValueError("extract_features: no images")
+    return torch.cat(chunks, dim=0)

@@ -1,0 +1,161 @@
+"""Safe checkpoint loading (no unpickling of arbitrary objects), key-layout detection, atomic saving."""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from MODELS.simclr import SimCLR, build_model
+from UTILS.errors import fail
+from UTILS.io import atomic_write
+
+_SHOW = 5  # how many offending keys an error message names
+
+
+def load_checkpoint(path: str | os.PathLike, flag: str) -> dict:
+    """``torch.load(weights_only=True)`` on the CPU; every failure becomes one UserError line."""
+    path = Path(path)
+    if not path.exists():
+        fail(f"{flag} {path}: file not found")
+    if not path.is_file():
+        fail(f"{flag} {path}: not a file")
+    try:
+        with warnings.catch_warnings():
+            # Non-checkpoint bytes make torch warn about pickle protocols before it fails; say it once.
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        _fail_unpickling(path, flag, str(exc))
+    except RuntimeError as exc:  # a zip archive that is not a torch checkpoint, e.g. an npz
+        fail(f"{flag} {path}: not a PyTorch checkpoint ({_first_line(exc)})")
+    except (KeyError, EOFError, ValueError, IndexError, TypeError, AttributeError):
+        fail(f"{flag} {path}: not a PyTorch checkpoint (unreadable, empty or truncated file)")
+    except OSError as exc:
+        fail(f"{flag} {path}: cannot read ({exc.strerror or exc})")
+    if not isinstance(obj, dict):
+        fail(f"{flag} {path}: not a checkpoint dict (found {type(obj).__name__})")
+    return obj
+
+
+def _fail_unpickling(path: Path, flag: str, message: str) -> None:
+    """weights_only refuses both malicious/legacy pickles (a GLOBAL) and garbage bytes; tell which."""
+    match = re.search(r"GLOBAL\s+([\w.]+)", message)
+    if match or "global" in message.lower():
+        what = f" (e.g. {match.group(1)})" if match else ""
+        fail(f"{flag} {path}: refused: the file holds pickled Python objects{what}; "
+             "only plain tensors, numbers, strings and containers of them are accepted")
+    fail(f"{flag} {path}: not a PyTorch checkpoint (unreadable pickle stream)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "empty or truncated file"
+
+
+def _extract_state_dict(ckpt: dict, path: Path, flag: str) -> dict[str, torch.Tensor]:
+    """Unwrap ``{"state_dict": ...}`` and strip DataParallel's ``module.`` prefix."""
+    state = ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), dict) else ckpt
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad or not state:
+        what = f"non-tensor entries such as {bad[0]!r}" if bad else "no tensors"
+        fail(f"{flag} {path}: expected a state dict (or a dict with 'state_dict'); found {what}")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _pick_target(model: SimCLR, state: Mapping[str, torch.Tensor]) -> tuple[nn.Module, str]:
+    """The sub-module whose key names overlap the file most: whole model, ``model.f`` or ``model.f.f``."""
+    candidates = [(model, "whole model"), (model.f, "backbone (model.f)"), (model.f.f, "backbone (model.f.f)")]
+    keys = set(state)
+    return max(candidates, key=lambda c: len(keys & set(c[0].state_dict())))
+
+
+def _check_keys(target: nn.Module, state: dict, where: str) -> None:
+    """Strict key and shape check with one-line messages; fills absent BatchNorm step counters."""
+    expected = target.state_dict()
+    for key, value in expected.items():
+        # Checkpoints from old PyTorch lack num_batches_tracked; it never affects the forward pass.
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value.clone()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_names(unexpected)}")
+        fail(f"{where}: {'; '.join(parts)} (maybe another --model?)")
+    wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        fail(f"{where}: shape mismatch at {k}: file {tuple(state[k].shape)} vs model "
+             f"{tuple(expected[k].shape)} ({len(wrong)} in all; maybe another --model?)")
+
+
+def _names(keys: list[str]) -> str:
+    return f"{', '.join(keys[:_SHOW])}{', ...' if len(keys) > _SHOW else ''} ({len(keys)} in all)"
+
+
+def load_encoder(path: str | os.PathLike, model_name: str, device: torch.device | str,
+                 flag: str = "--pretrained_encoder") -> SimCLR:
+    """Build ``model_name`` and load a whole-model or backbone-only checkpoint into it, strictly.
+
+    Returns the model on ``device`` in eval mode. A backbone-only file leaves the head as initialised.
+    """
+    model = build_model(model_name)
+    state = _extract_state_dict(load_checkpoint(path, flag), Path(path), flag)
+    target, layout = _pick_target(model, state)
+    where = f"{flag} {path}: {layout} checkpoint does not match --model {model_name}"
+    _check_keys(target, state, where)
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # dtype oddities the checks above do not cover
+        fail(f"{where}: {_first_line(exc)}")
+    return model.to(device).eval()
+
+
+def _check_plain(value, where: str) -> None:
+    """Everything saved must load back under weights_only=True."""
+    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, f"{where} key")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(f"save_checkpoint: {where} is a {type(value).__name__}; "
+                    "only tensors, numbers, strings, lists and dicts can be saved")
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, epoch: int,
+                    optimizer: torch.optim.Optimizer | None = None, **extra) -> Path:
+    """Atomically save ``{"state_dict", "epoch", ["optimizer"], **extra}``, loadable with weights_only."""
+    content: dict = {"state_dict": model.state_dict(), "epoch": int(epoch)}
+    if optimizer is not None:
+        content["optimizer"] = optimizer.state_dict()
+    content.update(extra)
+    _check_plain(content, "checkpoint")
+    return atomic_write(path, lambda handle: torch.save(content, handle))
+
+
+def sanity_check_frozen(model: nn.Module, reference_state: Mapping[str, torch.Tensor]) -> None:
+    """Assert every parameter and buffer still equals ``reference_state`` (a cloned state dict).
+
+    Raises AssertionError naming the first entry that changed; used to prove a frozen model stayed frozen.
+    """
+    for key, value in model.state_dict().items():
+        assert key in reference_state, f"{key} is not in the reference state"
+        ref = reference_state[key]
+        assert torch.equal(value.detach().cpu(), ref.detach().cpu()), f"{key} changed although it is frozen"

@@ -1,0 +1,125 @@
+"""Pieces every flow shares: seeds, data on the device, the kNN monitor's data, settings files."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from DATASETS.loaders import ImageSet, load_split, take_ratio, to_tensor
+from DATASETS.stats import UsageInfo
+from DATASETS.triggers import load_trigger
+from EVALUATION.knn import knn_monitor
+from UTILS.errors import fail
+from UTILS.io import atomic_write
+from UTILS.runtime import log
+
+DEFAULT_TRIGGER = "trigger/trigger_pt_white_21_10_ap_replace.npz"
+
+
+def seed_from_list(index: int, seeds: Sequence[int], flag: str = "--seed") -> int:
+    """The original scripts take ``--seed`` as an index into a fixed list of seeds."""
+    if not 0 <= index < len(seeds):
+        fail(f"{flag} {index}: expected an index 0..{len(seeds) - 1} into the seed list {list(seeds)}")
+    return seeds[index]
+
+
+@dataclass
+class TensorSet:
+    """A dataset split on the device: x (N, 3, H, W) float in [0, 1], y (N,) long."""
+
+    x: Tensor
+    y: Tensor
+    num_classes: int
+
+    @classmethod
+    def from_images(cls, ds: ImageSet, device: torch.device) -> "TensorSet":
+        return cls(to_tensor(ds.x, device), torch.as_tensor(ds.y, dtype=torch.long, device=device), ds.num_classes)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+def load_train_share(name: str, ratio: float, data_dir: str, usage: UsageInfo, device: torch.device,
+                     flag: str = "--dataset") -> TensorSet:
+    """The ``--data_ratio`` share (first floor(N*r) images) of a training split, on the device."""
+    ds = take_ratio(load_split(name, "train", data_dir, usage.size, flag=flag), ratio)
+    return TensorSet.from_images(ds, device)
+
+
+def load_ground_truth(path: str, size: int, flag: str = "--trigger_file"):
+    """The injected trigger, used for monitoring only. A missing *default* file just turns ASR off;
+    a path the user named that is missing is an error."""
+    if not path:
+        return None
+    if path == DEFAULT_TRIGGER and not Path(path).is_file():
+        log(f"note: {flag} {path} not found; ASR monitoring is off "
+            f"(create it with: python -m DATASETS.triggers --out {DEFAULT_TRIGGER})")
+        return None
+    return load_trigger(path, flag, expected_size=size)
+
+
+def check_label(label: int, num_classes: int, flag: str = "--reference_label") -> int:
+    if not 0 <= label < num_classes:
+        fail(f"{flag} {label}: expected a class index 0..{num_classes - 1} of the downstream dataset")
+    return label
+
+
+@dataclass
+class Monitor:
+    """The kNN monitor of SPEC §6.5 bound to a downstream task, a trigger and a target label."""
+
+    train: TensorSet
+    test: TensorSet
+    usage: UsageInfo
+    trigger: object
+    target: int
+    k: int
+    t: float
+    include_target: bool = False
+
+    def __call__(self, backbone) -> dict:
+        return knn_monitor(backbone, self.train.x, self.train.y, self.test.x, self.test.y, self.train.num_classes,
+                           self.usage, self.trigger, self.target, self.k, self.t, self.include_target)
+
+
+def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.device, trigger, target: int,
+                  k: int, t: float, include_target: bool) -> Monitor:
+    train = TensorSet.from_images(load_split(task, "train", data_dir, usage.size, flag="--downstreamTask"), device)
+    test = TensorSet.from_images(load_split(task, "test", data_dir, usage.size, flag="--downstreamTask"), device)
+    if trigger is not None:
+        check_label(target, train.num_classes)
+    return Monitor(train, test, usage, trigger, target, k, t, include_target)
+
+
+def write_settings(path: Path, config) -> None:
+    """setting.txt: every option of the run, one ``name: value`` per line (the original's format)."""
+    items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
+    text = "".join(f"{k}: {v}\n" for k, v in items.items())
+    atomic_write(path, lambda h: h.write(text.encode()))
+
+
+def fmt_metrics(row: dict) -> str:
+    return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, overwrite: bool, resume: bool) -> list[Path]:
+    """Never overwrite an earlier run's outputs silently.
+
+    Only this stage's own files count (the README's recipe shares one log dir between stages).
+    Without --resume/--overwrite an earlier run's files are refused; with --overwrite they are removed
+    so no stale file of a longer earlier run survives; with --resume they are kept.
+    """
+    found = sorted({p for pattern in patterns for p in directory.glob(pattern) if p.is_file()})
+    if found and not (overwrite or resume):
+        names = ", ".join(p.name for p in found[:3]) + (" ..." if len(found) > 3 else "")
+        fail(f"{flag} {directory}: holds outputs of an earlier run ({names}); "
+             f"pass --resume to continue it or --overwrite to replace it")
+    if overwrite:
+        for p in found:
+            p.unlink()
+    return found

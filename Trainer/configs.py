@@ -1,0 +1,196 @@
+"""Validated run configurations, one per entry script. Field names are the argparse dests of the
+original flags, so ``Config(**vars(args))`` maps a command line onto a config."""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, fields
+from typing import Sequence, Type, TypeVar
+
+from DATASETS.loaders import DATASET_NAMES
+from DATASETS.stats import USAGE
+from MODELS.simclr import MODEL_NAMES
+from UTILS.errors import fail
+
+C = TypeVar("C")
+
+MAIN_SEEDS = (1024, 557540351, 157301989, 100, 1234)
+UNLEARN_SEEDS = (1024, 557540351, 157301989)
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser, gpu: str, seed: int) -> None:
+    """Flags every script shares: --gpu/--seed (original), --device/--data_dir (ours), safety switches."""
+    parser.add_argument("--gpu", default=gpu, help="CUDA device index, as in the original (used by --device auto)")
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: cuda:<gpu> if available)")
+    parser.add_argument("--data_dir", default="data", help="where datasets live (torchvision or BadEncoder npz layout)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run in the same dirs")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+
+
+def config_from_args(cls: Type[C], args: argparse.Namespace) -> C:
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def check_choice(value: str, choices: Sequence[str], flag: str) -> None:
+    if value not in choices:
+        fail(f"{flag} {value}: expected one of {', '.join(choices)}")
+
+
+def check_ratio(value: float, flag: str) -> None:
+    if not (value > 0 and value <= 1) or math.isnan(value):
+        fail(f"{flag} {value}: expected a share in (0, 1]")
+
+
+def check_positive(value: float, flag: str, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or math.isnan(value) or math.isinf(value):
+        fail(f"{flag} {value}: expected a {'non-negative' if allow_zero else 'positive'} number")
+
+
+@dataclass
+class Common:
+    gpu: str = "0"
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str = "data"
+    overwrite: bool = False
+    resume: bool = False
+
+    def check_runtime(self) -> None:
+        if self.overwrite and self.resume:
+            fail("--overwrite and --resume: choose one (replace the earlier run, or continue it)")
+
+
+@dataclass
+class MainConfig(Common):
+    phase: str = "moth"
+    dataset: str = "cifar10"
+    model: str = "resnet18"
+    batch_size: int = 32
+    epochs: int = 2
+    log_dir: str = "MSE-test-loss"
+    results_dir: str = "ckpts"
+    knn_t: float = 0.5
+    knn_k: int = 200
+    pretrained_encoder: str = ""
+    harden_lr: float = 1e-3
+    re_lr: float = 0.5
+    data_ratio: float = 0.01
+    encoder_usage_info: str = "cifar10"
+    attack_threshold: float = 0.99
+    similarity_threshold: float = 0.90
+    init_cost: float = 5e-2
+    pair: str = "0-0"
+    attack_size: int = 32
+    re_steps: int = 300
+    re_steps_cap: int = 0
+    downstreamTask: str = "stl10"
+    epsilon: float = 1e-3
+    patience: int = 7
+    reference_label: int = 9
+    trigger_file: str = "trigger/trigger_pt_white_21_10_ap_replace.npz"
+    reference_file: str = ""
+    source_label: int = -1
+    monitor_every: int = 5
+    asr_include_target: bool = False
+
+    def validate(self) -> "MainConfig":
+        self.check_runtime()
+        check_choice(self.phase, ("moth", "nc"), "--phase")
+        check_choice(self.dataset, DATASET_NAMES, "--dataset")
+        check_choice(self.model, MODEL_NAMES, "--model")
+        check_choice(self.encoder_usage_info, tuple(USAGE), "--encoder_usage_info")
+        if self.monitor_every > 0:
+            check_choice(self.downstreamTask, DATASET_NAMES, "--downstreamTask")
+        if not self.pretrained_encoder:
+            fail("--pretrained_encoder: required (path to the encoder checkpoint to inspect)")
+        check_ratio(self.data_ratio, "--data_ratio")
+        for flag, value in (("--batch_size", self.batch_size), ("--epochs", self.epochs),
+                            ("--attack_size", self.attack_size), ("--re_steps", self.re_steps),
+                            ("--patience", self.patience), ("--knn-k", self.knn_k),
+                            ("--harden_lr", self.harden_lr), ("--re_lr", self.re_lr), ("--knn-t", self.knn_t)):
+            check_positive(value, flag)
+        check_positive(self.init_cost, "--init_cost", allow_zero=True)
+        check_positive(self.epsilon, "--epsilon", allow_zero=True)
+        check_positive(self.re_steps_cap, "--re_steps_cap", allow_zero=True)
+        if self.attack_size < 2:
+            fail(f"--attack_size {self.attack_size}: expected at least 2 (similarity is measured between pairs)")
+        if not 0 < self.similarity_threshold <= 1:
+            fail(f"--similarity_threshold {self.similarity_threshold}: expected a cosine similarity in (0, 1]")
+        return self
+
+
+@dataclass
+class UnlearnConfig(Common):
+    results_dir: str = "unlearn-ckpts"
+    phase: str = "moth"
+    dataset: str = "cifar10"
+    downstreamTask: str = "svhn"
+    model: str = "resnet18"
+    pretrained_encoder: str = ""
+    batch_size: int = 128
+    beta: float = 1.0
+    epochs: int = 2
+    lr: float = 1e-4
+    data_ratio: float = 1.0
+    encoder_usage_info: str = "cifar10"
+    log_dir: str = "unlearn-log"
+    reference_label: int = 0
+    trigger_file: str = "trigger/trigger_pt_white_21_10_ap_replace.npz"
+    re_mask_pattern: str = ""
+    knn_t: float = 0.5
+    knn_k: int = 200
+    portion: float = 1.0
+    input_type: str = "poisoned_encoder"
+    monitor_every: int = 1
+    asr_include_target: bool = False
+
+    def validate(self) -> "UnlearnConfig":
+        self.check_runtime()
+        check_choice(self.dataset, DATASET_NAMES, "--dataset")
+        check_choice(self.model, MODEL_NAMES, "--model")
+        check_choice(self.encoder_usage_info, tuple(USAGE), "--encoder_usage_info")
+        if self.monitor_every > 0:
+            check_choice(self.downstreamTask, DATASET_NAMES, "--downstreamTask")
+        if not self.pretrained_encoder:
+            fail("--pretrained_encoder: required (path to the encoder to clean)")
+        if not self.re_mask_pattern:
+            fail("--re_mask_pattern: required (the inverted trigger, e.g. <log_dir>/mask-pattern-best.npz)")
+        check_ratio(self.data_ratio, "--data_ratio")
+        check_ratio(self.portion, "--portion")
+        for flag, value in (("--batch_size", self.batch_size), ("--epochs", self.epochs), ("--lr", self.lr),
+                            ("--knn-k", self.knn_k), ("--knn-t", self.knn_t)):
+            check_positive(value, flag)
+        check_positive(self.beta, "--beta", allow_zero=True)
+        return self
+
+
+@dataclass
+class DownstreamConfig(Common):
+    dataset: str = "cifar10"
+    reference_label: int = -1
+    trigger_file: str = ""
+    encoder_usage_info: str = "cifar10"
+    encoder: str = ""
+    model: str = "resnet18"
+    lr: float = 1e-4
+    nn_epochs: int = 500
+    hidden_size_1: int = 512
+    hidden_size_2: int = 256
+    results_dir: str = "downstream-results"
+    batch_size: int = 64
+    source_label: int = -1
+    mode: str = "non-targeted"
+    asr_include_target: bool = False
+
+    def validate(self) -> "DownstreamConfig":
+        self.check_runtime()
+        check_choice(self.dataset, DATASET_NAMES, "--dataset")
+        check_choice(self.model, MODEL_NAMES, "--model")
+        check_choice(self.encoder_usage_info, tuple(USAGE), "--encoder_usage_info")
+        for flag, value in (("--nn_epochs", self.nn_epochs), ("--lr", self.lr), ("--batch_size", self.batch_size),
+                            ("--hidden_size_1", self.hidden_size_1), ("--hidden_size_2", self.hidden_size_2)):
+            check_positive(value, flag)
+        return self

@@ -1,0 +1,32 @@
+"""One-round Neural-Cleanse style inversion, the baseline (SPEC §6.3, ``MAIN.py --phase nc``)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from DATASETS.stats import UsageInfo
+from DATASETS.triggers import InvertedTrigger
+from INVERSION.inversion import InversionConfig, invert_trigger, reference_similarity
+from Trainer.common import TensorSet, fmt_metrics
+from Trainer.moth import FIRST_ROUND_LR
+from Trainer.preview import save_trigger_preview
+from UTILS.io import write_json
+from UTILS.runtime import log
+
+
+def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
+           ground_truth=None) -> dict:
+    """Invert once over the whole inversion set from a random start; writes mask-pattern-NC.npz."""
+    result = invert_trigger(model.f, data.x, usage, replace(config, lr=FIRST_ROUND_LR), desc="NC inversion")
+    trigger = InvertedTrigger(result.mask, result.pattern)
+    trigger.save(log_dir / "mask-pattern-NC.npz")
+    save_trigger_preview(log_dir / "preview-NC.png", trigger, data.x[:4])
+    summary = {"l1": result.l1, "psim": result.psim, "reached_threshold": result.reached, "steps": result.steps,
+               "loss": result.loss, "loss_sim": result.loss_sim, "loss_reg": result.loss_reg, "cost": result.cost,
+               "refer_sim": reference_similarity(model.f, data.x[:256], usage, ground_truth),
+               "trigger": str(log_dir / "mask-pattern-NC.npz")}
+    write_json(log_dir / "metrics-NC.json", summary)
+    log("[NC] " + fmt_metrics({k: summary[k] for k in ("l1", "psim", "reached_threshold", "steps", "refer_sim")}))
+    return summary

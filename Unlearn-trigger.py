@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Stage 2 of RECEIVE: unlearn the inverted trigger from the encoder.
+
+Writes <results_dir>/Harden_Unlearn_model_<epoch>.pth every epoch and <log_dir>/loss-log.npy.
+"""
+from __future__ import annotations
+
+import argparse
+
+from Trainer.configs import UnlearnConfig, add_runtime_flags, config_from_args
+from Trainer.unlearn import run_unlearn
+from UTILS.errors import cli_entry
+
+D = UnlearnConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_runtime_flags(p, gpu="0", seed=0)
+    p.add_argument("--results_dir", default=D.results_dir)
+    p.add_argument("--phase", default=D.phase, help="accepted for compatibility")
+    p.add_argument("--dataset", default=D.dataset, help="data used for unlearning")
+    p.add_argument("--downstreamTask", default=D.downstreamTask, help="dataset of the kNN monitor")
+    p.add_argument("--model", default=D.model)
+    p.add_argument("--pretrained_encoder", default=D.pretrained_encoder)
+    p.add_argument("--batch_size", type=int, default=D.batch_size)
+    p.add_argument("--beta", type=float, default=D.beta, help="weight of the unlearning term")
+    p.add_argument("--epochs", type=int, default=D.epochs)
+    p.add_argument("--lr", type=float, default=D.lr)
+    p.add_argument("--data_ratio", type=float, default=D.data_ratio)
+    p.add_argument("--encoder_usage_info", default=D.encoder_usage_info)
+    p.add_argument("--log_dir", default=D.log_dir)
+    p.add_argument("--reference_label", type=int, default=D.reference_label, help="target class (monitor only)")
+    p.add_argument("--trigger_file", default=D.trigger_file, help="ground-truth trigger, monitoring only")
+    p.add_argument("--re_mask_pattern", default=D.re_mask_pattern, help="inverted trigger npz (mask, pattern)")
+    p.add_argument("--knn-t", dest="knn_t", type=float, default=D.knn_t, help="kNN and NT-Xent temperature")
+    p.add_argument("--knn-k", dest="knn_k", type=int, default=D.knn_k)
+    p.add_argument("--portion", type=float, default=D.portion, help="share of each batch that is stamped")
+    p.add_argument("--input_type", default=D.input_type, help="accepted for compatibility")
+    p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor every N epochs (0: off)")
+    p.add_argument("--asr_include_target", action="store_true",
+                   help="count target-class images in ASR, as BadEncoder's published figures do")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> dict:
+    cfg = config_from_args(UnlearnConfig, build_parser().parse_args(argv)).validate()
+    return run_unlearn(cfg)
+
+
+if __name__ == "__main__":
+    main()
