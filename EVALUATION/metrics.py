@@ -36,6 +36,7 @@ def attack_success_rate(preds_on_stamped: torch.Tensor, true_labels: torch.Tenso
     preds = torch.as_tensor(preds_on_stamped)
     labels = torch.as_tensor(true_labels).to(preds.device)
     if preds.shape != labels.shape:
-        raise ValueError(f"attack_success_rate: preds {tuple(preds.shape)} and labels {tuple(labels.shape)} differ")
+        raise ValueError(f"attack_success_rate: preds {tuple(preds.shape)} "
+                         f"and labels {tuple(labels.shape)} differ")
     keep = backdoor_subset(labels, target, include_target)
     return _percent(preds[keep] == int(target))

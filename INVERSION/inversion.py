@@ -22,13 +22,17 @@ EPS = 1e-7
 
 
 def mask_from_logits(a: Tensor) -> Tensor:
-    """(H, W) logits -> (H, W) mask in (0, 1)."""
-    return torch.tanh(a) / (2 - EPS) + 0.5
+    """(H, W) logits -> (H, W) mask in [0, 1].
+
+    In float32 the 1e-7 of ``2 - eps`` rounds away, so a saturated tanh lands a hair outside
+    [0, 1]; the clamp keeps the documented range (its gradient is ~0 there anyway).
+    """
+    return (torch.tanh(a) / (2 - EPS) + 0.5).clamp(0, 1)
 
 
 def pattern_from_logits(b: Tensor) -> Tensor:
-    """(3, H, W) logits -> (3, H, W) pattern in (0, 1)."""
-    return torch.tanh(b) / (2 - EPS) + 0.5
+    """(3, H, W) logits -> (3, H, W) pattern in [0, 1] (see :func:`mask_from_logits`)."""
+    return (torch.tanh(b) / (2 - EPS) + 0.5).clamp(0, 1)
 
 
 def logits_from_values(v: Tensor) -> Tensor:
@@ -148,14 +152,14 @@ def perturb(values: Tensor, scale: float) -> Tensor:
 
 
 def inversion_loss(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo,
-                   cost: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Equation 2 on one chunk of images (B, 3, H, W). Returns (loss, psim, l1, mask)."""
+                   cost: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Equation 2 on one chunk of images (B, 3, H, W). Returns (loss, psim, l1, mask, pattern)."""
     mask = mask_from_logits(a)
     pattern = pattern_from_logits(b)
     features = backbone(normalize(stamp(images, mask, pattern), usage))  # (B, D)
     psim = pairwise_similarity(features)
     l1 = mask_l1(mask)
-    return -psim + cost * l1, psim, l1, mask
+    return -psim + cost * l1, psim, l1, mask, pattern
 
 
 @torch.no_grad()
@@ -169,12 +173,14 @@ def reference_similarity(backbone: nn.Module, images: Tensor, usage: UsageInfo,
 
 
 def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config: InversionConfig,
-                   init: Optional[tuple[Tensor, Tensor]] = None, desc: str = "inversion") -> InversionResult:
+                   init: Optional[tuple[Tensor, Tensor]] = None, desc: str = "inversion",
+                   trace: Optional[list] = None) -> InversionResult:
     """Run one inversion round on ``images`` (N, 3, H, W) in [0, 1] against ``backbone`` (the f of SimCLR).
 
     Each step is one pass over ``images`` in chunks of ``config.batch_size`` (one Adam update each).
     Steps run ``config.steps`` times, then continue only while no trigger has reached the
-    similarity threshold, up to ``config.cap`` steps in all.
+    similarity threshold, up to ``config.cap`` steps in all. ``trace``, if given, receives one dict
+    per step (psim, l1, cost used, whether the step set a new best and restarted).
     """
     size = images.shape[-1]
     mask0, pattern0 = init if init is not None else random_trigger(size, images.device)
@@ -188,11 +194,15 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
         for step in bar:
             if step >= config.steps and best is not None:
                 break
-            step_psim, mask = _inversion_step(backbone, images, a, b, opt, usage, schedule.cost,
+            step_psim, mask, pattern = _inversion_step(backbone, images, a, b, opt, usage, schedule.cost,
                                               config.batch_size, sums)
             step_l1 = mask_l1(mask).item()
-            if step_psim >= config.threshold and (best is None or step_l1 < best[2]):
-                best = (mask, pattern_from_logits(b).detach().clone(), step_l1, step_psim)
+            new_best = step_psim >= config.threshold and (best is None or step_l1 < best[2])
+            if trace is not None:
+                trace.append({"step": step, "psim": step_psim, "l1": step_l1, "cost": schedule.cost,
+                              "new_best": new_best})
+            if new_best:
+                best = (mask, pattern, step_l1, step_psim)
                 a, b, opt = _fresh_optimiser(perturb(best[0], config.restart_noise),
                                              perturb(best[1], config.restart_noise), config.lr)
             schedule.update(step_psim)
@@ -218,22 +228,25 @@ def _fresh_optimiser(mask: Tensor, pattern: Tensor, lr: float) -> tuple[Tensor, 
 
 
 def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, opt: torch.optim.Optimizer,
-                    usage: UsageInfo, cost: float, batch_size: int, sums: Tensor) -> tuple[float, Tensor]:
-    """One pass over the images; adds (loss, psim, l1) means to ``sums``; returns (mean psim, last mask used)."""
+                    usage: UsageInfo, cost: float, batch_size: int, sums: Tensor) -> tuple[float, Tensor, Tensor]:
+    """One pass over the images; adds (loss, psim, l1) means to ``sums``.
+
+    Returns (mean psim, mask, pattern), the trigger of the last forward pass (before its update).
+    """
     stats = []
-    mask = None
+    mask = pattern = None
     for start in range(0, images.shape[0], batch_size):
         chunk = images[start:start + batch_size]  # (B, 3, H, W)
         if chunk.shape[0] < 2:  # psim needs a pair; a lone leftover image carries no signal
             continue
-        loss, psim, l1, mask = inversion_loss(backbone, chunk, a, b, usage, cost)
+        loss, psim, l1, mask, pattern = inversion_loss(backbone, chunk, a, b, usage, cost)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         stats.append(torch.stack([loss.detach(), psim.detach(), l1.detach()]))
     mean = torch.stack(stats).mean(dim=0).double().cpu()  # one device sync per step
     sums += mean
-    return mean[1].item(), mask.detach().clone()
+    return mean[1].item(), mask.detach().clone(), pattern.detach().clone()
 
 
 def _is_nan(x: float) -> bool:

@@ -70,11 +70,25 @@ def _extract_state_dict(ckpt: dict, path: Path, flag: str) -> dict[str, torch.Te
     return state
 
 
-def _pick_target(model: SimCLR, state: Mapping[str, torch.Tensor]) -> tuple[nn.Module, str]:
-    """The sub-module whose key names overlap the file most: whole model, ``model.f`` or ``model.f.f``."""
-    candidates = [(model, "whole model"), (model.f, "backbone (model.f)"), (model.f.f, "backbone (model.f.f)")]
-    keys = set(state)
-    return max(candidates, key=lambda c: len(keys & set(c[0].state_dict())))
+def _pick_target(model: SimCLR, state: dict[str, torch.Tensor]) -> tuple[nn.Module, dict, str]:
+    """Where the file's keys fit best: the whole model, ``model.f`` or ``model.f.f``.
+
+    Also tries whole-model names without a head (``f.f.*`` only) as a backbone. The best fit shares
+    the most keys with the module, then leaves the fewest of its keys missing.
+    Returns (module, state renamed for it, description).
+    """
+    strip_f = {(k[2:] if k.startswith("f.") else k): v for k, v in state.items()}
+    candidates = [(model, state, "whole model"), (model.f, state, "backbone (model.f)"),
+                  (model.f.f, state, "backbone (model.f.f)"),
+                  (model.f, strip_f, "backbone (whole-model names)")]
+
+    def fit(candidate: tuple[nn.Module, dict, str]) -> tuple[int, int]:
+        expected, found = set(candidate[0].state_dict()), set(candidate[1])
+        shared = len(expected & found)
+        # Nothing shared: all tie, and max keeps the first (whole model) for the error message.
+        return (shared, -len(expected - found)) if shared else (0, 0)
+
+    return max(candidates, key=fit)
 
 
 def _check_keys(target: nn.Module, state: dict, where: str) -> None:
@@ -112,7 +126,7 @@ def load_encoder(path: str | os.PathLike, model_name: str, device: torch.device 
     """
     model = build_model(model_name)
     state = _extract_state_dict(load_checkpoint(path, flag), Path(path), flag)
-    target, layout = _pick_target(model, state)
+    target, state, layout = _pick_target(model, state)
     where = f"{flag} {path}: {layout} checkpoint does not match --model {model_name}"
     _check_keys(target, state, where)
     try:

@@ -12,7 +12,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     ``-log(exp(s_ip / t) / sum_{k != i} exp(s_ik / t))`` with cosine similarities s.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"nt_xent: expected two (B, D) tensors of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(f"nt_xent: expected two (B, D) tensors of one shape, "
+                         f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
     batch = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)  # (2B, D)
     logits = z @ z.T / temperature  # (2B, 2B)

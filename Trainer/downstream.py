@@ -52,7 +52,7 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
                "asr": final["asr"] if trigger is not None else float("nan"), "reference_label": target,
                "asr_include_target": cfg.asr_include_target, "nn_epochs": cfg.nn_epochs,
                "classifier": str(results_dir / f"clf_{cfg.nn_epochs}.pth")}
-    write_csv(results_dir / "downstream-metrics.csv", history, ["epoch", "acc", "asr"])
+    write_csv(results_dir / "downstream-metrics.csv", history, ["epoch", "loss", "acc", "asr"])
     write_json(results_dir / "downstream-metrics.json", summary)
     log(f"ACC {summary['acc']:.2f}%  ASR {summary['asr']:.2f}%  ({cfg.dataset}, encoder {cfg.encoder or 'random'})")
     return summary

@@ -60,12 +60,13 @@ def layouts(model):
         "raw_module": {f"module.{k}": v for k, v in full.items()},
         "backbone_f": {"state_dict": model.f.state_dict()},
         "backbone_seq": model.f.f.state_dict(),
+        "backbone_whole_names": {k: v for k, v in full.items() if k.startswith("f.")},
         "no_bn_counters": {k: v for k, v in full.items() if not k.endswith("num_batches_tracked")},
     }
 
 
 @pytest.mark.parametrize("layout", ["wrapped", "raw", "module", "raw_module", "backbone_f", "backbone_seq",
-                                    "no_bn_counters"])
+                                    "backbone_whole_names", "no_bn_counters"])
 def test_every_layout_loads(tmp_path, layout):
     model = trained("tiny", seed=1)
     path = tmp_path / f"{layout}.pth"

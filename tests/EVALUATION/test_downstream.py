@@ -1,0 +1,61 @@
+"""Downstream MLP: learns a separable toy task, prints BadEncoder's JSON lines, is seeded."""
+import json
+
+import torch
+from torch import nn
+
+from EVALUATION import DownstreamMLP, train_downstream
+
+
+def blobs(n, num_classes, dim, generator):
+    centres = 3 * torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(99))
+    labels = torch.arange(n) % num_classes
+    return centres[labels] + 0.3 * torch.randn(n, dim, generator=generator), labels
+
+
+def toy():
+    g = torch.Generator().manual_seed(0)
+    train_x, train_y = blobs(300, 3, 8, g)
+    test_x, test_y = blobs(90, 3, 8, g)
+    bd = test_x[test_y == 1]  # "stamped" images that really are class 1: ASR towards 1 is high
+    return train_x, train_y, test_x, test_y, bd
+
+
+def test_architecture():
+    net = DownstreamMLP(10, 4)
+    layers = [(n, type(m)) for n, m in net.named_children()]
+    assert dict(layers) == {"dropout2": nn.Dropout, "fc1": nn.Linear, "fc2": nn.Linear, "fc3": nn.Linear}
+    assert (net.fc1.in_features, net.fc1.out_features, net.fc2.out_features, net.fc3.out_features) == (10, 512, 256, 4)
+    assert net.dropout2.p == 0.5 and net(torch.rand(5, 10)).shape == (5, 4)
+
+
+def test_learns_separable_toy_problem_and_prints_json(capsys):
+    torch.manual_seed(0)
+    rows = []
+    net, history = train_downstream(*toy(), target=1, num_classes=3, epochs=4, lr=1e-3, batch_size=32,
+                                    hidden_1=64, hidden_2=32, on_epoch=rows.append)
+    assert isinstance(net, DownstreamMLP)
+    assert len(history) == 4 and rows == history
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["acc"] > 90 and history[-1]["asr"] > 90
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(lines) == 8
+    assert lines[0] == {"metric": "Eval - Backdoored Accuracy (BA)", "value": history[0]["acc"], "epoch": 1}
+    assert lines[1] == {"metric": "Eval - Attack Success Rate (ASR)", "value": history[0]["asr"], "epoch": 1}
+    assert list(lines[0]) == ["metric", "value", "epoch"]
+
+
+def test_clean_names(capsys):
+    torch.manual_seed(0)
+    train_downstream(*toy(), target=0, num_classes=3, epochs=1, lr=1e-3, batch_size=64, clean=True)
+    metrics = [json.loads(line)["metric"] for line in capsys.readouterr().out.splitlines()]
+    assert metrics == ["Eval - Clean Accuracy (CA)", "Eval - Attack Success Rate-Baseline (ASR-B)"]
+
+
+def test_same_seed_same_history():
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        runs.append(train_downstream(*toy(), target=1, num_classes=3, epochs=2, lr=1e-3, batch_size=50,
+                                     hidden_1=16, hidden_2=8)[1])
+    assert runs[0] == runs[1]

@@ -1,0 +1,35 @@
+"""ACC/ASR percentages on hand-made examples, with and without target-class images."""
+import math
+
+import pytest
+import torch
+
+from EVALUATION import accuracy, attack_success_rate, backdoor_subset
+
+
+def test_backdoor_subset():
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    assert backdoor_subset(labels, 1).tolist() == [True, False, True, False, True]
+    assert backdoor_subset(labels, 1, include_target=True).tolist() == [True] * 5
+
+
+def test_accuracy():
+    assert accuracy(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 0, 3, 0])) == 50.0
+    assert math.isnan(accuracy(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long)))
+    with pytest.raises(ValueError):
+        accuracy(torch.tensor([1, 2]), torch.tensor([1]))
+
+
+def test_attack_success_rate_excludes_target_images_by_default():
+    # true:  0  1  1  2  2  3   (target 1 -> four non-target images: indices 0, 3, 4, 5)
+    # pred:  1  1  1  1  0  3   -> hits among them: index 0 and 3 -> 2 of 4 = 50 %
+    true = torch.tensor([0, 1, 1, 2, 2, 3])
+    preds = torch.tensor([1, 1, 1, 1, 0, 3])
+    assert attack_success_rate(preds, true, target=1) == 50.0
+    # BadEncoder's convention counts all six: 4 of 6 predicted as the target.
+    assert attack_success_rate(preds, true, target=1, include_target=True) == pytest.approx(400 / 6)
+
+
+def test_attack_success_rate_only_target_images():
+    assert math.isnan(attack_success_rate(torch.tensor([3, 3]), torch.tensor([3, 3]), target=3))
+    assert attack_success_rate(torch.tensor([3, 0]), torch.tensor([3, 3]), target=3, include_target=True) == 50.0
