@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+# ITU-R 601-2 luma, as PIL's convert("L") that BadEncoder's PIL pipeline ran (torchvision's tensor
+# rgb_to_grayscale rounds the red weight to 0.2989: a difference below 1e-4).
+_GRAY = (0.299, 0.587, 0.114)
 
 
 def _per_sample(f: Tensor, x: Tensor) -> Tensor:
@@ -155,18 +157,29 @@ def _crop_boxes(x: Tensor, scale: tuple[float, float], ratio: tuple[float, float
     return top, left, ch, cw
 
 
+def _axis_coords(start: Tensor, length: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """(B,) crop start/length -> (B, n) normalised sample positions for grid_sample.
+
+    Same sampling as cropping then ``interpolate(bilinear, align_corners=False)``: output pixel k
+    reads source pixel start + (k + 0.5) * length / n - 0.5, clamped to the crop (torchvision's edges).
+    """
+    k = torch.arange(n, device=start.device, dtype=dtype) + 0.5
+    src = start[:, None] + k[None, :] * (length[:, None] / n) - 0.5
+    src = torch.minimum(torch.maximum(src, start[:, None]), (start + length - 1)[:, None])
+    return (2 * src + 1) / n - 1
+
+
 def random_resized_crop(x: Tensor, scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
-    """Crop a random box per sample and resize it back to H x W (bilinear), as RandomResizedCrop."""
+    """Crop a random box per sample and resize it back to H x W (bilinear), as RandomResizedCrop.
+
+    The box never exceeds the image, so resizing only upsamples and antialiasing is moot.
+    """
     bsz, _, H, W = x.shape
-    top, left, ch, cw = _crop_boxes(x, scale, ratio)
-    # Affine grid in normalised coordinates (align_corners=False: -1/+1 are the outer pixel edges).
-    theta = torch.zeros(bsz, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = (cw / W).to(x.dtype)
-    theta[:, 0, 2] = ((2 * left + cw) / W - 1).to(x.dtype)
-    theta[:, 1, 1] = (ch / H).to(x.dtype)
-    theta[:, 1, 2] = ((2 * top + ch) / H - 1).to(x.dtype)
-    grid = F.affine_grid(theta, [bsz, x.shape[1], H, W], align_corners=False)
+    top, left, ch, cw = (t.to(x.dtype) for t in _crop_boxes(x, scale, ratio))
+    gx = _axis_coords(left, cw, W, x.dtype)  # (B, W)
+    gy = _axis_coords(top, ch, H, x.dtype)  # (B, H)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (B, H, W, 2)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.clamp(0.0, 1.0)
 

@@ -47,18 +47,20 @@ def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
 
 def resize_images(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarray:
     """Resize an (N,H,W,3) array or a list of (H,W,3) arrays of mixed sizes to (N,size,size,3)."""
-    if isinstance(images, np.ndarray) and images.shape[1:3] == (size, size):
-        return images
     if isinstance(images, np.ndarray):
-        chunks = range(0, len(images), _RESIZE_CHUNK)
-        return np.concatenate([_resize_batch(images[i:i + _RESIZE_CHUNK], size)
-                               for i in progress(chunks, desc=f"resize to {size}")])
+        if images.shape[1:3] == (size, size):
+            return images
+        chunks = progress(range(0, len(images), _RESIZE_CHUNK), desc=f"resize to {size}")
+        return np.concatenate([_resize_batch(images[i:i + _RESIZE_CHUNK], size) for i in chunks])
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     by_shape: dict[tuple, list[int]] = {}
     for i, img in enumerate(images):  # batch images of equal size so interpolate stays vectorised
         by_shape.setdefault(img.shape, []).append(i)
-    for idx in by_shape.values():
-        out[idx] = resize_images(np.stack([images[i] for i in idx]), size)
+    for shape, idx in progress(by_shape.items(), desc=f"resize to {size}", total=len(by_shape)):
+        group = np.stack([images[i] for i in idx])
+        for k in range(0, len(idx), _RESIZE_CHUNK):
+            part = group[k:k + _RESIZE_CHUNK]
+            out[idx[k:k + _RESIZE_CHUNK]] = part if shape[:2] == (size, size) else _resize_batch(part, size)
     return out
 
 

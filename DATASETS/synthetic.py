@@ -4,7 +4,7 @@ Classes are defined by shape and structure, which survive SimCLR's colour jitter
 crops; position, scale, small rotation, colours, background and noise are random nuisances.
 ``synthetic`` is the pre-training set (train 10,000 / test 2,000), ``synthetic_down`` the downstream
 set (train 5,000 / test 2,000) with its own seed and a style shift (textured backgrounds, HSV
-colours, noisier). Colours stay below 0.85 so nothing resembles the white-square trigger.
+colours, noisier). Pixels stay <= 220 so nothing resembles the white-square trigger (255).
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ CLASS_NAMES = ["disc", "square", "triangle", "ring", "plus", "horizontal_stripes
                "vertical_stripes", "checkerboard", "diamond", "x_cross"]
 SIZES = {"synthetic": {"train": 10000, "test": 2000}, "synthetic_down": {"train": 5000, "test": 2000}}
 SEEDS = {"synthetic": 20240601, "synthetic_down": 20240602}
-GENERATOR_VERSION = 1  # bump when the drawing changes, so stale caches are regenerated
+GENERATOR_VERSION = 2  # bump when the drawing changes, so stale caches are regenerated
 SIDE = 32
 _SS = 2  # supersampling factor: shapes are drawn at 64x64 and box-filtered (anti-aliased edges)
 _CHUNK = 1000
+_MAX_VALUE = 220  # brightest pixel value: far from the trigger's 255 white
 
 
 def _inside(c: int, u: np.ndarray, v: np.ndarray, r: np.ndarray, w: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -64,16 +65,16 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _colours(rng: np.random.Generator, n: int, down: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground/background colours (n,3) in [0.03, 0.85] whose luma differs by >= 0.25."""
+    """Foreground/background colours (n,3) in [0.03, 0.8] whose luma differs by >= 0.25."""
     fg, bg = np.zeros((n, 3)), np.zeros((n, 3))
     todo = np.arange(n)
     while todo.size:  # rejection sampling, vectorised over the images still lacking a pair
         m = todo.size
         if down:
-            a = _hsv_to_rgb(rng.random(m), rng.uniform(0.35, 1.0, m), rng.uniform(0.1, 0.85, m))
-            b = _hsv_to_rgb(rng.random(m), rng.uniform(0.35, 1.0, m), rng.uniform(0.1, 0.85, m))
+            a = _hsv_to_rgb(rng.random(m), rng.uniform(0.35, 1.0, m), rng.uniform(0.1, 0.8, m))
+            b = _hsv_to_rgb(rng.random(m), rng.uniform(0.35, 1.0, m), rng.uniform(0.1, 0.8, m))
         else:
-            a, b = rng.uniform(0.03, 0.85, (m, 3)), rng.uniform(0.03, 0.85, (m, 3))
+            a, b = rng.uniform(0.03, 0.8, (m, 3)), rng.uniform(0.03, 0.8, (m, 3))
         ok = np.abs(_luma(a) - _luma(b)) >= 0.25
         fg[todo[ok]], bg[todo[ok]] = a[ok], b[ok]
         todo = todo[~ok]
@@ -120,14 +121,14 @@ def _render_chunk(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.nda
     fg_tex = fg[:, :, None, None] * (1 + rng.normal(0, 0.04, (n, 1, SIDE, SIDE)))  # mild surface texture
     img = alpha * fg_tex + (1 - alpha) * _background(rng, bg, down)
     img += rng.normal(0, 0.035 if down else 0.022, img.shape)
-    return np.clip(np.rint(img * 255), 0, 235).astype(np.uint8).transpose(0, 2, 3, 1)
+    return np.clip(np.rint(img * 255), 0, _MAX_VALUE).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 def generate(name: str, split: str, n: int | None = None, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, 32, 32, 3) uint8 and balanced, shuffled labels (n,) int64; same seed -> same arrays."""
     n = SIZES[name][split] if n is None else int(n)
     seed = SEEDS[name] if seed is None else int(seed)
-    rng = np.random.default_rng([seed, ("train", "test").index(split), GENERATOR_VERSION])
+    rng = np.random.default_rng([seed, ("train", "test").index(split)])
     y = rng.permutation(np.arange(n) % len(CLASS_NAMES)).astype(np.int64)
     down = name == "synthetic_down"
     parts = [_render_chunk(rng, y[i:i + _CHUNK], down)

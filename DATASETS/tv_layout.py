@@ -62,7 +62,7 @@ def _unpickle(path: Path) -> dict:
             entry = SafeUnpickler(handle, encoding="latin1").load()
     except pickle.UnpicklingError as exc:
         fail(f"{path}: refused or unreadable CIFAR batch ({exc})")
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except Exception as exc:  # any parser error means a damaged file; name it
         fail(f"{path}: unreadable CIFAR batch ({exc.__class__.__name__}: {exc})")
     if not isinstance(entry, dict):
         fail(f"{path}: CIFAR batch must hold a dict, found {type(entry).__name__}")
@@ -108,7 +108,7 @@ def read_svhn(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = scipy.io.loadmat(str(path))
         x, y = mat["X"], mat["y"]
-    except (OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
+    except Exception as exc:  # scipy raises many types (even IndexError) on damaged files
         fail(f"{path}: unreadable SVHN .mat file ({exc.__class__.__name__}: {exc})")
     if x.ndim != 4 or x.shape[2] != 3 or y.size != x.shape[3]:
         fail(f"{path}: expected X (H,W,3,N) and y (N,1), found X {x.shape} and y {y.shape}")
@@ -123,7 +123,7 @@ def _read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         fail(f"{path}: unreadable image ({exc})")
 
 
