@@ -21,17 +21,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     A crash leaves either the old file or the new one under the final name, never half of one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # disk full, read-only, permission: one line naming the file
+            fail(f"cannot write {path}: {exc.strerror or exc}; the previous version of the file, if any, is intact")
         raise
     return path
 
@@ -46,6 +49,8 @@ def load_npz(path: str | os.PathLike, keys: Sequence[str], flag: str) -> dict[st
     path = Path(path)
     if not path.is_file():
         fail(f"{flag} {path}: file not found")
+    if not zipfile.is_zipfile(path):  # np.load would take other bytes for a pickle and say so, misleadingly
+        fail(f"{flag} {path}: not a readable npz (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in keys if k not in data.files]
@@ -100,4 +105,10 @@ def ensure_writable_dir(path: str | os.PathLike, flag: str) -> Path:
         fail(f"{flag} {path}: exists and is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
         fail(f"{flag} {path}: directory is not writable")
+    try:  # the real test (root ignores permission bits; read-only mounts and immutable dirs do not)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        fail(f"{flag} {path}: directory is not writable ({exc.strerror or exc})")
     return path
