@@ -10,13 +10,13 @@ import argparse
 
 from Trainer.configs import MainConfig, add_runtime_flags, config_from_args
 from Trainer.main_flow import run_main
-from UTILS.errors import cli_entry
+from UTILS.errors import ArgumentParser, cli_entry
 
 D = MainConfig()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_flags(p, gpu="2", seed=0)
     p.add_argument("--phase", default=D.phase, help="moth (iterative, ours) or nc (one round, baseline)")
     p.add_argument("--dataset", default=D.dataset, help="data used for inversion and hardening")

@@ -9,13 +9,13 @@ import argparse
 
 from Trainer.configs import UnlearnConfig, add_runtime_flags, config_from_args
 from Trainer.unlearn import run_unlearn
-from UTILS.errors import cli_entry
+from UTILS.errors import ArgumentParser, cli_entry
 
 D = UnlearnConfig()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_flags(p, gpu="0", seed=0)
     p.add_argument("--results_dir", default=D.results_dir)
     p.add_argument("--phase", default=D.phase, help="accepted for compatibility")

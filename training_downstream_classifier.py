@@ -2,17 +2,15 @@
 """Stage 3: train a downstream classifier on a frozen encoder and print ACC and ASR (BadEncoder style)."""
 from __future__ import annotations
 
-import argparse
-
 from Trainer.configs import DownstreamConfig, add_runtime_flags, config_from_args
 from Trainer.downstream import run_downstream
-from UTILS.errors import cli_entry
+from UTILS.errors import ArgumentParser, cli_entry
 
 D = DownstreamConfig()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__)
     add_runtime_flags(p, gpu="0", seed=100)
     p.add_argument("--dataset", default=D.dataset, help="downstream task")
     p.add_argument("--reference_label", type=int, default=D.reference_label, help="attack target class")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -15,7 +17,7 @@ from DATASETS.stats import UsageInfo
 from DATASETS.triggers import load_trigger
 from EVALUATION.knn import knn_monitor
 from UTILS.errors import fail
-from UTILS.io import atomic_write
+from UTILS.io import atomic_write, remove_stale_temps
 from UTILS.runtime import log
 
 DEFAULT_TRIGGER = "trigger/trigger_pt_white_21_10_ap_replace.npz"
@@ -96,10 +98,16 @@ def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.devi
     return Monitor(train, test, usage, trigger, target, k, t, include_target)
 
 
+# How a run was launched, not what it computes: left out of setting.txt (so a resumed run writes the
+# same file as an uninterrupted one) and out of the resume fingerprint. --epochs may grow on --resume.
+LAUNCH_FLAGS = ("overwrite", "resume")
+NOT_FINGERPRINTED = LAUNCH_FLAGS + ("gpu", "device", "data_dir", "log_dir", "results_dir", "epochs")
+
+
 def write_settings(path: Path, config) -> None:
     """setting.txt: every option of the run, one ``name: value`` per line (the original's format)."""
     items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
-    text = "".join(f"{k}: {v}\n" for k, v in items.items())
+    text = "".join(f"{k}: {v}\n" for k, v in items.items() if k not in LAUNCH_FLAGS)
     atomic_write(path, lambda h: h.write(text.encode()))
 
 
@@ -107,19 +115,87 @@ def fmt_metrics(row: dict) -> str:
     return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, overwrite: bool, resume: bool) -> list[Path]:
+def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, overwrite: bool, resume: bool,
+                  remove: bool = True) -> list[Path]:
     """Never overwrite an earlier run's outputs silently.
 
     Only this stage's own files count (the README's recipe shares one log dir between stages).
     Without --resume/--overwrite an earlier run's files are refused; with --overwrite they are removed
-    so no stale file of a longer earlier run survives; with --resume they are kept.
+    so no stale file of a longer earlier run survives (``remove=False`` leaves that to
+    :func:`remove_outputs`, called once every input has been checked); with --resume they are kept.
     """
+    remove_stale_temps(directory)  # half-written files of a killed run (the real files are whole)
     found = sorted({p for pattern in patterns for p in directory.glob(pattern) if p.is_file()})
     if found and not (overwrite or resume):
         names = ", ".join(p.name for p in found[:3]) + (" ..." if len(found) > 3 else "")
         fail(f"{flag} {directory}: holds outputs of an earlier run ({names}); "
              f"pass --resume to continue it or --overwrite to replace it")
-    if overwrite:
-        for p in found:
-            p.unlink()
+    if overwrite and remove:
+        remove_outputs(found)
     return found
+
+
+def remove_outputs(paths: Sequence[Path]) -> None:
+    """--overwrite: delete an earlier run's files (after the new run's inputs proved usable)."""
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def run_fingerprint(config) -> dict:
+    """The settings a checkpoint's numbers depend on; stored in resume checkpoints, compared on --resume."""
+    items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
+    return {k: v for k, v in items.items() if k not in NOT_FINGERPRINTED}
+
+
+def check_fingerprint(saved, config, path: Path) -> None:
+    """Refuse to resume a checkpoint written with other settings (the numbers would silently mix)."""
+    if not isinstance(saved, dict):
+        fail(f"--resume {path}: holds no record of the run's settings (not written by this program?); "
+             f"pass --overwrite to start over")
+    now = run_fingerprint(config)
+    diff = [f"--{k.replace('knn_', 'knn-')} {saved.get(k)!r} there, {now.get(k)!r} now"
+            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if diff:
+        fail(f"--resume {path}: was written by a run with other settings ({'; '.join(diff[:3])}"
+             f"{'; ...' if len(diff) > 3 else ''}); repeat the original flags, or pass --overwrite to start over")
+
+
+def check_finite_model(model: torch.nn.Module, path: str, flag: str) -> None:
+    """An encoder with NaN/inf weights or buffers would only produce NaN losses later; say so up front."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            fail(f"{flag} {path}: the checkpoint holds NaN or inf values (first in {name}); "
+                 f"it cannot be used as an encoder")
+
+
+def check_nonfinite(values: dict, where: str, keep: str, hint: str) -> None:
+    """Stop on a NaN/inf loss: one line saying where, which good state is kept, and what to try."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        what = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        fail(f"{where}: {what}; stopped. {keep}. {hint}")
+
+
+def canonical(obj):
+    """A checkpoint read back for --resume, with every string interned like the literals of a fresh run.
+
+    Pickle writes one copy of an object seen twice; in a fresh run equal names (row keys, the
+    optimiser's "lr", ...) are often one interned object, in data read from a file they are not.
+    Interning keys and string values of the loaded dicts and lists keeps a resumed run's later
+    checkpoints byte-identical to an uninterrupted run's.
+    """
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {canonical(k): canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [canonical(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(canonical(v) for v in obj)
+    return obj
+
+
+def canonical_rows(rows) -> list[dict]:
+    """Rows read back from a checkpoint with interned strings (see :func:`canonical`); prefer applying
+    ``canonical`` to the whole loaded checkpoint, since the optimiser's state has the same issue."""
+    return canonical(list(rows))

@@ -115,6 +115,10 @@ class MainConfig(Common):
         check_positive(self.init_cost, "--init_cost", allow_zero=True)
         check_positive(self.epsilon, "--epsilon", allow_zero=True)
         check_positive(self.re_steps_cap, "--re_steps_cap", allow_zero=True)
+        if 0 < self.re_steps_cap < self.re_steps:
+            fail(f"--re_steps_cap {self.re_steps_cap}: below --re_steps {self.re_steps}; expected 0 "
+                 f"(= 3 x --re_steps) or a cap of at least --re_steps")
+        check_positive(self.monitor_every, "--monitor_every", allow_zero=True)
         if self.attack_size < 2:
             fail(f"--attack_size {self.attack_size}: expected at least 2 (similarity is measured between pairs)")
         if not 0 < self.similarity_threshold <= 1:
@@ -164,6 +168,7 @@ class UnlearnConfig(Common):
                             ("--knn-k", self.knn_k), ("--knn-t", self.knn_t)):
             check_positive(value, flag)
         check_positive(self.beta, "--beta", allow_zero=True)
+        check_positive(self.monitor_every, "--monitor_every", allow_zero=True)
         return self
 
 

@@ -6,16 +6,21 @@ from pathlib import Path
 from DATASETS.stats import get_usage
 from INVERSION.inversion import InversionConfig
 from MODELS.checkpoint import load_checkpoint, load_encoder
-from Trainer.common import (build_monitor, guard_outputs, load_ground_truth, load_train_share, seed_from_list,
+from Trainer.common import (build_monitor, canonical, check_fingerprint, check_finite_model, guard_outputs,
+                            load_ground_truth, load_train_share, remove_outputs, run_fingerprint, seed_from_list,
                             write_settings)
 from Trainer.configs import MAIN_SEEDS, MainConfig
-from Trainer.moth import STATE_FILE, IterativeInversion, MothSettings
+from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings
 from Trainer.nc import run_nc
 from UTILS.errors import fail
-from UTILS.io import ensure_writable_dir
+from UTILS.io import ensure_writable_dir, load_npz
 from UTILS.runtime import log, resolve_device, seed_everything
+from UTILS.signals import graceful_stop
 
-MOTH_OUTPUTS = ("mask-pattern-*.npz", "re_loss.csv", "metrics.csv", "metrics.json", "preview-*.png")
+# This stage's own files (the README's recipe shares one log dir between stages and phases).
+MOTH_OUTPUTS = ("mask-pattern-[0-9]*.npz", "mask-pattern-best.npz", "re_loss.csv", "metrics.csv", "metrics.json",
+                TIMINGS_FILE, "preview-[0-9]*.png")
+MOTH_RESULTS = ("Harden_model_*.pth", STATE_FILE)
 NC_OUTPUTS = ("mask-pattern-NC.npz", "metrics-NC.json", "preview-NC.png")
 
 
@@ -31,15 +36,24 @@ def run_main(cfg: MainConfig) -> dict:
     usage = get_usage(cfg.encoder_usage_info)
     log_dir = ensure_writable_dir(cfg.log_dir, "--log_dir")
     results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
-    outputs = MOTH_OUTPUTS if cfg.phase == "moth" else NC_OUTPUTS
-    guard_outputs(log_dir, outputs, "--log_dir", cfg.overwrite, cfg.resume)
+    if cfg.phase == "nc":  # one round: nothing to resume, --resume simply runs it again
+        earlier = guard_outputs(log_dir, NC_OUTPUTS, "--log_dir", cfg.overwrite, cfg.resume, remove=False)
+    else:
+        earlier = guard_outputs(log_dir, MOTH_OUTPUTS, "--log_dir", cfg.overwrite, cfg.resume, remove=False)
+        earlier += guard_outputs(results_dir, MOTH_RESULTS, "--results_dir", cfg.overwrite, cfg.resume,
+                                 remove=False)
+    if cfg.reference_file:  # unused by the algorithm (as in the original), but a named file must exist
+        load_npz(cfg.reference_file, keys=("x",), flag="--reference_file")
     model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
+    check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
     ground_truth = load_ground_truth(cfg.trigger_file, usage.size)
-    write_settings(log_dir / "setting.txt", cfg)
     if cfg.phase == "nc":
         if len(data) < 2:
             fail(f"--data_ratio {cfg.data_ratio}: the inversion set has {len(data)} image(s); need at least 2")
+        if cfg.overwrite:
+            remove_outputs(earlier)
+        write_settings(log_dir / "setting-NC.txt", cfg)
         return run_nc(model, data, usage, inversion_config(cfg), log_dir, ground_truth)
     if len(data) < cfg.batch_size:
         fail(f"--data_ratio {cfg.data_ratio}: the inversion set has {len(data)} images of --dataset {cfg.dataset}, "
@@ -51,12 +65,22 @@ def run_main(cfg: MainConfig) -> dict:
     settings = MothSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, attack_size=cfg.attack_size,
                             harden_lr=cfg.harden_lr, inversion=inversion_config(cfg), patience=cfg.patience,
                             epsilon=cfg.epsilon, monitor_every=cfg.monitor_every)
-    flow = IterativeInversion(model, data, usage, settings, log_dir, results_dir, ground_truth, monitor)
+    flow = IterativeInversion(model, data, usage, settings, log_dir, results_dir, ground_truth, monitor,
+                              fingerprint=run_fingerprint(cfg))
     start = (0, 0)
     state_path = Path(results_dir) / STATE_FILE
     if cfg.resume and state_path.is_file():
-        start = flow.load_state(load_checkpoint(state_path, "--resume"))
+        state = canonical(load_checkpoint(state_path, "--resume"))
+        check_fingerprint(state.get("config"), cfg, state_path)
+        start = flow.load_state(state, state_path)
         log(f"resuming from {state_path}: epoch {start[0]}, batch {start[1]}, round {flow.round}")
+    elif cfg.resume and earlier:
+        fail(f"--resume: there is no {state_path} to resume from, but {earlier[0]} holds an earlier run's output; "
+             f"point --results_dir at that run's results, or pass --overwrite to start over")
     elif cfg.resume:
-        log(f"--resume: no {state_path} found; starting from the beginning")
-    return flow.run(*start)
+        log(f"--resume: no {state_path} yet; starting from the beginning")
+    if cfg.overwrite:
+        remove_outputs(earlier)
+    write_settings(log_dir / "setting.txt", cfg)
+    with graceful_stop("round") as stop:
+        return flow.run(*start, stop=stop)

@@ -1,6 +1,7 @@
 """One-round Neural-Cleanse style inversion, the baseline (SPEC §6.3, ``MAIN.py --phase nc``)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,21 +10,32 @@ from torch import nn
 from DATASETS.stats import UsageInfo
 from DATASETS.triggers import InvertedTrigger
 from INVERSION.inversion import InversionConfig, invert_trigger, reference_similarity
-from Trainer.common import TensorSet, fmt_metrics
-from Trainer.moth import FIRST_ROUND_LR
+from Trainer.common import TensorSet, check_nonfinite, fmt_metrics
+from Trainer.moth import FIRST_ROUND_LR, reissue_warnings
 from Trainer.preview import save_trigger_preview
 from UTILS.io import write_json
-from UTILS.runtime import log
+from UTILS.runtime import log, warn
 
 
 def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
            ground_truth=None) -> dict:
     """Invert once over the whole inversion set from a random start; writes mask-pattern-NC.npz."""
-    result = invert_trigger(model.f, data.x, usage, replace(config, lr=FIRST_ROUND_LR), desc="NC inversion")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = invert_trigger(model.f, data.x, usage, replace(config, lr=FIRST_ROUND_LR), desc="NC inversion")
+    reissue_warnings(caught)
+    check_nonfinite({"inversion loss": result.loss, "trigger L1": result.l1}, "NC inversion",
+                    "Nothing was saved", "Check the encoder, or lower the learning rate")
     trigger = InvertedTrigger(result.mask, result.pattern)
+    psim = result.psim
+    if not result.reached:
+        psim = reference_similarity(model.f, data.x[:256], usage, trigger)
+        warn(f"NC inversion: no trigger reached --similarity_threshold {config.threshold} within the cap of "
+             f"{config.cap} steps (--re_steps_cap); saved the last trigger (psim {psim:.4f}, "
+             f"reached_threshold false in metrics-NC.json)")
     trigger.save(log_dir / "mask-pattern-NC.npz")
     save_trigger_preview(log_dir / "preview-NC.png", trigger, data.x[:4])
-    summary = {"l1": result.l1, "psim": result.psim, "reached_threshold": result.reached, "steps": result.steps,
+    summary = {"l1": result.l1, "psim": psim, "reached_threshold": result.reached, "steps": result.steps,
                "loss": result.loss, "loss_sim": result.loss_sim, "loss_reg": result.loss_reg, "cost": result.cost,
                "refer_sim": reference_similarity(model.f, data.x[:256], usage, ground_truth),
                "trigger": str(log_dir / "mask-pattern-NC.npz")}

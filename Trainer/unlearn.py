@@ -15,15 +15,21 @@ from DATASETS.stats import UsageInfo, get_usage, normalize
 from DATASETS.triggers import load_trigger
 from MODELS.checkpoint import load_checkpoint, load_encoder, save_checkpoint
 from MODELS.losses import nt_xent
-from Trainer.common import (TensorSet, build_monitor, fmt_metrics, guard_outputs, load_ground_truth,
-                            load_train_share, seed_from_list, write_settings)
+from Trainer.common import (TensorSet, build_monitor, canonical, check_fingerprint, check_finite_model,
+                            fmt_metrics, guard_outputs, load_ground_truth, load_train_share, remove_outputs,
+                            run_fingerprint, seed_from_list, write_settings)
 from Trainer.configs import UNLEARN_SEEDS, UnlearnConfig
 from Trainer.preview import save_trigger_preview
-from UTILS.errors import fail
-from UTILS.io import atomic_write, ensure_writable_dir, write_csv, write_json
+from UTILS.errors import RESUME_HINT, Interrupted, fail
+from UTILS.io import atomic_write, ensure_writable_dir, read_csv, write_csv, write_json
 from UTILS.runtime import log, progress, resolve_device, rng_state, seed_everything, set_rng_state
+from UTILS.signals import graceful_stop
 
 CKPT = "Harden_Unlearn_model_{}.pth"
+RESULTS = ("Harden_Unlearn_model_*.pth",)
+LOGS = ("loss-log.npy", "unlearn-metrics.*", "unlearn-timings.csv")
+METRIC_FIELDS = ("epoch", "loss", "contrastive", "unlearn", "knn_acc", "knn_asr")
+TIMINGS_FILE = "unlearn-timings.csv"  # wall-clock seconds per epoch, apart so the metrics are reproducible
 
 
 def unlearn_loss(model: nn.Module, images: Tensor, trigger: Callable[[Tensor], Tensor], usage: UsageInfo,
@@ -50,8 +56,13 @@ def unlearn_loss(model: nn.Module, images: Tensor, trigger: Callable[[Tensor], T
 
 def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, batch_size: int,
                   trigger: Callable[[Tensor], Tensor], usage: UsageInfo, portion: float, beta: float,
-                  temperature: float, desc: str = "unlearn") -> dict:
-    """One pass over the shuffled unlearning set, model in train mode; returns mean losses."""
+                  temperature: float, desc: str = "unlearn",
+                  kept: str = "The last good checkpoint is kept") -> dict:
+    """One pass over the shuffled unlearning set, model in train mode; returns mean losses.
+
+    A NaN/inf loss stops before the optimiser step with one line naming the batch; ``kept`` says
+    which checkpoint survives.
+    """
     model.train()
     order = torch.randperm(len(data)).to(data.x.device)
     totals = torch.zeros(3, dtype=torch.float64)
@@ -60,12 +71,16 @@ def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tens
         images = data.x[order[start:start + batch_size]]
         loss, parts = unlearn_loss(model, images, trigger, usage, portion, beta, temperature)
         if not torch.isfinite(loss):
-            fail(f"unlearning: loss became {loss.item()} at batch {start // batch_size} ({desc}); "
-                 f"the last good checkpoint is kept; lower --lr or --beta")
+            fail(f"{desc}, batch {start // batch_size}: the unlearning loss became {loss.item()}; stopped. "
+                 f"{kept}. Lower --lr or --beta, then start over with --overwrite")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         totals += torch.stack([loss.detach(), parts["contrastive"], parts["unlearn"]]).double().cpu()
+    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        fail(f"{desc}: the encoder's weights became NaN or inf (first in {bad}); stopped. {kept}. "
+             f"Lower --lr or --beta, then start over with --overwrite")
     mean = (totals / len(batches)).tolist()
     return {"loss": mean[0], "contrastive": mean[1], "unlearn": mean[2]}
 
@@ -76,9 +91,10 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     usage = get_usage(cfg.encoder_usage_info)
     log_dir = ensure_writable_dir(cfg.log_dir, "--log_dir")
     results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
-    guard_outputs(results_dir, ("Harden_Unlearn_model_*.pth",), "--results_dir", cfg.overwrite, cfg.resume)
-    guard_outputs(log_dir, ("loss-log.npy", "unlearn-metrics.*"), "--log_dir", cfg.overwrite, cfg.resume)
+    earlier = guard_outputs(results_dir, RESULTS, "--results_dir", cfg.overwrite, cfg.resume, remove=False)
+    earlier_logs = guard_outputs(log_dir, LOGS, "--log_dir", cfg.overwrite, cfg.resume, remove=False)
     model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
+    check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     trigger = load_trigger(cfg.re_mask_pattern, "--re_mask_pattern", expected_size=usage.size)
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
     monitor = None
@@ -86,25 +102,37 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
         monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device,
                                 load_ground_truth(cfg.trigger_file, usage.size), cfg.reference_label,
                                 cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
+    rows, start_epoch = _maybe_resume(cfg, results_dir, model, optimizer, earlier_logs)
+    if cfg.overwrite:
+        remove_outputs(earlier + earlier_logs)
     write_settings(log_dir / "unlearn-setting.txt", cfg)
     save_trigger_preview(log_dir / "unlearn-trigger.png", trigger, data.x[:4])
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
-    rows, start_epoch = _maybe_resume(cfg, results_dir, model, optimizer)
+    timings = _read_timings(log_dir / TIMINGS_FILE, start_epoch)
     if monitor is not None and not rows:
         before = monitor(model.f)
         log("[unlearn] before: " + fmt_metrics({"knn_acc": before["acc"], "knn_asr": before["asr"]}))
         rows.append({"epoch": 0, "loss": float("nan"), "contrastive": float("nan"), "unlearn": float("nan"),
-                     "knn_acc": before["acc"], "knn_asr": before["asr"], "seconds": 0.0})
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        began = time.perf_counter()
-        row = {"epoch": epoch, **unlearn_epoch(model, optimizer, data, cfg.batch_size, trigger, usage, cfg.portion,
-                                               cfg.beta, cfg.knn_t, desc=f"unlearn epoch {epoch}/{cfg.epochs}")}
-        row.update(_monitor_row(monitor, model, epoch, cfg.monitor_every))
-        row["seconds"] = time.perf_counter() - began
-        rows.append(row)
-        save_checkpoint(results_dir / CKPT.format(epoch), model, epoch, optimizer, rng=rng_state(), rows=rows)
-        _write_logs(log_dir, rows)
-        log(f"[unlearn epoch {epoch}] " + fmt_metrics({k: row[k] for k in ("loss", "knn_acc", "knn_asr")}))
+                     "knn_acc": before["acc"], "knn_asr": before["asr"]})
+    fingerprint = run_fingerprint(cfg)
+    with graceful_stop("epoch") as stop:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            began = time.perf_counter()
+            kept = (f"The last good checkpoint is kept: {results_dir / CKPT.format(epoch - 1)}" if epoch > 1
+                    else "No epoch had finished, so no checkpoint was written")
+            row = {"epoch": epoch, **unlearn_epoch(model, optimizer, data, cfg.batch_size, trigger, usage,
+                                                   cfg.portion, cfg.beta, cfg.knn_t,
+                                                   desc=f"unlearn epoch {epoch}/{cfg.epochs}", kept=kept)}
+            row.update(_monitor_row(monitor, model, epoch, cfg.monitor_every))
+            rows.append(row)
+            save_checkpoint(results_dir / CKPT.format(epoch), model, epoch, optimizer, rng=rng_state(), rows=rows,
+                            config=fingerprint)
+            timings.append({"epoch": epoch, "seconds": time.perf_counter() - began})
+            _write_logs(log_dir, rows, timings)
+            log(f"[unlearn epoch {epoch}] " + fmt_metrics({k: row[k] for k in ("loss", "knn_acc", "knn_asr")}))
+            if stop.requested and epoch < cfg.epochs:
+                raise Interrupted(f"{stop.name}: stopped after epoch {epoch}; checkpoint saved to "
+                                  f"{results_dir / CKPT.format(epoch)}; {RESUME_HINT}")
     summary = {"epochs": cfg.epochs, "final_encoder": str(results_dir / CKPT.format(cfg.epochs)),
                "final_knn_acc": rows[-1]["knn_acc"] if rows else float("nan"),
                "final_knn_asr": rows[-1]["knn_asr"] if rows else float("nan"), "per_epoch": rows}
@@ -119,28 +147,55 @@ def _monitor_row(monitor, model: nn.Module, epoch: int, every: int) -> dict:
     return {"knn_acc": result["acc"], "knn_asr": result["asr"]}
 
 
-def _write_logs(log_dir: Path, rows: list[dict]) -> None:
+def _write_logs(log_dir: Path, rows: list[dict], timings: list[dict]) -> None:
     trained = [r for r in rows if r["epoch"] > 0]
     losses = np.asarray([r["loss"] for r in trained], dtype=np.float64)
     atomic_write(log_dir / "loss-log.npy", lambda h: np.save(h, losses))
-    write_csv(log_dir / "unlearn-metrics.csv", rows,
-              ["epoch", "loss", "contrastive", "unlearn", "knn_acc", "knn_asr", "seconds"])
+    write_csv(log_dir / "unlearn-metrics.csv", rows, METRIC_FIELDS)
+    write_csv(log_dir / TIMINGS_FILE, timings, ("epoch", "seconds"))
 
 
-def _maybe_resume(cfg: UnlearnConfig, results_dir: Path, model: nn.Module,
-                  optimizer: torch.optim.Optimizer) -> tuple[list[dict], int]:
+def _read_timings(path: Path, epochs: int) -> list[dict]:
+    """Timing rows of the epochs a resumed run keeps (a missing or odd file just restarts the log)."""
+    if epochs == 0:
+        return []
+    try:
+        rows = [{"epoch": int(r["epoch"]), "seconds": float(r["seconds"])} for r in read_csv(path)]
+    except (OSError, KeyError, ValueError, TypeError):
+        return []
+    return [r for r in rows if r["epoch"] <= epochs]
+
+
+def _maybe_resume(cfg: UnlearnConfig, results_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  earlier_logs: list[Path]) -> tuple[list[dict], int]:
     """Continue from the newest complete Harden_Unlearn_model_<e>.pth when --resume is given."""
     if not cfg.resume:
         return [], 0
     done = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in results_dir.glob("Harden_Unlearn_model_*.pth")
                   if p.stem.rsplit("_", 1)[1].isdigit())
     if not done:
+        if earlier_logs:
+            fail(f"--resume: there is no {results_dir}/Harden_Unlearn_model_<epoch>.pth to resume from, but "
+                 f"{earlier_logs[0]} holds an earlier run's output; point --results_dir at that run's "
+                 f"checkpoints, or pass --overwrite to start over")
         log("--resume: no Harden_Unlearn_model_<epoch>.pth found; starting from the beginning")
         return [], 0
     epoch, path = done[-1]
-    state = load_checkpoint(path, "--resume")
-    model.load_state_dict(state["state_dict"])
-    optimizer.load_state_dict(state["optimizer"])
+    if epoch > cfg.epochs:
+        fail(f"--resume {path}: the earlier run already reached epoch {epoch}, beyond --epochs {cfg.epochs}; "
+             f"raise --epochs, or pass --overwrite to start over")
+    state = canonical(load_checkpoint(path, "--resume"))
+    missing = [k for k in ("state_dict", "optimizer", "rng", "rows") if k not in state]
+    if missing:
+        fail(f"--resume {path}: lacks the resume state ({', '.join(missing)}; written by another program?); "
+             f"pass --overwrite to start over")
+    check_fingerprint(state.get("config"), cfg, path)
+    try:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        fail(f"--resume {path}: does not fit this encoder/optimiser ({str(exc).splitlines()[0][:160]}); "
+             f"pass --overwrite to start over")
     set_rng_state(state["rng"])
     log(f"resuming from {path} (epoch {epoch})")
     return list(state["rows"]), epoch

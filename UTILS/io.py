@@ -14,6 +14,8 @@ import numpy as np
 
 from UTILS.errors import fail
 
+TMP_SUFFIX = ".tmp"
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write through a temporary file in the same directory, fsync, then rename over ``path``.
@@ -24,7 +26,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -37,6 +39,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
             fail(f"cannot write {path}: {exc.strerror or exc}; the previous version of the file, if any, is intact")
         raise
     return path
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that :func:`atomic_write` left behind when its process was killed.
+
+    Names are ``.<file>.<pid>.<random>.tmp``; a file whose process is still alive (another run writing
+    into the same folder) is left alone.
+    """
+    removed = []
+    for tmp in Path(directory).glob(f".*{TMP_SUFFIX}"):
+        parts = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or _alive(int(parts[1])):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
@@ -97,6 +130,8 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 def ensure_writable_dir(path: str | os.PathLike, flag: str) -> Path:
     """Create ``path`` if needed and check we may write into it; fails with one line otherwise."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        fail(f"{flag} {path}: exists and is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

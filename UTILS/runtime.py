@@ -72,3 +72,9 @@ def log(message: str) -> None:
     """Progress-bar-safe print."""
     tqdm.write(message, file=sys.stdout)
     sys.stdout.flush()
+
+
+def warn(message: str) -> None:
+    """A one-line ``warning: ...`` on stderr, progress-bar-safe."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+    sys.stderr.flush()
