@@ -5,6 +5,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -32,8 +33,10 @@ def load_checkpoint(path: str | os.PathLike, flag: str) -> dict:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         _fail_unpickling(path, flag, str(exc))
-    except RuntimeError as exc:  # a zip archive that is not a torch checkpoint, e.g. an npz
-        fail(f"{flag} {path}: not a PyTorch checkpoint ({_first_line(exc)})")
+    except RuntimeError:  # a zip archive that is not a torch checkpoint (an npz, say), or a cut-off one
+        why = "it is an npz archive" if zipfile.is_zipfile(path) and _is_npz(path) else \
+            "truncated, or not written by torch.save"
+        fail(f"{flag} {path}: not a PyTorch checkpoint ({why})")
     except (KeyError, EOFError, ValueError, IndexError, TypeError, AttributeError):
         fail(f"{flag} {path}: not a PyTorch checkpoint (unreadable, empty or truncated file)")
     except OSError as exc:
@@ -53,9 +56,10 @@ def _fail_unpickling(path: Path, flag: str, message: str) -> None:
     fail(f"{flag} {path}: not a PyTorch checkpoint (unreadable pickle stream)")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else "empty or truncated file"
+def _is_npz(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return bool(names) and all(n.endswith(".npy") for n in names)
 
 
 def _extract_state_dict(ckpt: dict, path: Path, flag: str) -> dict[str, torch.Tensor]:
@@ -132,7 +136,7 @@ def load_encoder(path: str | os.PathLike, model_name: str, device: torch.device 
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # dtype oddities the checks above do not cover
-        fail(f"{where}: {_first_line(exc)}")
+        fail(f"{where}: {str(exc).strip().splitlines()[0][:200]}")
     return model.to(device).eval()
 
 

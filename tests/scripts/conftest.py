@@ -41,7 +41,7 @@ def workspace(tmp_path_factory):
 
 def run_cli(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run an entry script through its command line, as a user would."""
-    env = dict(os.environ, RECEIVE_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, RECEIVE_NO_PROGRESS="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
