@@ -1,0 +1,154 @@
+"""The epoch loop shared by the encoder-making stages (pre-training, BadEncoder injection).
+
+Each epoch writes ``<results_dir>/model_<epoch>.pth`` (whole-model state dict, optimiser, RNG state,
+the per-epoch rows and the run's settings), so ``--resume`` continues from the newest one and ends
+with the same files as an uninterrupted run. To bound the disk, an epoch's checkpoint is removed
+once the next one is written unless it is a milestone (``--save_every``) or the last epoch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from MODELS.checkpoint import load_checkpoint, save_checkpoint
+from Trainer.common import canonical_rows, check_fingerprint, fmt_metrics
+from UTILS.errors import RESUME_HINT, Interrupted, fail
+from UTILS.io import read_csv, write_csv, write_json
+from UTILS.runtime import log, rng_state, set_rng_state
+from UTILS.signals import graceful_stop
+
+CKPT = "model_{}.pth"
+
+
+def checkpoint_epochs(results_dir: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of every ``model_<epoch>.pth`` in the folder, oldest first."""
+    found = []
+    for p in results_dir.glob("model_*.pth"):
+        tail = p.stem.rsplit("_", 1)[1]
+        if tail.isdigit() and p.is_file():
+            found.append((int(tail), p))
+    return sorted(found)
+
+
+@dataclass
+class EpochCheckpoints:
+    """Where the per-epoch checkpoints go and which of them are kept."""
+
+    results_dir: Path
+    save_every: int
+    epochs: int
+
+    def path(self, epoch: int) -> Path:
+        return self.results_dir / CKPT.format(epoch)
+
+    def milestone(self, epoch: int) -> bool:
+        return epoch == self.epochs or (self.save_every > 0 and epoch % self.save_every == 0)
+
+    def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, rows: list[dict],
+             fingerprint: dict) -> Path:
+        """Write epoch ``epoch`` (atomically), then drop the previous epoch's file unless it is a milestone."""
+        path = save_checkpoint(self.path(epoch), model, epoch, optimizer, rng=rng_state(), rows=rows,
+                               config=fingerprint)
+        if epoch > 1 and not self.milestone(epoch - 1):
+            self.path(epoch - 1).unlink(missing_ok=True)
+        return path
+
+    def resume(self, cfg, model: nn.Module, optimizer: torch.optim.Optimizer,
+               earlier: list[Path]) -> tuple[list[dict], int]:
+        """(rows, epoch) to continue from: the newest complete checkpoint under --resume, else ([], 0)."""
+        if not cfg.resume:
+            return [], 0
+        done = checkpoint_epochs(self.results_dir)
+        if not done:
+            if earlier:
+                fail(f"--resume: there is no {self.results_dir}/model_<epoch>.pth to resume from, but {earlier[0]} "
+                     f"holds an earlier run's output; pass --overwrite to start over")
+            log("--resume: no model_<epoch>.pth found; starting from the beginning")
+            return [], 0
+        epoch, path = done[-1]
+        if epoch > self.epochs:
+            fail(f"--resume {path}: the earlier run already reached epoch {epoch}, beyond --epochs {self.epochs}; "
+                 f"raise --epochs, or pass --overwrite to start over")
+        state = load_checkpoint(path, "--resume")
+        missing = [k for k in ("state_dict", "optimizer", "rng", "rows", "config") if k not in state]
+        if missing:
+            fail(f"--resume {path}: lacks the resume state ({', '.join(missing)}; written by another program?); "
+                 f"pass --overwrite to start over")
+        check_fingerprint(state["config"], cfg, path)
+        try:
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            fail(f"--resume {path}: does not fit this model/optimiser ({str(exc).splitlines()[0][:160]}); "
+                 f"pass --overwrite to start over")
+        set_rng_state(state["rng"])
+        log(f"resuming from {path} (epoch {epoch})")
+        return canonical_rows(state["rows"]), epoch
+
+
+@dataclass
+class EpochLoop:
+    """Runs ``train(epoch) -> dict`` for the remaining epochs; logs, monitors, checkpoints and writes metrics.
+
+    ``monitor(epoch) -> dict`` adds the kNN numbers; ``fields`` orders the CSV columns.
+    Files: ``<name>-metrics.csv`` (one row per epoch), ``<name>-timings.csv`` (seconds, kept apart so the
+    metrics are reproducible) and, at the end, ``<name>-metrics.json`` (the summary).
+    """
+
+    name: str
+    ckpts: EpochCheckpoints
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    fields: tuple[str, ...]
+    fingerprint: dict
+    train: Callable[[int], dict]
+    monitor: Callable[[int], dict]
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.ckpts.results_dir
+
+    def run(self, start_epoch: int) -> list[dict]:
+        timings = _read_timings(self.log_dir / f"{self.name}-timings.csv", start_epoch)
+        with graceful_stop("epoch") as stop:
+            for epoch in range(start_epoch + 1, self.ckpts.epochs + 1):
+                began = time.perf_counter()
+                row = {"epoch": epoch, **self.train(epoch)}
+                row.update(self.monitor(epoch))
+                self.rows.append(row)
+                self.ckpts.save(epoch, self.model, self.optimizer, self.rows, self.fingerprint)
+                timings.append({"epoch": epoch, "seconds": time.perf_counter() - began})
+                write_csv(self.log_dir / f"{self.name}-metrics.csv", self.rows, self.fields)
+                write_csv(self.log_dir / f"{self.name}-timings.csv", timings, ("epoch", "seconds"))
+                log(f"[{self.name} epoch {epoch}/{self.ckpts.epochs}] "
+                    + fmt_metrics({k: row[k] for k in self.fields if k != "epoch"}))
+                if stop.requested and epoch < self.ckpts.epochs:
+                    raise Interrupted(f"{stop.name}: stopped after epoch {epoch}; checkpoint saved to "
+                                      f"{self.ckpts.path(epoch)}; {RESUME_HINT}")
+        return self.rows
+
+    def finish(self, extra: Optional[dict] = None) -> dict:
+        """Write ``<name>-metrics.json`` and return it."""
+        last = self.rows[-1] if self.rows else {}
+        summary = {"epochs": self.ckpts.epochs, "final_encoder": str(self.ckpts.path(self.ckpts.epochs)),
+                   **{f"final_{k}": last.get(k, float("nan")) for k in self.fields if k != "epoch"},
+                   "per_epoch": self.rows, **(extra or {})}
+        write_json(self.log_dir / f"{self.name}-metrics.json", summary)
+        return summary
+
+
+def _read_timings(path: Path, epochs: int) -> list[dict]:
+    """Timing rows of the epochs a resumed run keeps (a missing or odd file just restarts the log)."""
+    if epochs == 0:
+        return []
+    try:
+        rows = [{"epoch": int(r["epoch"]), "seconds": float(r["seconds"])} for r in read_csv(path)]
+    except (OSError, KeyError, ValueError, TypeError):
+        return []
+    return [r for r in rows if r["epoch"] <= epochs]

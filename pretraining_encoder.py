@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""SimCLR pre-training of a clean encoder (BadEncoder's pretraining_encoder.py, SPEC §8.1).
+
+Writes <results_dir>/model_<epoch>.pth (whole-model state dict), pretrain-metrics.csv|json (loss and
+kNN accuracy per epoch) and setting.txt. Every epoch is checkpointed, so --resume continues from the
+newest one; older epochs are kept only every --save_every epochs.
+"""
+from __future__ import annotations
+
+import argparse
+
+from Trainer.configs import add_runtime_flags, config_from_args
+from Trainer.make_configs import PretrainConfig
+from Trainer.pretrain import run_pretrain
+from UTILS.errors import ArgumentParser, cli_entry
+
+D = PretrainConfig()
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_runtime_flags(p, gpu="0", seed=D.seed)
+    p.add_argument("--lr", type=float, default=D.lr, help="Adam learning rate")
+    p.add_argument("--weight_decay", type=float, default=D.weight_decay, help="Adam weight decay")
+    p.add_argument("--batch_size", type=int, default=D.batch_size, help="images per batch (two views each)")
+    p.add_argument("--epochs", type=int, default=D.epochs)
+    p.add_argument("--pretraining_dataset", "--dataset", dest="pretraining_dataset", default=D.pretraining_dataset,
+                   help="training split to pre-train on (any dataset the project loads)")
+    p.add_argument("--results_dir", default=D.results_dir, help="receives model_<epoch>.pth and the metrics")
+    p.add_argument("--model", default=D.model)
+    p.add_argument("--encoder_usage_info", default=D.encoder_usage_info, help="normalisation statistics")
+    p.add_argument("--data_ratio", type=float, default=D.data_ratio, help="share of the training split to use")
+    p.add_argument("--knn-t", dest="knn_t", type=float, default=D.knn_t,
+                   help="NT-Xent temperature and kNN monitor temperature (BadEncoder uses one value for both)")
+    p.add_argument("--knn-k", dest="knn_k", type=int, default=D.knn_k)
+    p.add_argument("--downstreamTask", default=D.downstreamTask,
+                   help="dataset of the kNN monitor (default: the pre-training dataset)")
+    p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor every N epochs (0: off)")
+    p.add_argument("--save_every", type=int, default=D.save_every,
+                   help="keep model_<epoch>.pth every N epochs (0: only the last); the newest is always kept")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> dict:
+    cfg = config_from_args(PretrainConfig, build_parser().parse_args(argv)).validate()
+    return run_pretrain(cfg)
+
+
+if __name__ == "__main__":
+    main()
