@@ -49,18 +49,29 @@ def run_main(cfg: MainConfig) -> dict:
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
     ground_truth = load_ground_truth(cfg.trigger_file, usage.size)
     if cfg.phase == "nc":
-        if len(data) < 2:
-            fail(f"--data_ratio {cfg.data_ratio}: the inversion set has {len(data)} image(s); need at least 2")
-        if cfg.overwrite:
-            remove_outputs(earlier)
-        write_settings(log_dir / "setting-NC.txt", cfg)
-        return run_nc(model, data, usage, inversion_config(cfg), log_dir, ground_truth)
+        return run_nc_phase(cfg, model, data, usage, log_dir, ground_truth, earlier)
+    return run_moth(cfg, model, data, usage, log_dir, results_dir, ground_truth, earlier)
+
+
+def run_nc_phase(cfg: MainConfig, model, data, usage, log_dir: Path, ground_truth, earlier: list[Path]) -> dict:
+    """``--phase nc``: the one-round baseline over the whole inversion set."""
+    if len(data) < 2:
+        fail(f"--data_ratio {cfg.data_ratio}: the inversion set has {len(data)} image(s); need at least 2")
+    if cfg.overwrite:
+        remove_outputs(earlier)
+    write_settings(log_dir / "setting-NC.txt", cfg)
+    return run_nc(model, data, usage, inversion_config(cfg), log_dir, ground_truth)
+
+
+def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Path, ground_truth,
+             earlier: list[Path]) -> dict:
+    """``--phase moth``: iterative inversion + hardening + early stop, resumable round by round."""
     if len(data) < cfg.batch_size:
         fail(f"--data_ratio {cfg.data_ratio}: the inversion set has {len(data)} images of --dataset {cfg.dataset}, "
              f"fewer than one --batch_size {cfg.batch_size}; raise --data_ratio or lower --batch_size")
     monitor = None
     if cfg.monitor_every > 0:
-        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, ground_truth, cfg.reference_label,
+        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, data.x.device, ground_truth, cfg.reference_label,
                                 cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
     settings = MothSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, attack_size=cfg.attack_size,
                             harden_lr=cfg.harden_lr, inversion=inversion_config(cfg), patience=cfg.patience,
