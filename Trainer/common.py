@@ -7,7 +7,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -193,9 +193,3 @@ def canonical(obj):
     if isinstance(obj, tuple):
         return tuple(canonical(v) for v in obj)
     return obj
-
-
-def canonical_rows(rows) -> list[dict]:
-    """Rows read back from a checkpoint with interned strings (see :func:`canonical`); prefer applying
-    ``canonical`` to the whole loaded checkpoint, since the optimiser's state has the same issue."""
-    return canonical(list(rows))

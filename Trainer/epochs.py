@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from MODELS.checkpoint import load_checkpoint, save_checkpoint
-from Trainer.common import canonical_rows, check_fingerprint, fmt_metrics
+from Trainer.common import canonical, check_fingerprint, fmt_metrics
 from UTILS.errors import RESUME_HINT, Interrupted, fail
 from UTILS.io import read_csv, write_csv, write_json
 from UTILS.runtime import log, rng_state, set_rng_state
@@ -25,10 +25,10 @@ from UTILS.signals import graceful_stop
 CKPT = "model_{}.pth"
 
 
-def checkpoint_epochs(results_dir: Path) -> list[tuple[int, Path]]:
-    """(epoch, path) of every ``model_<epoch>.pth`` in the folder, oldest first."""
+def checkpoint_epochs(results_dir: Path, pattern: str = CKPT) -> list[tuple[int, Path]]:
+    """(epoch, path) of every checkpoint named like ``pattern`` (e.g. ``model_{}.pth``), oldest first."""
     found = []
-    for p in results_dir.glob("model_*.pth"):
+    for p in results_dir.glob(pattern.format("*")):
         tail = p.stem.rsplit("_", 1)[1]
         if tail.isdigit() and p.is_file():
             found.append((int(tail), p))
@@ -42,9 +42,10 @@ class EpochCheckpoints:
     results_dir: Path
     save_every: int
     epochs: int
+    pattern: str = CKPT  # Unlearn-trigger.py keeps its original name, Harden_Unlearn_model_{}.pth
 
     def path(self, epoch: int) -> Path:
-        return self.results_dir / CKPT.format(epoch)
+        return self.results_dir / self.pattern.format(epoch)
 
     def milestone(self, epoch: int) -> bool:
         return epoch == self.epochs or (self.save_every > 0 and epoch % self.save_every == 0)
@@ -63,18 +64,21 @@ class EpochCheckpoints:
         """(rows, epoch) to continue from: the newest complete checkpoint under --resume, else ([], 0)."""
         if not cfg.resume:
             return [], 0
-        done = checkpoint_epochs(self.results_dir)
+        done = checkpoint_epochs(self.results_dir, self.pattern)
+        name = self.pattern.format("<epoch>")
         if not done:
             if earlier:
-                fail(f"--resume: there is no {self.results_dir}/model_<epoch>.pth to resume from, but {earlier[0]} "
-                     f"holds an earlier run's output; pass --overwrite to start over")
-            log("--resume: no model_<epoch>.pth found; starting from the beginning")
+                fail(f"--resume: there is no {self.results_dir}/{name} to resume from, but {earlier[0]} "
+                     f"holds an earlier run's output; point --results_dir at that run's checkpoints, "
+                     f"or pass --overwrite to start over")
+            log(f"--resume: no {name} found; starting from the beginning")
             return [], 0
         epoch, path = done[-1]
         if epoch > self.epochs:
             fail(f"--resume {path}: the earlier run already reached epoch {epoch}, beyond --epochs {self.epochs}; "
                  f"raise --epochs, or pass --overwrite to start over")
-        state = load_checkpoint(path, "--resume")
+        # interned strings: pickle then shares them as in the uninterrupted run, so files stay byte-identical
+        state = canonical(load_checkpoint(path, "--resume"))
         missing = [k for k in ("state_dict", "optimizer", "rng", "rows", "config") if k not in state]
         if missing:
             fail(f"--resume {path}: lacks the resume state ({', '.join(missing)}; written by another program?); "
@@ -88,7 +92,7 @@ class EpochCheckpoints:
                  f"pass --overwrite to start over")
         set_rng_state(state["rng"])
         log(f"resuming from {path} (epoch {epoch})")
-        return canonical_rows(state["rows"]), epoch
+        return list(state["rows"]), epoch
 
 
 @dataclass

@@ -13,16 +13,17 @@ from torch import Tensor, nn
 from DATASETS.augment import unlearn_view
 from DATASETS.stats import UsageInfo, get_usage, normalize
 from DATASETS.triggers import load_trigger
-from MODELS.checkpoint import load_checkpoint, load_encoder, save_checkpoint
+from MODELS.checkpoint import load_encoder
 from MODELS.losses import nt_xent
-from Trainer.common import (TensorSet, build_monitor, canonical, check_fingerprint, check_finite_model,
-                            fmt_metrics, guard_outputs, load_ground_truth, load_train_share, remove_outputs,
-                            run_fingerprint, seed_from_list, write_settings)
+from Trainer.common import (TensorSet, build_monitor, check_finite_model, fmt_metrics, guard_outputs,
+                            load_ground_truth, load_train_share, remove_outputs, run_fingerprint, seed_from_list,
+                            write_settings)
 from Trainer.configs import UNLEARN_SEEDS, UnlearnConfig
+from Trainer.epochs import EpochCheckpoints
 from Trainer.preview import save_trigger_preview
 from UTILS.errors import RESUME_HINT, Interrupted, fail
 from UTILS.io import atomic_write, ensure_writable_dir, read_csv, write_csv, write_json
-from UTILS.runtime import log, progress, resolve_device, rng_state, seed_everything, set_rng_state
+from UTILS.runtime import log, progress, resolve_device, seed_everything
 from UTILS.signals import graceful_stop
 
 CKPT = "Harden_Unlearn_model_{}.pth"
@@ -103,7 +104,8 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
                                 load_ground_truth(cfg.trigger_file, usage.size), cfg.reference_label,
                                 cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
-    rows, start_epoch = _maybe_resume(cfg, results_dir, model, optimizer, earlier_logs)
+    checkpoints = EpochCheckpoints(results_dir, save_every=1, epochs=cfg.epochs, pattern=CKPT)  # keep every epoch
+    rows, start_epoch = checkpoints.resume(cfg, model, optimizer, earlier_logs)
     if cfg.overwrite:
         remove_outputs(earlier + earlier_logs)
     write_settings(log_dir / "unlearn-setting.txt", cfg)
@@ -125,8 +127,7 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
                                                    desc=f"unlearn epoch {epoch}/{cfg.epochs}", kept=kept)}
             row.update(_monitor_row(monitor, model, epoch, cfg.monitor_every))
             rows.append(row)
-            save_checkpoint(results_dir / CKPT.format(epoch), model, epoch, optimizer, rng=rng_state(), rows=rows,
-                            config=fingerprint)
+            checkpoints.save(epoch, model, optimizer, rows, fingerprint)
             timings.append({"epoch": epoch, "seconds": time.perf_counter() - began})
             _write_logs(log_dir, rows, timings)
             log(f"[unlearn epoch {epoch}] " + fmt_metrics({k: row[k] for k in ("loss", "knn_acc", "knn_asr")}))
@@ -166,36 +167,3 @@ def _read_timings(path: Path, epochs: int) -> list[dict]:
     return [r for r in rows if r["epoch"] <= epochs]
 
 
-def _maybe_resume(cfg: UnlearnConfig, results_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  earlier_logs: list[Path]) -> tuple[list[dict], int]:
-    """Continue from the newest complete Harden_Unlearn_model_<e>.pth when --resume is given."""
-    if not cfg.resume:
-        return [], 0
-    done = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in results_dir.glob("Harden_Unlearn_model_*.pth")
-                  if p.stem.rsplit("_", 1)[1].isdigit())
-    if not done:
-        if earlier_logs:
-            fail(f"--resume: there is no {results_dir}/Harden_Unlearn_model_<epoch>.pth to resume from, but "
-                 f"{earlier_logs[0]} holds an earlier run's output; point --results_dir at that run's "
-                 f"checkpoints, or pass --overwrite to start over")
-        log("--resume: no Harden_Unlearn_model_<epoch>.pth found; starting from the beginning")
-        return [], 0
-    epoch, path = done[-1]
-    if epoch > cfg.epochs:
-        fail(f"--resume {path}: the earlier run already reached epoch {epoch}, beyond --epochs {cfg.epochs}; "
-             f"raise --epochs, or pass --overwrite to start over")
-    state = canonical(load_checkpoint(path, "--resume"))
-    missing = [k for k in ("state_dict", "optimizer", "rng", "rows") if k not in state]
-    if missing:
-        fail(f"--resume {path}: lacks the resume state ({', '.join(missing)}; written by another program?); "
-             f"pass --overwrite to start over")
-    check_fingerprint(state.get("config"), cfg, path)
-    try:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        fail(f"--resume {path}: does not fit this encoder/optimiser ({str(exc).splitlines()[0][:160]}); "
-             f"pass --overwrite to start over")
-    set_rng_state(state["rng"])
-    log(f"resuming from {path} (epoch {epoch})")
-    return list(state["rows"]), epoch
