@@ -46,18 +46,24 @@ def _percent(hits: torch.Tensor) -> float:
 
 def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, feats: torch.Tensor, labels: torch.Tensor,
                  batch_size: int) -> float:
-    """One shuffled pass of minibatches sliced from on-device tensors; returns the mean batch loss."""
+    """One shuffled pass of minibatches sliced from on-device tensors; returns the mean batch loss.
+
+    The loss sum stays on the device in float64 (one sync per epoch, not one per batch); adding the
+    float32 losses in float64 in batch order gives the same number as summing ``loss.item()`` in Python.
+    """
     net.train()
     order = torch.randperm(feats.shape[0], device=feats.device)
-    total, batches = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=feats.device)
+    batches = 0
     for start in range(0, feats.shape[0], batch_size):
         idx = order[start:start + batch_size]
         loss = F.cross_entropy(net(feats[idx]), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total, batches = total + loss.item(), batches + 1
-    return total / max(batches, 1)
+        total += loss.detach()
+        batches += 1
+    return total.item() / max(batches, 1)
 
 
 def _print_metrics(row: dict, clean: bool) -> None:

@@ -194,9 +194,8 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
         for step in bar:
             if step >= config.steps and best is not None:
                 break
-            step_psim, mask, pattern = _inversion_step(backbone, images, a, b, opt, usage, schedule.cost,
-                                              config.batch_size, sums)
-            step_l1 = mask_l1(mask).item()
+            step_psim, step_l1, mask, pattern = _inversion_step(backbone, images, a, b, opt, usage, schedule.cost,
+                                                                config.batch_size, sums)
             new_best = step_psim >= config.threshold and (best is None or step_l1 < best[2])
             if trace is not None:
                 trace.append({"step": step, "psim": step_psim, "l1": step_l1, "cost": schedule.cost,
@@ -228,10 +227,12 @@ def _fresh_optimiser(mask: Tensor, pattern: Tensor, lr: float) -> tuple[Tensor, 
 
 
 def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, opt: torch.optim.Optimizer,
-                    usage: UsageInfo, cost: float, batch_size: int, sums: Tensor) -> tuple[float, Tensor, Tensor]:
+                    usage: UsageInfo, cost: float, batch_size: int,
+                    sums: Tensor) -> tuple[float, float, Tensor, Tensor]:
     """One pass over the images; adds (loss, psim, l1) means to ``sums``.
 
-    Returns (mean psim, mask, pattern), the trigger of the last forward pass (before its update).
+    Returns (mean psim, L1 of the returned mask, mask, pattern), the trigger of the last forward pass
+    (before its update).
     """
     stats = []
     mask = pattern = None
@@ -244,9 +245,10 @@ def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, o
         loss.backward()
         opt.step()
         stats.append(torch.stack([loss.detach(), psim.detach(), l1.detach()]))
-    mean = torch.stack(stats).mean(dim=0).double().cpu()  # one device sync per step
-    sums += mean
-    return mean[1].item(), mask.detach().clone(), pattern.detach().clone()
+    # One device sync per step: the means and the last mask's L1 (= mask_l1(mask)) travel together.
+    packed = torch.cat([torch.stack(stats).mean(dim=0), stats[-1][2:]]).double().cpu()
+    sums += packed[:3]
+    return packed[1].item(), packed[3].item(), mask.detach().clone(), pattern.detach().clone()
 
 
 def _is_nan(x: float) -> bool:

@@ -1,0 +1,636 @@
+"""Speed benchmark: each pipeline stage of OUR implementation against the FLOOR measured in the same run.
+
+    python bench/bench.py                      # quick: resnet18_small all sizes + resnet18 a subset
+    python bench/bench.py --full               # all sizes, both models
+    python bench/bench.py --model resnet18_small --stages unlearn --data-ratios 0.05
+
+The floor of a stage is the bare tensor work the stage cannot avoid (the same backbone, the same batch
+shapes, the same kind of pass), with inputs prepared outside the timer:
+
+  inversion   one step of ``invert_trigger`` over ``attack_size`` images  vs  one forward+backward of the
+              backbone w.r.t. its input (eval mode, parameters frozen)
+  distance    ``wasserstein_shift`` over the inversion set                 vs  one no_grad forward pass over it
+  unlearn     one ``unlearn_epoch`` (portion 0.3, batch 128)               vs  the same batches (2 views of the
+              clean share + stamped pairs) through ``model(x)`` with parameter grads + an SGD step
+  features    ``extract_features`` (the downstream classifier's input)    vs  no_grad forward passes
+  mlp         one epoch of ``train_downstream`` (batch 64, eval each epoch) vs a bare MLP epoch (same net,
+              Adam, same minibatches, one eval forward); the note gives 500 epochs / feature extraction
+  knn         ``knn_monitor`` (bank = set, test = set/5, k 200)             vs  the forward passes over bank, test
+              and stamped test plus one matrix product
+
+Times are medians over repeats (after one warm-up) with ``time.perf_counter``; ours and the floor run
+back to back, alternating which goes first, so that a load change on a shared machine hits both.
+Sizes: ``attack_size`` for the inversion step, ``data_ratio`` of a 50,000-image 32x32 set of random
+uint8 pixels for the others.
+Nothing here asserts a time: this is a measuring tool, not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import io
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+os.environ.setdefault("RECEIVE_NO_PROGRESS", "1")  # progress bars off: they would interleave with the table
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from DATASETS.loaders import ImageSet, take_ratio  # noqa: E402
+from DATASETS.stats import get_usage, normalize  # noqa: E402
+from DATASETS.triggers import GroundTruthTrigger, InvertedTrigger, white_square_trigger  # noqa: E402
+from EVALUATION.downstream import DownstreamMLP, train_downstream  # noqa: E402
+from EVALUATION.features import extract_features  # noqa: E402
+from EVALUATION.knn import knn_monitor  # noqa: E402
+from INVERSION.inversion import InversionConfig, frozen, invert_trigger  # noqa: E402
+from MODELS.simclr import build_model  # noqa: E402
+from Trainer.common import TensorSet  # noqa: E402
+from Trainer.moth import sorted_features, wasserstein_shift  # noqa: E402
+from Trainer.unlearn import unlearn_epoch  # noqa: E402
+from UTILS.errors import UserError  # noqa: E402
+from UTILS.runtime import resolve_device  # noqa: E402
+
+STAGES = ("inversion", "distance", "unlearn", "features", "mlp", "knn")
+MODELS = ("resnet18_small", "resnet18")
+ATTACK_SIZES = (32, 64, 128)
+DATA_RATIOS = (0.01, 0.02, 0.05)
+POOL = 50_000           # images in the generated CIFAR-sized set
+USAGE = get_usage("cifar10")
+DIST_BATCH = 256        # wasserstein_shift / sorted_features default
+UNLEARN_BATCH = 128     # Unlearn-trigger.py --batch_size default
+PORTION, BETA, TEMP = 0.3, 3.5, 0.5  # the README's unlearning recipe (--portion, --beta, --knn-t)
+FEAT_BATCH = 512        # extract_features / knn_monitor default
+MLP_BATCH = 64          # training_downstream_classifier.py --batch_size default
+KNN_K = 200
+QUICK_PLAN = {  # model -> (stages, attack sizes, data ratios) of the default quick mode
+    "resnet18_small": (STAGES, ATTACK_SIZES, DATA_RATIOS),
+    "resnet18": (("inversion", "distance", "features", "mlp", "knn"), (32,), (0.01,)),
+}
+
+
+@dataclass
+class Row:
+    model: str
+    stage: str
+    axis: str            # attack_size | data_ratio
+    size: float
+    images: int          # images the stage handles (attack set, inversion set, ...)
+    ours_s: float
+    floor_s: float
+    repeats: int
+    note: str = ""
+    busy: int = 0        # repeats that started while other processes kept the CPUs busy
+    ours_all: list = field(default_factory=list)
+    floor_all: list = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_s / self.floor_s if self.floor_s > 0 else float("nan")
+
+    @property
+    def min_ratio(self) -> float:
+        """min(ours) / min(floor): the least load-sensitive estimate on a shared machine."""
+        return min(self.ours_all) / min(self.floor_all) if self.floor_all and min(self.floor_all) > 0 else float("nan")
+
+
+class Timer:
+    """perf_counter around a call, with a device sync on both sides for CUDA."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        self.sync()
+        start = time.perf_counter()
+        fn()
+        self.sync()
+        return time.perf_counter() - start
+
+
+def _cpu_times() -> Optional[tuple[int, int]]:
+    """(idle, total) jiffies of all CPUs from /proc/stat; None where unavailable."""
+    try:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return values[3] + values[4], sum(values)
+
+
+def machine_busy(window: float = 0.25) -> Optional[float]:
+    """Share of all CPUs busy over ``window`` seconds while this process sleeps (= other processes)."""
+    a = _cpu_times()
+    time.sleep(window)
+    b = _cpu_times()
+    if a is None or b is None or b[1] == a[1]:
+        return None
+    return 1.0 - (b[0] - a[0]) / (b[1] - a[1])
+
+
+class IdleGate:
+    """Before each timed pair, wait (up to ``max_wait`` s) until other processes leave the CPUs idle.
+
+    On a shared machine other jobs slow OpenMP-parallel ops several-fold; a pair that still starts on a
+    busy machine is counted, and the table notes it. ``max_wait`` 0 turns the gate off (GPU runs)."""
+
+    def __init__(self, max_wait: float, total: float, threshold: float = 0.15):
+        self.max_wait, self.left, self.threshold = max_wait, total, threshold
+        self.waited = 0.0
+
+    def __call__(self) -> bool:
+        """True when the machine was quiet (or the gate is off) when the pair started."""
+        if self.max_wait <= 0:
+            return True
+        start = time.perf_counter()
+        deadline = start + min(self.max_wait, max(self.left, 0.0))
+        try:
+            while True:
+                busy = machine_busy()
+                if busy is None or busy <= self.threshold:
+                    return True
+                if time.perf_counter() > deadline:
+                    return False
+                time.sleep(0.5)
+        finally:
+            spent = time.perf_counter() - start
+            self.waited += spent
+            self.left -= spent
+            self.spin()
+
+    @staticmethod
+    def spin(seconds: float = 0.1) -> None:
+        """Busy compute after the sleeps above: a timed call that starts right after a sleep runs
+        measurably slower (20-30% for calls of a few ms here), which would bias the first of a pair."""
+        m = torch.ones(128, 128)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            torch.mm(m, m)
+
+
+def measure(timer: Timer, gate: IdleGate, ours: Callable[[], Callable[[], object]],
+            floor: Callable[[], Callable[[], object]], repeats: int, budget: float,
+            warm_ours: Optional[Callable[[], Callable[[], object]]] = None,
+            warm_floor: Optional[Callable[[], Callable[[], object]]] = None) -> tuple[list, list, int]:
+    """Warm up both, then time ours and the floor back to back ``repeats`` times, alternating which goes
+    first (fewer once ``budget`` seconds are spent, at least one). Each argument is a *preparer*: it sets
+    up state outside the timer and returns the zero-argument callable to time.
+    Returns (ours times, floor times, pairs started on a busy machine)."""
+    timer((warm_ours or ours)())
+    timer((warm_floor or floor)())
+    t_ours, t_floor, spent, busy = [], [], 0.0, 0
+    for i in range(repeats):
+        if i > 0 and spent > budget:
+            break
+        run_ours, run_floor = ours(), floor()
+        busy += not gate()
+        if i % 2 == 0:  # alternate which one goes first
+            a = timer(run_ours)
+            b = timer(run_floor)
+        else:
+            b = timer(run_floor)
+            a = timer(run_ours)
+        t_ours.append(a)
+        t_floor.append(b)
+        spent += a + b
+    return t_ours, t_floor, busy
+
+
+# ---------------------------------------------------------------- data and models
+
+def make_pool(seed: int = 0) -> ImageSet:
+    """50,000 random 32x32 RGB uint8 images with random labels (no dataset files needed)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (POOL, 32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
+    y = torch.randint(0, 10, (POOL,), generator=gen).numpy().astype(np.int64)
+    return ImageSet(x=x, y=y, num_classes=10, name="random", split="train")
+
+
+def share(pool: ImageSet, ratio: float, device: torch.device) -> TensorSet:
+    """The --data_ratio share, exactly as the pipeline takes it (first floor(N * r) images)."""
+    return TensorSet.from_images(take_ratio(pool, ratio), device)
+
+
+def test_split(pool: ImageSet, n: int, device: torch.device) -> TensorSet:
+    """A held-out 'test' slice from the end of the pool (n images)."""
+    part = ImageSet(x=pool.x[POOL - n:], y=pool.y[POOL - n:], num_classes=10, name="random", split="test")
+    return TensorSet.from_images(part, device)
+
+
+def random_inverted_trigger(device: torch.device) -> InvertedTrigger:
+    g = torch.Generator().manual_seed(1)
+    mask = (torch.rand(32, 32, generator=g) * 0.2).to(device)
+    pattern = torch.rand(3, 32, 32, generator=g).to(device)
+    return InvertedTrigger(mask, pattern)
+
+
+def ground_truth_trigger() -> GroundTruthTrigger:
+    arrays = white_square_trigger()
+    return GroundTruthTrigger(arrays["t"], arrays["tm"])
+
+
+def batches(n: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+# ---------------------------------------------------------------- stages
+
+class Bench:
+    def __init__(self, args, device: torch.device, pool: ImageSet):
+        self.args, self.device, self.pool = args, device, pool
+        self.timer = Timer(device)
+        # Other processes may keep the cores this run leaves free (fewer threads than CPUs) busy.
+        cpus = os.cpu_count() or 1
+        spare = max(0, cpus - torch.get_num_threads()) / cpus
+        self.gate = IdleGate(args.idle_wait if device.type == "cpu" else 0.0, args.idle_total, 0.15 + spare)
+        self.busy = 0  # busy pairs of the last measurement
+        self._features_s: dict = {}  # (model, ratio) -> our feature-extraction seconds, for the MLP note
+
+    def model(self, name: str):
+        torch.manual_seed(0)
+        return build_model(name).to(self.device)
+
+    def run_measure(self, ours, floor, **kw):
+        t_o, t_f, self.busy = measure(self.timer, self.gate, ours, floor, self.args.repeats, self.args.budget, **kw)
+        return t_o, t_f
+
+    # 6.1: one inversion step -------------------------------------------------------------
+    def inversion(self, name: str, attack_size: int) -> Row:
+        model = self.model(name)
+        backbone = model.f
+        inv_set = share(self.pool, 0.01, self.device)
+        torch.manual_seed(2)
+        attack = inv_set.x[torch.randint(len(inv_set), (attack_size,)).to(self.device)]
+        init = (torch.rand(32, 32, device=self.device), torch.rand(3, 32, 32, device=self.device))
+        steps = self.args.steps
+        config = InversionConfig(steps=steps, step_cap=steps, lr=0.5, batch_size=attack_size)
+
+        def ours():
+            def call():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # "no trigger reached the threshold"
+                    invert_trigger(backbone, attack, USAGE, config, init=init)
+            return call
+
+        x_norm = normalize(attack, USAGE).detach()
+
+        def floor():
+            def call():
+                with frozen(backbone):
+                    for _ in range(steps):
+                        x = x_norm.clone().requires_grad_(True)
+                        torch.autograd.grad(backbone(x).sum(), x)
+            return call
+
+        t_o, t_f = self.run_measure(ours, floor)
+        return self.row(name, "inversion step", "attack_size", attack_size, attack_size, t_o, t_f, per=steps)
+
+    # 6.2d: the early-stop distance --------------------------------------------------------
+    def distance(self, name: str, ratio: float) -> Row:
+        model = self.model(name)
+        reference = copy.deepcopy(model).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+        data = share(self.pool, ratio, self.device)
+        trigger = random_inverted_trigger(self.device)
+        clean_sorted = sorted_features(reference.f, data.x, USAGE)  # computed once per run, not timed
+        stamped_norm = normalize(trigger(data.x), USAGE)
+        warm_n = min(len(data), DIST_BATCH)
+
+        def ours_on(x, cs):
+            return lambda: lambda: wasserstein_shift(reference.f, x, USAGE, trigger, cs, DIST_BATCH)
+
+        def floor_on(xn):
+            def call():
+                with torch.no_grad():
+                    for s, e in batches(xn.shape[0], DIST_BATCH):
+                        reference.f(xn[s:e])
+            return lambda: call
+
+        t_o, t_f = self.run_measure(ours_on(data.x, clean_sorted), floor_on(stamped_norm),
+                                    warm_ours=ours_on(data.x[:warm_n], clean_sorted[:warm_n]),
+                                    warm_floor=floor_on(stamped_norm[:warm_n]))
+        return self.row(name, "early-stop distance", "data_ratio", ratio, len(data), t_o, t_f)
+
+    # 6.4: one unlearning epoch ------------------------------------------------------------
+    def unlearn(self, name: str, ratio: float) -> Row:
+        base = self.model(name)
+        data = share(self.pool, ratio, self.device)
+        trigger = random_inverted_trigger(self.device)
+        warm = TensorSet(data.x[:min(len(data), 2 * UNLEARN_BATCH)], data.y[:min(len(data), 2 * UNLEARN_BATCH)], 10)
+
+        def ours_on(ds):
+            def prepare():
+                model = copy.deepcopy(base)
+                opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
+                return lambda: unlearn_epoch(model, opt, ds, UNLEARN_BATCH, trigger, USAGE, PORTION, BETA, TEMP)
+            return prepare
+
+        def floor_batches(ds):
+            """The batch composition of unlearn_loss: 2 x clean share + stamped share x 2, normalised."""
+            out, n = [], len(ds)
+            for s, e in batches(n, UNLEARN_BATCH):
+                b = e - s
+                n_stamped = math.floor(PORTION * b)
+                n_clean = b - n_stamped
+                m = (2 * n_clean if n_clean >= 2 else 0) + 2 * n_stamped
+                idx = torch.arange(s, s + m, device=self.device) % n
+                out.append(normalize(ds.x[idx], USAGE))
+            return out
+
+        def floor_on(ds):
+            prepared = floor_batches(ds)
+
+            def prepare():
+                model = copy.deepcopy(base)
+                opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
+
+                def call():
+                    model.train()
+                    for xb in prepared:
+                        _, z = model(xb)
+                        loss = z.sum()
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                return call
+            return prepare
+
+        t_o, t_f = self.run_measure(ours_on(data), floor_on(data), warm_ours=ours_on(warm), warm_floor=floor_on(warm))
+        return self.row(name, "unlearn epoch", "data_ratio", ratio, len(data), t_o, t_f)
+
+    # 6.6: downstream feature extraction ---------------------------------------------------
+    def features(self, name: str, ratio: float) -> Row:
+        backbone = self.model(name).f.eval()
+        data = share(self.pool, ratio, self.device)
+        x_norm = normalize(data.x, USAGE)
+        warm_n = min(len(data), FEAT_BATCH)
+
+        def ours_on(x):
+            return lambda: lambda: extract_features(backbone, x, USAGE, batch_size=FEAT_BATCH)
+
+        def floor_on(xn):
+            def call():
+                with torch.no_grad():
+                    for s, e in batches(xn.shape[0], FEAT_BATCH):
+                        backbone(xn[s:e])
+            return lambda: call
+
+        t_o, t_f = self.run_measure(ours_on(data.x), floor_on(x_norm), warm_ours=ours_on(data.x[:warm_n]),
+                                    warm_floor=floor_on(x_norm[:warm_n]))
+        row = self.row(name, "feature extraction", "data_ratio", ratio, len(data), t_o, t_f)
+        self._features_s[(name, ratio)] = row.ours_s
+        return row
+
+    # 6.6: downstream MLP, per epoch -------------------------------------------------------
+    def mlp(self, name: str, ratio: float) -> Row:
+        backbone = self.model(name).f.eval()
+        data = share(self.pool, ratio, self.device)
+        feats = extract_features(backbone, data.x, USAGE, batch_size=FEAT_BATCH)
+        n_test = max(2, len(data) // 5)
+        test_feat, test_y, bd_feat = feats[:n_test], data.y[:n_test], feats[:n_test]
+        epochs = self.args.mlp_epochs
+
+        def ours():
+            def call():
+                with contextlib.redirect_stdout(io.StringIO()):  # two JSON lines per epoch
+                    train_downstream(feats, data.y, test_feat, test_y, bd_feat, 0, 10, epochs, 1e-4, MLP_BATCH)
+            return call
+
+        def floor():
+            def call():
+                net = DownstreamMLP(feats.shape[1], 10).to(self.device)  # train_downstream builds its net too
+                opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+                for _ in range(epochs):
+                    net.train()
+                    order = torch.randperm(feats.shape[0], device=self.device)
+                    for s, e in batches(feats.shape[0], MLP_BATCH):
+                        idx = order[s:e]
+                        loss = F.cross_entropy(net(feats[idx]), data.y[idx])
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                    net.eval()
+                    with torch.no_grad():
+                        net(test_feat).argmax(1)
+                        net(bd_feat).argmax(1)
+            return call
+
+        t_o, t_f = self.run_measure(ours, floor)
+        row = self.row(name, "MLP epoch", "data_ratio", ratio, len(data), t_o, t_f, per=epochs)
+        feat_s = self._features_s.get((name, ratio))
+        if feat_s:
+            row.note = f"500 ep = {500 * row.ours_s / feat_s:.1f}x features"
+        return row
+
+    # 6.5: kNN monitor ---------------------------------------------------------------------
+    def knn(self, name: str, ratio: float) -> Row:
+        backbone = self.model(name).f.eval()
+        bank = share(self.pool, ratio, self.device)
+        test = test_split(self.pool, max(2, len(bank) // 5), self.device)
+        trigger = ground_truth_trigger()
+        target = 0
+        keep = test.y != target
+        bank_n, test_n = normalize(bank.x, USAGE), normalize(test.x, USAGE)
+        stamped_n = normalize(trigger(test.x[keep]), USAGE)
+
+        def ours():
+            return lambda: knn_monitor(backbone, bank.x, bank.y, test.x, test.y, 10, USAGE, trigger, target,
+                                       KNN_K, TEMP)
+
+        def floor():
+            def call():
+                with torch.no_grad():
+                    outs = []
+                    for xn in (bank_n, test_n, stamped_n):
+                        outs.append(torch.cat([backbone(xn[s:e]) for s, e in batches(xn.shape[0], FEAT_BATCH)]))
+                    torch.cat(outs[1:]) @ outs[0].T
+            return call
+
+        t_o, t_f = self.run_measure(ours, floor)
+        images = len(bank) + len(test) + int(keep.sum())
+        return self.row(name, "kNN monitor", "data_ratio", ratio, images, t_o, t_f)
+
+    def row(self, model, stage, axis, size, images, t_o, t_f, per: int = 1) -> Row:
+        t_o = [t / per for t in t_o]
+        t_f = [t / per for t in t_f]
+        r = Row(model, stage, axis, size, images, statistics.median(t_o), statistics.median(t_f), len(t_o),
+                ours_all=t_o, floor_all=t_f, busy=self.busy)
+        print(f"  {model:15s} {stage:20s} {axis}={size:<5g} ours {r.ours_s:9.4f}s  floor {r.floor_s:9.4f}s  "
+              f"ratio {r.ratio:5.2f}  (n={r.repeats})", file=sys.stderr, flush=True)
+        return r
+
+
+# ---------------------------------------------------------------- output
+
+def load_average() -> str:
+    """1-minute load average (other processes on the machine skew absolute times); '?' where unknown."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):
+        return "?"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def format_table(rows: list[Row], header: str) -> str:
+    cols = ("model", "stage", "size", "images", "ours (s)", "floor (s)", "ours/floor", "min/min", "n", "note")
+    body = []
+    for r in rows:
+        size = f"{r.axis} {r.size:g}"
+        body.append((r.model, r.stage, size, str(r.images), f"{r.ours_s:.4f}", f"{r.floor_s:.4f}",
+                     f"{r.ratio:.2f}" + (" *" if r.ratio > 1.10 else ""), f"{r.min_ratio:.2f}", str(r.repeats),
+                     "; ".join(filter(None, [r.note, f"busy {r.busy}/{r.repeats}" if r.busy else ""]))))
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    out = [header, line(cols), line(tuple("-" * w for w in widths))]
+    last = None
+    for r, b in zip(rows, body):
+        if last is not None and (r.model, r.stage) != last:
+            out.append("")
+        out.append(line(b))
+        last = (r.model, r.stage)
+    out.append("ours/floor: ratio of the medians (* above 1.10); min/min: ratio of the fastest repeats. Times per "
+               "call (inversion: per step; MLP: per epoch), medians of n repeats after a warm-up.")
+    return "\n".join(out)
+
+
+def write_csv(path: Path, rows: list[Row], device: torch.device, name: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = ("device", "device_name", "threads", "torch", "model", "stage", "axis", "size", "images",
+              "ours_s", "floor_s", "ratio", "min_ratio", "repeats", "busy", "ours_all", "floor_all", "note")
+    with open(path, "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(fields)
+        for r in rows:
+            w.writerow((device.type, name, torch.get_num_threads(), torch.__version__, r.model, r.stage, r.axis,
+                        r.size, r.images, f"{r.ours_s:.6f}", f"{r.floor_s:.6f}", f"{r.ratio:.4f}",
+                        f"{r.min_ratio:.4f}", r.repeats, r.busy,
+                        " ".join(f"{t:.6f}" for t in r.ours_all), " ".join(f"{t:.6f}" for t in r.floor_all),
+                        r.note))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=(*MODELS, "all"), default="all",
+                   help="which encoder(s); 'all' = both (the quick mode measures resnet18 on a subset)")
+    p.add_argument("--full", action="store_true", help="every stage and size for every model")
+    p.add_argument("--stages", default="", help=f"comma list from {','.join(STAGES)} (default: the plan)")
+    p.add_argument("--attack-sizes", default="", help="comma list (default: the plan)")
+    p.add_argument("--data-ratios", default="", help="comma list (default: the plan)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--repeats", type=int, default=0,
+                   help="timed repeats after one warm-up, at most (quick 5, full 7); see --budget")
+    p.add_argument("--budget", type=float, default=0.0,
+                   help="stop repeating once a measurement has spent this many seconds (quick 8, full 60)")
+    p.add_argument("--idle-wait", type=float, default=10.0,
+                   help="CPU only: before each timed pair wait up to this many seconds for other processes to "
+                        "go idle (0 = off); pairs that start busy are noted as 'busy k/n'")
+    p.add_argument("--idle-total", type=float, default=0.0,
+                   help="cap on all idle waiting in a run, seconds (quick 90, full 900)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch.set_num_threads (default: torch's own choice); 1 is steadier on a shared CPU")
+    p.add_argument("--steps", type=int, default=3, help="inversion steps per timed call")
+    p.add_argument("--mlp-epochs", type=int, default=3, help="MLP epochs per timed call")
+    p.add_argument("--out", default="", help="CSV path (default bench/results/<device>-<model>.csv per model)")
+    p.add_argument("--table", default="", help="also write the final table to this file")
+    args = p.parse_args(argv)
+    args.repeats = args.repeats or (7 if args.full else 5)
+    args.budget = args.budget or (60.0 if args.full else 8.0)
+    args.idle_total = args.idle_total or (900.0 if args.full else 90.0)
+    return args
+
+
+def plan(args) -> list[tuple[str, tuple, tuple, tuple]]:
+    models = MODELS if args.model == "all" else (args.model,)
+    out = []
+    for m in models:
+        stages, sizes, ratios = (STAGES, ATTACK_SIZES, DATA_RATIOS) if args.full else QUICK_PLAN[m]
+        if args.stages:
+            stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+            bad = [s for s in stages if s not in STAGES]
+            if bad:
+                sys.exit(f"--stages: unknown {bad}; expected from {STAGES}")
+        if args.attack_sizes:
+            sizes = tuple(int(s) for s in args.attack_sizes.split(","))
+        if args.data_ratios:
+            ratios = tuple(float(s) for s in args.data_ratios.split(","))
+        out.append((m, stages, sizes, ratios))
+    return out
+
+
+def main(argv=None) -> list[Row]:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device, 0, verbose=False)
+    except UserError as err:
+        sys.exit(f"error: {err}")
+    name = device_name(device)
+    started, load_before = time.perf_counter(), load_average()
+    print(f"bench: device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads",
+          file=sys.stderr, flush=True)
+    pool = make_pool()
+    bench = Bench(args, device, pool)
+    rows: list[Row] = []
+    per_model: dict[str, list[Row]] = {}
+    for model, stages, sizes, ratios in plan(args):
+        for stage in STAGES:  # fixed order: features before mlp (the mlp note divides by it)
+            if stage not in stages:
+                continue
+            fn = getattr(bench, stage)
+            for size in (sizes if stage == "inversion" else ratios):
+                row = fn(model, size)
+                rows.append(row)
+                per_model.setdefault(model, []).append(row)
+    elapsed = time.perf_counter() - started
+    mode = "full" if args.full else "quick"
+    header = (f"RECEIVE bench ({mode}) on {device.type} [{name}], torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, {elapsed:.0f} s (idle waits {bench.gate.waited:.0f} s), "
+              f"load avg {load_before} -> {load_average()}")
+    if args.out:
+        write_csv(Path(args.out), rows, device, name)
+    else:
+        for model, model_rows in per_model.items():
+            write_csv(ROOT / "bench" / "results" / f"{device.type}-{model}.csv", model_rows, device, name)
+    table = format_table(rows, header)
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(table + "\n")
+    print(table, flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
