@@ -71,14 +71,16 @@ def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tens
     for start in progress(batches, desc=desc, total=len(batches)):
         images = data.x[order[start:start + batch_size]]
         loss, parts = unlearn_loss(model, images, trigger, usage, portion, beta, temperature)
-        if not torch.isfinite(loss):
-            fail(f"{desc}, batch {start // batch_size}: the unlearning loss became {loss.item()}; stopped. "
+        values = torch.stack([loss.detach(), parts["contrastive"], parts["unlearn"]]).double().cpu()  # one sync
+        if not math.isfinite(values[0].item()):
+            fail(f"{desc}, batch {start // batch_size}: the unlearning loss became {values[0].item()}; stopped. "
                  f"{kept}. Lower --lr or --beta, then start over with --overwrite")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        totals += torch.stack([loss.detach(), parts["contrastive"], parts["unlearn"]]).double().cpu()
-    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+        totals += values
+    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()])  # one sync for all weights
+    bad = None if finite.all() else next(n for (n, _), ok in zip(model.named_parameters(), finite) if not ok)
     if bad is not None:
         fail(f"{desc}: the encoder's weights became NaN or inf (first in {bad}); stopped. {kept}. "
              f"Lower --lr or --beta, then start over with --overwrite")
