@@ -119,7 +119,7 @@ class EpochLoop:
         return self.ckpts.results_dir
 
     def run(self, start_epoch: int) -> list[dict]:
-        timings = _read_timings(self.log_dir / f"{self.name}-timings.csv", start_epoch)
+        timings = read_timings(self.log_dir / f"{self.name}-timings.csv", "epoch", start_epoch + 1)
         with graceful_stop("epoch") as stop:
             for epoch in range(start_epoch + 1, self.ckpts.epochs + 1):
                 began = time.perf_counter()
@@ -147,12 +147,13 @@ class EpochLoop:
         return summary
 
 
-def _read_timings(path: Path, epochs: int) -> list[dict]:
-    """Timing rows of the epochs a resumed run keeps (a missing or odd file just restarts the log)."""
-    if epochs == 0:
-        return []
+def read_timings(path: Path, key: str, below: int) -> list[dict]:
+    """The timing rows a resumed run keeps: those whose ``key`` (epoch or round) is below ``below``.
+
+    A missing or odd file just restarts the log: timings are informative, not part of the results.
+    """
     try:
-        rows = [{"epoch": int(r["epoch"]), "seconds": float(r["seconds"])} for r in read_csv(path)]
+        rows = [{key: int(r[key]), "seconds": float(r["seconds"])} for r in read_csv(path)]
     except (OSError, KeyError, ValueError, TypeError):
         return []
-    return [r for r in rows if r["epoch"] <= epochs]
+    return [r for r in rows if r[key] < below]

@@ -19,9 +19,10 @@ from INVERSION.inversion import InversionConfig, invert_trigger, reference_simil
 from MODELS.checkpoint import save_checkpoint
 from MODELS.early_stop import EarlyStopping
 from Trainer.common import TensorSet, check_nonfinite, fmt_metrics
+from Trainer.epochs import read_timings
 from Trainer.preview import save_trigger_preview
 from UTILS.errors import RESUME_HINT, Interrupted, fail
-from UTILS.io import read_csv, write_csv, write_json
+from UTILS.io import write_csv, write_json
 from UTILS.runtime import log, progress, rng_state, set_rng_state, warn
 from UTILS.signals import StopRequest
 
@@ -306,18 +307,9 @@ class IterativeInversion:
         self.best_index = int(state["best_index"])
         self.stop_reason = str(state["stop_reason"])
         self.stopped, self.last_epoch = bool(state["stopped"]), int(state["last_epoch"])
-        self.timings = _read_timings(self.log_dir / TIMINGS_FILE, self.round)
+        self.timings = read_timings(self.log_dir / TIMINGS_FILE, "round", self.round)
         set_rng_state(state["rng"])
         return int(state["epoch"]), int(state["next_batch"])
-
-
-def _read_timings(path: Path, rounds: int) -> list[dict]:
-    """The timing rows of the rounds kept by a resumed state (a missing or odd file just restarts the log)."""
-    try:
-        rows = [{"round": int(r["round"]), "seconds": float(r["seconds"])} for r in read_csv(path)]
-    except (OSError, KeyError, ValueError, TypeError):
-        return []
-    return [r for r in rows if r["round"] < rounds]
 
 
 def reissue_warnings(caught: list) -> None:

@@ -19,10 +19,10 @@ from Trainer.common import (TensorSet, build_monitor, check_finite_model, fmt_me
                             load_ground_truth, load_train_share, remove_outputs, run_fingerprint, seed_from_list,
                             write_settings)
 from Trainer.configs import UNLEARN_SEEDS, UnlearnConfig
-from Trainer.epochs import EpochCheckpoints
+from Trainer.epochs import EpochCheckpoints, read_timings
 from Trainer.preview import save_trigger_preview
 from UTILS.errors import RESUME_HINT, Interrupted, fail
-from UTILS.io import atomic_write, ensure_writable_dir, read_csv, write_csv, write_json
+from UTILS.io import atomic_write, ensure_writable_dir, write_csv, write_json
 from UTILS.runtime import log, progress, resolve_device, seed_everything
 from UTILS.signals import graceful_stop
 
@@ -112,7 +112,7 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
         remove_outputs(earlier + earlier_logs)
     write_settings(log_dir / "unlearn-setting.txt", cfg)
     save_trigger_preview(log_dir / "unlearn-trigger.png", trigger, data.x[:4])
-    timings = _read_timings(log_dir / TIMINGS_FILE, start_epoch)
+    timings = read_timings(log_dir / TIMINGS_FILE, "epoch", start_epoch + 1)
     if monitor is not None and not rows:
         before = monitor(model.f)
         log("[unlearn] before: " + fmt_metrics({"knn_acc": before["acc"], "knn_asr": before["asr"]}))
@@ -156,16 +156,5 @@ def _write_logs(log_dir: Path, rows: list[dict], timings: list[dict]) -> None:
     atomic_write(log_dir / "loss-log.npy", lambda h: np.save(h, losses))
     write_csv(log_dir / "unlearn-metrics.csv", rows, METRIC_FIELDS)
     write_csv(log_dir / TIMINGS_FILE, timings, ("epoch", "seconds"))
-
-
-def _read_timings(path: Path, epochs: int) -> list[dict]:
-    """Timing rows of the epochs a resumed run keeps (a missing or odd file just restarts the log)."""
-    if epochs == 0:
-        return []
-    try:
-        rows = [{"epoch": int(r["epoch"]), "seconds": float(r["seconds"])} for r in read_csv(path)]
-    except (OSError, KeyError, ValueError, TypeError):
-        return []
-    return [r for r in rows if r["epoch"] <= epochs]
 
 
