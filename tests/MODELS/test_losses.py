@@ -9,7 +9,7 @@ from MODELS import nt_xent
 
 def slow_nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
     """l(i, j) = -log exp(s_ij/t) / sum_{k != i} exp(s_ik/t), averaged over all 2B anchors."""
-    z = torch.cat([z1, z2]).double()
+    z = torch.cat([z1, z2]).detach().double()  # a plain number: callers pass tensors that carry grad
     z = [v / v.norm() for v in z]
     n, b = len(z), len(z) // 2
     total = 0.0

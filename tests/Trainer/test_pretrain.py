@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from DATASETS import synthetic
 from DATASETS.augment import simclr_views
@@ -16,21 +15,10 @@ from MODELS.simclr import build_model
 from Trainer import pretrain
 from Trainer.common import TensorSet
 from Trainer.pretrain import pretrain_epoch, simclr_loss, simclr_step
+from tests.MODELS.test_losses import slow_nt_xent
 
 USAGE = get_usage("synthetic")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def slow_nt_xent(z1, z2, t):
-    """Written out from the definition: for each of the 2B anchors, -log(exp(s_pos/t) / sum_{k != i} exp(s_ik/t))."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1).double()
-    n = z1.shape[0]
-    total = 0.0
-    for i in range(2 * n):
-        j = (i + n) % (2 * n)
-        den = sum(torch.exp(z[i] @ z[k] / t) for k in range(2 * n) if k != i)
-        total += -torch.log(torch.exp(z[i] @ z[j] / t) / den).item()
-    return total / (2 * n)
 
 
 def test_simclr_loss_matches_a_slow_reference():

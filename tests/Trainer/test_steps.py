@@ -14,6 +14,7 @@ from Trainer.common import guard_outputs
 from Trainer.moth import harden_step, sorted_features, wasserstein_rows, wasserstein_shift
 from Trainer.unlearn import unlearn_loss
 from UTILS.errors import UserError
+from tests.MODELS.test_losses import slow_nt_xent
 
 USAGE = get_usage("cifar10")
 
@@ -63,18 +64,6 @@ def test_harden_step_is_one_sgd_step_on_the_backbone_mse():
         assert torch.allclose(p.detach(), expected, atol=1e-6), name
     for k, v in model.g.state_dict().items():
         assert torch.equal(v, head_before[k]), k  # the head is not hardened
-
-
-def slow_nt_xent(z1, z2, t):
-    z = F.normalize(torch.cat([z1, z2]), dim=1).double()
-    n = z1.shape[0]
-    total = 0.0
-    for i in range(2 * n):
-        j = (i + n) % (2 * n)
-        num = torch.exp(z[i] @ z[j] / t)
-        den = sum(torch.exp(z[i] @ z[k] / t) for k in range(2 * n) if k != i)
-        total += -torch.log(num / den).item()
-    return total / (2 * n)
 
 
 @pytest.mark.parametrize("portion", [0.0, 0.25, 0.5, 1.0])
