@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import MainConfig, add_runtime_flags, config_from_args
+from Trainer.configs import MainConfig, add_amp_flag, add_runtime_flags, config_from_args
 from Trainer.main_flow import run_main
 from UTILS.errors import ArgumentParser, cli_entry
 
@@ -50,6 +50,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor every N rounds (0: off)")
     p.add_argument("--asr_include_target", action="store_true",
                    help="count target-class images in ASR, as BadEncoder's published figures do")
+    add_amp_flag(p)
     return p
 
 

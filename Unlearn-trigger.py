@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import UnlearnConfig, add_runtime_flags, config_from_args
+from Trainer.configs import UnlearnConfig, add_amp_flag, add_runtime_flags, config_from_args
 from Trainer.unlearn import run_unlearn
 from UTILS.errors import ArgumentParser, cli_entry
 
@@ -40,6 +40,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor every N epochs (0: off)")
     p.add_argument("--asr_include_target", action="store_true",
                    help="count target-class images in ASR, as BadEncoder's published figures do")
+    add_amp_flag(p)
     return p
 
 

@@ -2,7 +2,7 @@
 """Stage 3: train a downstream classifier on a frozen encoder and print ACC and ASR (BadEncoder style)."""
 from __future__ import annotations
 
-from Trainer.configs import DownstreamConfig, add_runtime_flags, config_from_args
+from Trainer.configs import DownstreamConfig, add_amp_flag, add_runtime_flags, config_from_args
 from Trainer.downstream import run_downstream
 from UTILS.errors import ArgumentParser, cli_entry
 
@@ -28,6 +28,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--mode", default=D.mode, help="accepted, unused")
     p.add_argument("--asr_include_target", action="store_true",
                    help="count target-class images in ASR, as BadEncoder's published figures do")
+    add_amp_flag(p)
     return p
 
 

@@ -153,6 +153,9 @@ def check_fingerprint(saved, config, path: Path) -> None:
         fail(f"--resume {path}: holds no record of the run's settings (not written by this program?); "
              f"pass --overwrite to start over")
     now = run_fingerprint(config)
+    # A flag added after the checkpoint was written counts as its default there (e.g. --amp: off).
+    defaults = {f.name: f.default for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else {}
+    saved = {**{k: defaults[k] for k in now if k not in saved and k in defaults}, **saved}
     diff = [f"--{k.replace('knn_', 'knn-')} {saved.get(k)!r} there, {now.get(k)!r} now"
             for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
     if diff:

@@ -28,6 +28,13 @@ def add_runtime_flags(parser: argparse.ArgumentParser, gpu: str, seed: int) -> N
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
 
 
+def add_amp_flag(parser: argparse.ArgumentParser) -> None:
+    """``--amp`` (ours): bf16 autocast + channels_last for the encoder; off = exact float32."""
+    parser.add_argument("--amp", action="store_true",
+                        help="encoder forward/backward in bfloat16 autocast with channels_last (CUDA with bf16, "
+                             "or CPU); losses and trigger stay float32. Off by default: exact float32")
+
+
 def config_from_args(cls: Type[C], args: argparse.Namespace) -> C:
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names})
@@ -95,6 +102,7 @@ class MainConfig(Common):
     source_label: int = -1
     monitor_every: int = 5
     asr_include_target: bool = False
+    amp: bool = False
 
     def validate(self) -> "MainConfig":
         self.check_runtime()
@@ -150,6 +158,7 @@ class UnlearnConfig(Common):
     input_type: str = "poisoned_encoder"
     monitor_every: int = 1
     asr_include_target: bool = False
+    amp: bool = False
 
     def validate(self) -> "UnlearnConfig":
         self.check_runtime()
@@ -189,6 +198,7 @@ class DownstreamConfig(Common):
     source_label: int = -1
     mode: str = "non-targeted"
     asr_include_target: bool = False
+    amp: bool = False
 
     def validate(self) -> "DownstreamConfig":
         self.check_runtime()

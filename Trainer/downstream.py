@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from torch import Tensor
+
 from DATASETS.loaders import load_split
 from DATASETS.stats import get_usage
 from DATASETS.triggers import load_trigger
@@ -17,6 +19,7 @@ from EVALUATION.downstream import train_downstream
 from EVALUATION.features import extract_features
 from EVALUATION.metrics import backdoor_subset
 from MODELS.checkpoint import load_encoder, save_checkpoint
+from MODELS.precision import check_amp, with_precision
 from MODELS.simclr import build_model
 from Trainer.common import (TensorSet, check_finite_model, check_label, guard_outputs, remove_outputs,
                             run_fingerprint)
@@ -32,6 +35,7 @@ SUMMARY = "downstream-metrics.json"
 def run_downstream(cfg: DownstreamConfig) -> dict:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device, cfg.gpu)
+    check_amp(cfg.amp, device)
     usage = get_usage(cfg.encoder_usage_info)
     results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
     clf_path = results_dir / f"clf_{cfg.nn_epochs}.pth"
@@ -59,13 +63,8 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
         if cfg.resume:
             log("--resume: the earlier run did not finish (or used other settings); training from the start")
         remove_outputs(earlier)
-    train_feat = extract_features(model.f, train.x, usage, desc="train features")
-    test_feat = extract_features(model.f, test.x, usage, desc="test features")
-    if trigger is not None:
-        keep = backdoor_subset(test.y, target, cfg.asr_include_target)
-        bd_feat = extract_features(model.f, test.x[keep], usage, trigger=trigger, desc="triggered features")
-    else:
-        bd_feat = test_feat[:0]
+    train_feat, test_feat, bd_feat = _features(with_precision(model.f, cfg.amp), train, test, usage, trigger,
+                                               backdoor_subset(test.y, target, cfg.asr_include_target))
     clean_names = "clean" in Path(cfg.encoder).name.lower() if cfg.encoder else True
     with graceful_stop("epoch") as stop:
         def on_epoch(row: dict) -> None:
@@ -90,6 +89,16 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
     write_json(results_dir / SUMMARY, summary)  # last: its presence marks a finished run
     log(f"ACC {summary['acc']:.2f}%  ASR {summary['asr']:.2f}%  ({cfg.dataset}, encoder {cfg.encoder or 'random'})")
     return summary
+
+
+def _features(backbone, train: TensorSet, test: TensorSet, usage, trigger, keep: Tensor) -> tuple[Tensor, ...]:
+    """Train, test and triggered-test features (N, D); the last is empty without a trigger."""
+    train_feat = extract_features(backbone, train.x, usage, desc="train features")
+    test_feat = extract_features(backbone, test.x, usage, desc="test features")
+    if trigger is None:
+        return train_feat, test_feat, test_feat[:0]
+    return train_feat, test_feat, extract_features(backbone, test.x[keep], usage, trigger=trigger,
+                                                   desc="triggered features")
 
 
 def _finished(summary_path: Path, clf_path: Path, fingerprint: dict) -> dict | None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from DATASETS.stats import get_usage
 from INVERSION.inversion import InversionConfig
 from MODELS.checkpoint import load_checkpoint, load_encoder
+from MODELS.precision import check_amp
 from Trainer.common import (build_monitor, canonical, check_fingerprint, check_finite_model, guard_outputs,
                             load_ground_truth, load_train_share, remove_outputs, run_fingerprint, seed_from_list,
                             write_settings)
@@ -33,6 +34,7 @@ def inversion_config(cfg: MainConfig) -> InversionConfig:
 def run_main(cfg: MainConfig) -> dict:
     seed_everything(seed_from_list(cfg.seed, MAIN_SEEDS))
     device = resolve_device(cfg.device, cfg.gpu)
+    check_amp(cfg.amp, device)
     usage = get_usage(cfg.encoder_usage_info)
     log_dir = ensure_writable_dir(cfg.log_dir, "--log_dir")
     results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
@@ -60,7 +62,7 @@ def run_nc_phase(cfg: MainConfig, model, data, usage, log_dir: Path, ground_trut
     if cfg.overwrite:
         remove_outputs(earlier)
     write_settings(log_dir / "setting-NC.txt", cfg)
-    return run_nc(model, data, usage, inversion_config(cfg), log_dir, ground_truth)
+    return run_nc(model, data, usage, inversion_config(cfg), log_dir, ground_truth, amp=cfg.amp)
 
 
 def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Path, ground_truth,
@@ -75,7 +77,7 @@ def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Pa
                                 cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
     settings = MothSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, attack_size=cfg.attack_size,
                             harden_lr=cfg.harden_lr, inversion=inversion_config(cfg), patience=cfg.patience,
-                            epsilon=cfg.epsilon, monitor_every=cfg.monitor_every)
+                            epsilon=cfg.epsilon, monitor_every=cfg.monitor_every, amp=cfg.amp)
     flow = IterativeInversion(model, data, usage, settings, log_dir, results_dir, ground_truth, monitor,
                               fingerprint=run_fingerprint(cfg))
     start = (0, 0)

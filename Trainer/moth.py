@@ -18,6 +18,7 @@ from DATASETS.triggers import InvertedTrigger
 from INVERSION.inversion import InversionConfig, invert_trigger, reference_similarity
 from MODELS.checkpoint import save_checkpoint
 from MODELS.early_stop import EarlyStopping
+from MODELS.precision import with_precision
 from Trainer.common import TensorSet, check_nonfinite, fmt_metrics
 from Trainer.epochs import read_timings
 from Trainer.preview import save_trigger_preview
@@ -33,15 +34,16 @@ STATE_FILE = "moth_state.pth"
 TIMINGS_FILE = "timings.csv"  # wall-clock seconds per round: kept apart so metrics.csv is reproducible
 
 
-def harden_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
+def harden_step(backbone: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
                 trigger: Callable[[Tensor], Tensor], usage: UsageInfo) -> float:
-    """Equation 3, one SGD step: pull f(stamped batch) onto f(clean batch) (MSE), model in train mode.
+    """Equation 3, one SGD step: pull f(stamped batch) onto f(clean batch) (MSE), backbone in train mode.
 
-    Clean and stamped images go through the backbone as one batch so BatchNorm sees both once.
+    images: (B, 3, H, W) in [0, 1]. Clean and stamped images go through the backbone as one batch
+    so BatchNorm sees both once.
     """
-    model.train()
+    backbone.train()
     batch = torch.cat([images, trigger(images)])  # (2B, 3, H, W)
-    clean, stamped = model.f(normalize(batch, usage)).chunk(2)
+    clean, stamped = backbone(normalize(batch, usage)).chunk(2)  # (B, D) each
     loss = F.mse_loss(stamped, clean)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -90,6 +92,7 @@ class MothSettings:
     patience: int
     epsilon: float
     monitor_every: int = 5
+    amp: bool = False               # encoder passes in bf16 autocast (MODELS.precision)
 
 
 FIRST_ROUND_LR = 0.5
@@ -113,6 +116,8 @@ class IterativeInversion:
         self.reference = copy.deepcopy(model).eval()  # the original encoder, frozen, judges the shift
         for p in self.reference.parameters():
             p.requires_grad_(False)
+        self.f = with_precision(model.f, settings.amp)  # the encoder being hardened
+        self.reference_f = with_precision(self.reference.f, settings.amp)
         self.optimizer = torch.optim.SGD(model.f.parameters(), lr=settings.harden_lr, momentum=0.9, nesterov=True)
         self.early = EarlyStopping(settings.patience, settings.epsilon)
         self.trigger: Optional[tuple[Tensor, Tensor]] = None
@@ -123,7 +128,7 @@ class IterativeInversion:
         self.stop_reason = "last epoch"
         self.stopped = False  # the early stop fired: the run is complete
         self.last_epoch = 0  # epoch of the last finished round
-        self.clean_sorted = sorted_features(self.reference.f, data.x, usage)  # (N, D), computed once
+        self.clean_sorted = sorted_features(self.reference_f, data.x, usage)  # (N, D), computed once
 
     @property
     def rounds_per_epoch(self) -> int:
@@ -140,7 +145,7 @@ class IterativeInversion:
         lr = FIRST_ROUND_LR if self.trigger is None else self.s.inversion.lr
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = invert_trigger(self.model.f, attack, self.usage, replace(self.s.inversion, lr=lr),
+            result = invert_trigger(self.f, attack, self.usage, replace(self.s.inversion, lr=lr),
                                     init=self.trigger, desc=f"round {self.round} inversion")
         reissue_warnings(caught)
         trigger = InvertedTrigger(result.mask, result.pattern)
@@ -148,12 +153,12 @@ class IterativeInversion:
         if not result.reached and math.isfinite(result.loss):  # (a NaN round fails in one_round instead)
             # No trigger reached the threshold within the cap: record the last one and its measured psim
             # (a number, not nan), and say so. The run goes on; the early stop judges the round as usual.
-            psim = reference_similarity(self.model.f, attack, self.usage, trigger)
+            psim = reference_similarity(self.f, attack, self.usage, trigger)
             warn(f"round {self.round}: no trigger reached --similarity_threshold {self.s.inversion.threshold} "
                  f"within the cap of {self.s.inversion.cap} steps (--re_steps_cap); kept the last trigger "
                  f"(psim {psim:.4f}, recorded with reached=0 in metrics.csv)")
         self.trigger = (result.mask, result.pattern)
-        refer = reference_similarity(self.model.f, attack, self.usage, self.ground_truth)
+        refer = reference_similarity(self.f, attack, self.usage, self.ground_truth)
         row = {"loss": result.loss, "loss_sim": result.loss_sim, "loss_reg": result.loss_reg, "refer_sim": refer,
                "l1": result.l1, "psim": psim, "reached": int(result.reached), "steps": result.steps,
                "cost": result.cost}
@@ -161,11 +166,11 @@ class IterativeInversion:
 
     def harden(self, batch: Tensor, trigger: InvertedTrigger) -> float:
         """6.2c: one hardening step of the current encoder against the round's trigger."""
-        return harden_step(self.model, self.optimizer, batch, trigger, self.usage)
+        return harden_step(self.f, self.optimizer, batch, trigger, self.usage)
 
     def detect(self, trigger: InvertedTrigger) -> float:
         """6.2d: how far the trigger moves the reference encoder's features."""
-        return wasserstein_shift(self.reference.f, self.data.x, self.usage, trigger, self.clean_sorted)
+        return wasserstein_shift(self.reference_f, self.data.x, self.usage, trigger, self.clean_sorted)
 
     def kept(self) -> str:
         """What survives a failed round: the state saved after the previous one."""
@@ -221,7 +226,7 @@ class IterativeInversion:
     def run_monitor(self, k: int) -> dict:
         if self.monitor is None or self.s.monitor_every <= 0 or k % self.s.monitor_every:
             return {"knn_acc": float("nan"), "knn_asr": float("nan")}
-        result = self.monitor(self.model.f)
+        result = self.monitor(self.f)
         return {"knn_acc": result["acc"], "knn_asr": result["asr"]}
 
     def write_logs(self) -> None:

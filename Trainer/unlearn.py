@@ -15,6 +15,7 @@ from DATASETS.stats import UsageInfo, get_usage, normalize
 from DATASETS.triggers import load_trigger
 from MODELS.checkpoint import load_encoder
 from MODELS.losses import nt_xent
+from MODELS.precision import check_amp, unwrap, with_precision
 from Trainer.common import (TensorSet, build_monitor, check_finite_model, fmt_metrics, guard_outputs,
                             load_ground_truth, load_train_share, remove_outputs, run_fingerprint, seed_from_list,
                             write_settings)
@@ -79,8 +80,9 @@ def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tens
         loss.backward()
         optimizer.step()
         totals += values
-    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()])  # one sync for all weights
-    bad = None if finite.all() else next(n for (n, _), ok in zip(model.named_parameters(), finite) if not ok)
+    named = list(unwrap(model).named_parameters())
+    finite = torch.stack([torch.isfinite(p).all() for _, p in named])  # one sync for all weights
+    bad = None if finite.all() else next(n for (n, _), ok in zip(named, finite) if not ok)
     if bad is not None:
         fail(f"{desc}: the encoder's weights became NaN or inf (first in {bad}); stopped. {kept}. "
              f"Lower --lr or --beta, then start over with --overwrite")
@@ -91,6 +93,7 @@ def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tens
 def run_unlearn(cfg: UnlearnConfig) -> dict:
     seed_everything(seed_from_list(cfg.seed, UNLEARN_SEEDS))
     device = resolve_device(cfg.device, cfg.gpu)
+    check_amp(cfg.amp, device)
     usage = get_usage(cfg.encoder_usage_info)
     log_dir = ensure_writable_dir(cfg.log_dir, "--log_dir")
     results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
@@ -105,6 +108,7 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
         monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device,
                                 load_ground_truth(cfg.trigger_file, usage.size), cfg.reference_label,
                                 cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
+    net, backbone = with_precision(model, cfg.amp), with_precision(model.f, cfg.amp)  # = model, model.f without --amp
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
     checkpoints = EpochCheckpoints(results_dir, save_every=1, epochs=cfg.epochs, pattern=CKPT)  # keep every epoch
     rows, start_epoch = checkpoints.resume(cfg, model, optimizer, earlier_logs)
@@ -114,7 +118,7 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     save_trigger_preview(log_dir / "unlearn-trigger.png", trigger, data.x[:4])
     timings = read_timings(log_dir / TIMINGS_FILE, "epoch", start_epoch + 1)
     if monitor is not None and not rows:
-        before = monitor(model.f)
+        before = monitor(backbone)
         log("[unlearn] before: " + fmt_metrics({"knn_acc": before["acc"], "knn_asr": before["asr"]}))
         rows.append({"epoch": 0, "loss": float("nan"), "contrastive": float("nan"), "unlearn": float("nan"),
                      "knn_acc": before["acc"], "knn_asr": before["asr"]})
@@ -124,10 +128,10 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
             began = time.perf_counter()
             kept = (f"The last good checkpoint is kept: {results_dir / CKPT.format(epoch - 1)}" if epoch > 1
                     else "No epoch had finished, so no checkpoint was written")
-            row = {"epoch": epoch, **unlearn_epoch(model, optimizer, data, cfg.batch_size, trigger, usage,
+            row = {"epoch": epoch, **unlearn_epoch(net, optimizer, data, cfg.batch_size, trigger, usage,
                                                    cfg.portion, cfg.beta, cfg.knn_t,
                                                    desc=f"unlearn epoch {epoch}/{cfg.epochs}", kept=kept)}
-            row.update(_monitor_row(monitor, model, epoch, cfg.monitor_every))
+            row.update(_monitor_row(monitor, backbone, epoch, cfg.monitor_every))
             rows.append(row)
             checkpoints.save(epoch, model, optimizer, rows, fingerprint)
             timings.append({"epoch": epoch, "seconds": time.perf_counter() - began})
@@ -143,10 +147,10 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     return summary
 
 
-def _monitor_row(monitor, model: nn.Module, epoch: int, every: int) -> dict:
+def _monitor_row(monitor, backbone: nn.Module, epoch: int, every: int) -> dict:
     if monitor is None or every <= 0 or epoch % every:
         return {"knn_acc": float("nan"), "knn_asr": float("nan")}
-    result = monitor(model.f)
+    result = monitor(backbone)
     return {"knn_acc": result["acc"], "knn_asr": result["asr"]}
 
 

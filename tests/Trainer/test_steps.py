@@ -52,7 +52,7 @@ def test_harden_step_is_one_sgd_step_on_the_backbone_mse():
     trigger = InvertedTrigger(torch.rand(32, 32) * 0.3, torch.rand(3, 32, 32))
     opt = torch.optim.SGD(model.f.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     head_before = copy.deepcopy(model.g.state_dict())
-    loss = harden_step(model, opt, images, trigger, USAGE)
+    loss = harden_step(model.f, opt, images, trigger, USAGE)
     # reference written out by hand: same batch layout, plain SGD first step (momentum buffer = grad)
     twin.train()
     feats = twin.f(normalize(torch.cat([images, trigger(images)]), USAGE))

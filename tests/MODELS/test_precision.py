@@ -1,0 +1,85 @@
+"""--amp: bf16 autocast + channels_last around the encoder, float32 everywhere else."""
+import copy
+import warnings
+
+import pytest
+import torch
+
+from DATASETS.stats import get_usage
+from DATASETS.triggers import InvertedTrigger
+from INVERSION.inversion import InversionConfig, invert_trigger, reference_similarity
+from MODELS.precision import Autocast, amp_supported, unwrap, with_precision
+from MODELS.simclr import build_model
+
+USAGE = get_usage("cifar10")
+
+
+def test_amp_off_is_the_module_itself():
+    model = build_model("tiny")
+    assert with_precision(model.f, False) is model.f
+    assert unwrap(model.f) is model.f
+
+
+def test_amp_keeps_parameters_values_and_checkpoint_keys():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    before = copy.deepcopy(model.state_dict())
+    params = list(model.f.parameters())
+    wrapped = with_precision(model.f, True)
+    assert isinstance(wrapped, Autocast) and unwrap(wrapped) is model.f
+    assert with_precision(wrapped, True) is wrapped  # no double wrapping
+    assert list(model.f.parameters()) == params  # same Parameter objects: optimisers keep working
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    conv = next(p for p in model.f.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_backbone_output_is_float32_and_close_to_exact():
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    x = torch.rand(8, 3, 32, 32)
+    exact = model.f(x)
+    fast = with_precision(copy.deepcopy(model).f, True)(x)
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    rel = (fast - exact).norm() / exact.norm()
+    assert 0 < rel < 0.05  # bf16 keeps ~3 significant digits; 0 would mean autocast did nothing
+
+
+def test_simclr_outputs_and_input_gradients_are_float32():
+    torch.manual_seed(0)
+    model = build_model("tiny").train()
+    x = torch.rand(6, 3, 32, 32, requires_grad=True)
+    feature, z = with_precision(model, True)(x)
+    assert feature.dtype == z.dtype == torch.float32
+    assert torch.allclose(z.norm(dim=1), torch.ones(6), atol=1e-2)
+    z.sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def test_cpu_is_supported():
+    assert amp_supported(torch.device("cpu")) == (True, "")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inverted_trigger_stays_within_the_stated_tolerance(seed):
+    """The README's tolerance for one inversion round from the same start: L1 within 5 % and psim
+    (re-measured in float32) within 0.01 of the float32 round."""
+    torch.manual_seed(100 + seed)
+    model = build_model("tiny").eval()
+    images = torch.rand(32, 3, 32, 32)
+    config = InversionConfig(steps=30, lr=0.5, threshold=0.9, batch_size=32, init_cost=1e-3)
+    results = []
+    for amp in (False, True):
+        backbone = with_precision(copy.deepcopy(model).f, amp)
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            r = invert_trigger(backbone, images, USAGE, config)
+        psim = reference_similarity(model.f, images, USAGE, InvertedTrigger(r.mask, r.pattern))
+        results.append((r.l1, psim))
+    (l1, psim), (l1_amp, psim_amp) = results
+    assert abs(l1_amp - l1) <= 0.05 * l1
+    assert abs(psim_amp - psim) <= 0.01
