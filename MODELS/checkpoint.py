@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -157,15 +158,70 @@ def _check_plain(value, where: str) -> None:
                     "only tensors, numbers, strings, lists and dicts can be saved")
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, epoch: int,
-                    optimizer: torch.optim.Optimizer | None = None, **extra) -> Path:
-    """Atomically save ``{"state_dict", "epoch", ["optimizer"], **extra}``, loadable with weights_only."""
+def checkpoint_content(model: nn.Module, epoch: int, optimizer: torch.optim.Optimizer | None = None,
+                       **extra) -> dict:
+    """``{"state_dict", "epoch", ["optimizer"], **extra}``, checked to load back under weights_only."""
     content: dict = {"state_dict": model.state_dict(), "epoch": int(epoch)}
     if optimizer is not None:
         content["optimizer"] = optimizer.state_dict()
     content.update(extra)
     _check_plain(content, "checkpoint")
+    return content
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, epoch: int,
+                    optimizer: torch.optim.Optimizer | None = None, **extra) -> Path:
+    """Atomically save ``{"state_dict", "epoch", ["optimizer"], **extra}``, loadable with weights_only."""
+    content = checkpoint_content(model, epoch, optimizer, **extra)
     return atomic_write(path, lambda handle: torch.save(content, handle))
+
+
+def snapshot(value):
+    """A copy of ``value`` that later in-place training cannot change: tensors copied to the CPU
+    (layout kept), lists and dicts rebuilt, everything else shared (immutable)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(v) for v in value)
+    return value
+
+
+class BackgroundSaver:
+    """Writes checkpoints on a worker thread, one at a time, while the next round computes.
+
+    :meth:`save` snapshots everything first (the caller may change the weights right after), waits
+    for the previous write, then starts this one, still through :func:`atomic_write`: a crash leaves
+    the previous file whole. :meth:`wait` must run before the file is read or the program ends; an
+    error of the worker (disk full, read-only folder) is raised there, as the one-line error it was.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, path: str | os.PathLike, model: nn.Module, epoch: int,
+             optimizer: torch.optim.Optimizer | None = None, **extra) -> None:
+        content = snapshot(checkpoint_content(model, epoch, optimizer, **extra))
+        self.wait()
+        # not a daemon: an interpreter that exits early still finishes the write it started
+        self._thread = threading.Thread(target=self._write, args=(Path(path), content), name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, path: Path, content: dict) -> None:
+        try:
+            atomic_write(path, lambda handle: torch.save(content, handle))
+        except BaseException as exc:  # handed to the main thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def sanity_check_frozen(model: nn.Module, reference_state: Mapping[str, torch.Tensor]) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from DATASETS.stats import UsageInfo, normalize
 from DATASETS.triggers import InvertedTrigger
 from INVERSION.inversion import InversionConfig, invert_trigger, reference_similarity
-from MODELS.checkpoint import save_checkpoint
+from MODELS.checkpoint import BackgroundSaver, save_checkpoint
 from MODELS.early_stop import EarlyStopping
 from MODELS.precision import with_precision
 from Trainer.common import TensorSet, check_nonfinite, fmt_metrics
@@ -128,6 +128,7 @@ class IterativeInversion:
         self.stop_reason = "last epoch"
         self.stopped = False  # the early stop fired: the run is complete
         self.last_epoch = 0  # epoch of the last finished round
+        self.saver = BackgroundSaver()  # the per-round state is written while the next round runs
         self.clean_sorted = sorted_features(self.reference_f, data.x, usage)  # (N, D), computed once
 
     @property
@@ -244,6 +245,13 @@ class IterativeInversion:
             log(f"the run had already stopped ({self.stop_reason}) after round {self.round - 1}; "
                 f"rewriting its final outputs")
             return self.finish(self.last_epoch, True)
+        try:
+            self.rounds(start_epoch, start_batch, stop)
+            return self.finish(self.last_epoch, self.stopped)
+        finally:
+            self.saver.wait()  # however the run ends, the last state is complete on disk
+
+    def rounds(self, start_epoch: int, start_batch: int, stop: Optional[StopRequest]) -> None:
         rpe = self.rounds_per_epoch
         first, total = start_epoch * rpe + start_batch, self.s.epochs * rpe
         for flat in progress(range(first, total), desc="moth rounds", total=max(total - first, 0)):
@@ -252,11 +260,11 @@ class IterativeInversion:
             self.last_epoch = epoch
             self.save_state(epoch, batch_index + 1)
             if self.stopped:
-                break
+                return
             if stop is not None and stop.requested and flat + 1 < total:
+                self.saver.wait()
                 raise Interrupted(f"{stop.name}: stopped after round {self.round - 1}; state saved to "
                                   f"{self.state_path}; {RESUME_HINT}")
-        return self.finish(self.last_epoch, self.stopped)
 
     def finish(self, epoch: int, stopped: bool) -> dict:
         ckpt = save_checkpoint(self.results_dir / f"Harden_model_{epoch + 1}.pth", self.model, epoch + 1)
@@ -278,10 +286,11 @@ class IterativeInversion:
         return summary
 
     def save_state(self, epoch: int, next_batch: int) -> None:
-        """Everything needed to resume after this round (weights_only-loadable), written atomically."""
+        """Everything needed to resume after this round (weights_only-loadable), written atomically in
+        the background (:class:`MODELS.checkpoint.BackgroundSaver`)."""
         if next_batch >= self.rounds_per_epoch:
             epoch, next_batch = epoch + 1, 0
-        save_checkpoint(self.state_path, self.model, epoch, self.optimizer,
+        self.saver.save(self.state_path, self.model, epoch, self.optimizer,
                         next_batch=next_batch, round=self.round, trigger_mask=self.trigger[0].cpu(),
                         trigger_pattern=self.trigger[1].cpu(), early_stopping=self.early.state_dict(),
                         rng=rng_state(), rows=self.rows, best_index=self.best_index,

@@ -17,6 +17,8 @@ shapes, the same kind of pass), with inputs prepared outside the timer:
               Adam, same minibatches, one eval forward); the note gives 500 epochs / feature extraction
   knn         ``knn_monitor`` (bank = set, test = set/5, k 200)             vs  the forward passes over bank, test
               and stamped test plus one matrix product
+  amp-*       the inversion step, distance, unlearn epoch and feature extraction with ``--amp`` (bf16
+              autocast + channels_last)                                   vs  the same call of ours in float32
 
 Times are medians over repeats (after one warm-up) with ``time.perf_counter``; ours and the floor run
 back to back, alternating which goes first, so that a load change on a shared machine hits both.
@@ -59,6 +61,7 @@ from EVALUATION.downstream import DownstreamMLP, train_downstream  # noqa: E402
 from EVALUATION.features import extract_features  # noqa: E402
 from EVALUATION.knn import knn_monitor  # noqa: E402
 from INVERSION.inversion import InversionConfig, frozen, invert_trigger  # noqa: E402
+from MODELS.precision import with_precision  # noqa: E402
 from MODELS.simclr import build_model  # noqa: E402
 from Trainer.common import TensorSet  # noqa: E402
 from Trainer.moth import sorted_features, wasserstein_shift  # noqa: E402
@@ -66,7 +69,9 @@ from Trainer.unlearn import unlearn_epoch  # noqa: E402
 from UTILS.errors import UserError  # noqa: E402
 from UTILS.runtime import resolve_device  # noqa: E402
 
-STAGES = ("inversion", "distance", "unlearn", "features", "mlp", "knn")
+BASE_STAGES = ("inversion", "distance", "unlearn", "features", "mlp", "knn")
+AMP_STAGES = ("amp-inversion", "amp-distance", "amp-unlearn", "amp-features")  # --amp against our float32
+STAGES = BASE_STAGES + AMP_STAGES
 MODELS = ("resnet18_small", "resnet18")
 ATTACK_SIZES = (32, 64, 128)
 DATA_RATIOS = (0.01, 0.02, 0.05)
@@ -78,9 +83,12 @@ PORTION, BETA, TEMP = 0.3, 3.5, 0.5  # the README's unlearning recipe (--portion
 FEAT_BATCH = 512        # extract_features / knn_monitor default
 MLP_BATCH = 64          # training_downstream_classifier.py --batch_size default
 KNN_K = 200
-QUICK_PLAN = {  # model -> (stages, attack sizes, data ratios) of the default quick mode
-    "resnet18_small": (STAGES, ATTACK_SIZES, DATA_RATIOS),
-    "resnet18": (("inversion", "distance", "features", "mlp", "knn"), (32,), (0.01,)),
+QUICK_PLAN = {  # model -> {stage: sizes} of the default quick mode (attack sizes for inversion, else ratios)
+    "resnet18_small": {**{s: ATTACK_SIZES if s == "inversion" else DATA_RATIOS for s in BASE_STAGES},
+                       "amp-inversion": (32,), "amp-distance": (0.01,), "amp-unlearn": (0.01,),
+                       "amp-features": (0.01,)},
+    "resnet18": {**{s: (32,) if s == "inversion" else (0.01,) for s in BASE_STAGES},
+                 "amp-inversion": (32,), "amp-distance": (0.01,), "amp-features": (0.01,)},
 }
 
 
@@ -252,6 +260,34 @@ def batches(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+# ---------------------------------------------------------------- our calls, as preparers
+# A preparer sets up state outside the timer and returns the zero-argument call to time.
+
+def invert_preparer(backbone, attack, init, config: InversionConfig):
+    def call():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "no trigger reached the threshold"
+            invert_trigger(backbone, attack, USAGE, config, init=init)
+    return lambda: call
+
+
+def distance_preparer(backbone, x, trigger, clean_sorted):
+    return lambda: lambda: wasserstein_shift(backbone, x, USAGE, trigger, clean_sorted, DIST_BATCH)
+
+
+def unlearn_preparer(base, data: TensorSet, trigger, amp: bool = False):
+    def prepare():
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
+        net = with_precision(model, amp)
+        return lambda: unlearn_epoch(net, opt, data, UNLEARN_BATCH, trigger, USAGE, PORTION, BETA, TEMP)
+    return prepare
+
+
+def features_preparer(backbone, x):
+    return lambda: lambda: extract_features(backbone, x, USAGE, batch_size=FEAT_BATCH)
+
+
 # ---------------------------------------------------------------- stages
 
 class Bench:
@@ -274,23 +310,20 @@ class Bench:
         return t_o, t_f
 
     # 6.1: one inversion step -------------------------------------------------------------
-    def inversion(self, name: str, attack_size: int) -> Row:
-        model = self.model(name)
-        backbone = model.f
+    def attack_set(self, attack_size: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The attack images (attack_size, 3, 32, 32) and a random start trigger (mask, pattern)."""
         inv_set = share(self.pool, 0.01, self.device)
         torch.manual_seed(2)
         attack = inv_set.x[torch.randint(len(inv_set), (attack_size,)).to(self.device)]
         init = (torch.rand(32, 32, device=self.device), torch.rand(3, 32, 32, device=self.device))
+        return attack, init
+
+    def inversion(self, name: str, attack_size: int) -> Row:
+        backbone = self.model(name).f
+        attack, init = self.attack_set(attack_size)
         steps = self.args.steps
         config = InversionConfig(steps=steps, step_cap=steps, lr=0.5, batch_size=attack_size)
-
-        def ours():
-            def call():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # "no trigger reached the threshold"
-                    invert_trigger(backbone, attack, USAGE, config, init=init)
-            return call
-
+        ours = invert_preparer(backbone, attack, init, config)
         x_norm = normalize(attack, USAGE).detach()
 
         def floor():
@@ -317,7 +350,7 @@ class Bench:
         warm_n = min(len(data), DIST_BATCH)
 
         def ours_on(x, cs):
-            return lambda: lambda: wasserstein_shift(reference.f, x, USAGE, trigger, cs, DIST_BATCH)
+            return distance_preparer(reference.f, x, trigger, cs)
 
         def floor_on(xn):
             def call():
@@ -337,13 +370,6 @@ class Bench:
         data = share(self.pool, ratio, self.device)
         trigger = random_inverted_trigger(self.device)
         warm = TensorSet(data.x[:min(len(data), 2 * UNLEARN_BATCH)], data.y[:min(len(data), 2 * UNLEARN_BATCH)], 10)
-
-        def ours_on(ds):
-            def prepare():
-                model = copy.deepcopy(base)
-                opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
-                return lambda: unlearn_epoch(model, opt, ds, UNLEARN_BATCH, trigger, USAGE, PORTION, BETA, TEMP)
-            return prepare
 
         def floor_batches(ds):
             """The batch composition of unlearn_loss: 2 x clean share + stamped share x 2, normalised."""
@@ -375,7 +401,8 @@ class Bench:
                 return call
             return prepare
 
-        t_o, t_f = self.run_measure(ours_on(data), floor_on(data), warm_ours=ours_on(warm), warm_floor=floor_on(warm))
+        t_o, t_f = self.run_measure(unlearn_preparer(base, data, trigger), floor_on(data),
+                                    warm_ours=unlearn_preparer(base, warm, trigger), warm_floor=floor_on(warm))
         return self.row(name, "unlearn epoch", "data_ratio", ratio, len(data), t_o, t_f)
 
     # 6.6: downstream feature extraction ---------------------------------------------------
@@ -385,9 +412,6 @@ class Bench:
         x_norm = normalize(data.x, USAGE)
         warm_n = min(len(data), FEAT_BATCH)
 
-        def ours_on(x):
-            return lambda: lambda: extract_features(backbone, x, USAGE, batch_size=FEAT_BATCH)
-
         def floor_on(xn):
             def call():
                 with torch.no_grad():
@@ -395,7 +419,8 @@ class Bench:
                         backbone(xn[s:e])
             return lambda: call
 
-        t_o, t_f = self.run_measure(ours_on(data.x), floor_on(x_norm), warm_ours=ours_on(data.x[:warm_n]),
+        t_o, t_f = self.run_measure(features_preparer(backbone, data.x), floor_on(x_norm),
+                                    warm_ours=features_preparer(backbone, data.x[:warm_n]),
                                     warm_floor=floor_on(x_norm[:warm_n]))
         row = self.row(name, "feature extraction", "data_ratio", ratio, len(data), t_o, t_f)
         self._features_s[(name, ratio)] = row.ours_s
@@ -469,6 +494,48 @@ class Bench:
         t_o, t_f = self.run_measure(ours, floor)
         images = len(bank) + len(test) + int(keep.sum())
         return self.row(name, "kNN monitor", "data_ratio", ratio, images, t_o, t_f)
+
+    # --amp: the same calls with the encoder in bf16 autocast, against our own float32 ---------
+    def amp_row(self, row: Row) -> Row:
+        row.note = "; ".join(filter(None, ["floor = ours in float32", row.note]))
+        return row
+
+    def amp_inversion(self, name: str, attack_size: int) -> Row:
+        backbone = self.model(name).f
+        fast = with_precision(copy.deepcopy(backbone), True)
+        attack, init = self.attack_set(attack_size)
+        steps = self.args.steps
+        config = InversionConfig(steps=steps, step_cap=steps, lr=0.5, batch_size=attack_size)
+        t_o, t_f = self.run_measure(invert_preparer(fast, attack, init, config),
+                                    invert_preparer(backbone, attack, init, config))
+        return self.amp_row(self.row(name, "inversion step --amp", "attack_size", attack_size, attack_size, t_o, t_f,
+                                     per=steps))
+
+    def amp_distance(self, name: str, ratio: float) -> Row:
+        reference = self.model(name).f.eval()
+        fast = with_precision(copy.deepcopy(reference), True)
+        data = share(self.pool, ratio, self.device)
+        trigger = random_inverted_trigger(self.device)
+        # each precision compares against clean features computed in that precision, as MAIN.py does
+        ours = distance_preparer(fast, data.x, trigger, sorted_features(fast, data.x, USAGE))
+        floor = distance_preparer(reference, data.x, trigger, sorted_features(reference, data.x, USAGE))
+        t_o, t_f = self.run_measure(ours, floor)
+        return self.amp_row(self.row(name, "early-stop distance --amp", "data_ratio", ratio, len(data), t_o, t_f))
+
+    def amp_unlearn(self, name: str, ratio: float) -> Row:
+        base = self.model(name)
+        data = share(self.pool, ratio, self.device)
+        trigger = random_inverted_trigger(self.device)
+        t_o, t_f = self.run_measure(unlearn_preparer(base, data, trigger, amp=True),
+                                    unlearn_preparer(base, data, trigger))
+        return self.amp_row(self.row(name, "unlearn epoch --amp", "data_ratio", ratio, len(data), t_o, t_f))
+
+    def amp_features(self, name: str, ratio: float) -> Row:
+        backbone = self.model(name).f.eval()
+        fast = with_precision(copy.deepcopy(backbone), True)
+        data = share(self.pool, ratio, self.device)
+        t_o, t_f = self.run_measure(features_preparer(fast, data.x), features_preparer(backbone, data.x))
+        return self.amp_row(self.row(name, "feature extraction --amp", "data_ratio", ratio, len(data), t_o, t_f))
 
     def row(self, model, stage, axis, size, images, t_o, t_f, per: int = 1) -> Row:
         t_o = [t / per for t in t_o]
@@ -571,21 +638,27 @@ def parse_args(argv=None):
     return args
 
 
-def plan(args) -> list[tuple[str, tuple, tuple, tuple]]:
+def plan(args) -> list[tuple[str, dict[str, tuple]]]:
+    """[(model, {stage: sizes})]: attack sizes for the inversion stages, data ratios for the others."""
     models = MODELS if args.model == "all" else (args.model,)
+    chosen = None
+    if args.stages:
+        chosen = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        bad = [s for s in chosen if s not in STAGES]
+        if bad:
+            sys.exit(f"--stages: unknown {bad}; expected from {STAGES}")
     out = []
     for m in models:
-        stages, sizes, ratios = (STAGES, ATTACK_SIZES, DATA_RATIOS) if args.full else QUICK_PLAN[m]
-        if args.stages:
-            stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-            bad = [s for s in stages if s not in STAGES]
-            if bad:
-                sys.exit(f"--stages: unknown {bad}; expected from {STAGES}")
-        if args.attack_sizes:
-            sizes = tuple(int(s) for s in args.attack_sizes.split(","))
-        if args.data_ratios:
-            ratios = tuple(float(s) for s in args.data_ratios.split(","))
-        out.append((m, stages, sizes, ratios))
+        full = {s: ATTACK_SIZES if s.endswith("inversion") else DATA_RATIOS for s in STAGES}
+        stages = dict(full if args.full else QUICK_PLAN[m])
+        if chosen:
+            stages = {s: stages.get(s, full[s]) for s in chosen}
+        for s in stages:
+            if args.attack_sizes and s.endswith("inversion"):
+                stages[s] = tuple(int(v) for v in args.attack_sizes.split(","))
+            if args.data_ratios and not s.endswith("inversion"):
+                stages[s] = tuple(float(v) for v in args.data_ratios.split(","))
+        out.append((m, stages))
     return out
 
 
@@ -605,12 +678,12 @@ def main(argv=None) -> list[Row]:
     bench = Bench(args, device, pool)
     rows: list[Row] = []
     per_model: dict[str, list[Row]] = {}
-    for model, stages, sizes, ratios in plan(args):
+    for model, stages in plan(args):
         for stage in STAGES:  # fixed order: features before mlp (the mlp note divides by it)
             if stage not in stages:
                 continue
-            fn = getattr(bench, stage)
-            for size in (sizes if stage == "inversion" else ratios):
+            fn = getattr(bench, stage.replace("-", "_"))
+            for size in stages[stage]:
                 row = fn(model, size)
                 rows.append(row)
                 per_model.setdefault(model, []).append(row)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from MODELS import build_model, load_checkpoint, load_encoder, sanity_check_frozen, save_checkpoint
+from MODELS.checkpoint import BackgroundSaver
 from UTILS.errors import UserError
 
 
@@ -181,3 +182,38 @@ def test_sanity_check_frozen_sees_buffers():
         model(torch.rand(4, 3, 32, 32))  # BatchNorm running stats move in train mode
     with pytest.raises(AssertionError, match="running_mean"):
         sanity_check_frozen(model, reference)
+
+
+def test_background_saver_writes_the_state_of_the_moment_it_was_asked(tmp_path):
+    model = trained("tiny")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.rand(4, 3, 32, 32))[1].sum().backward()
+    opt.step()  # a momentum buffer to snapshot as well
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    momentum = [s["momentum_buffer"].clone() for s in opt.state.values()]
+    rows = [{"round": 0, "l1": 1.5}]
+    saver = BackgroundSaver()
+    saver.save(tmp_path / "state.pth", model, 3, opt, rows=rows)
+    with torch.no_grad():  # training goes on at once, in place
+        for p in model.parameters():
+            p.add_(1.0)
+    opt.step()
+    rows.append({"round": 1, "l1": 0.5})
+    saver.wait()
+    loaded = load_checkpoint(tmp_path / "state.pth", "state")
+    assert all(torch.equal(loaded["state_dict"][k], expected[k]) for k in expected)
+    assert all(torch.equal(a["momentum_buffer"], b) for a, b in zip(loaded["optimizer"]["state"].values(), momentum))
+    assert loaded["epoch"] == 3 and loaded["rows"] == [{"round": 0, "l1": 1.5}]
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pth"]  # no temporary file left
+
+
+def test_background_saver_reports_a_failed_write_once_on_wait(tmp_path):
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    saver = BackgroundSaver()
+    saver.save(tmp_path / "blocker" / "state.pth", build_model("tiny"), 1)
+    with pytest.raises(UserError, match="cannot write .*state.pth"):
+        saver.wait()
+    saver.wait()  # reported once; the saver is usable again
+    saver.save(tmp_path / "ok.pth", build_model("tiny"), 2)
+    saver.wait()
+    assert load_checkpoint(tmp_path / "ok.pth", "ok")["epoch"] == 2

@@ -1,0 +1,228 @@
+"""Does ``--amp`` change what RECEIVE finds? float32 against bf16 autocast on a real backdoored encoder.
+
+    python demo.py --out demo_runs/final                       # once: a backdoored encoder (about 3 min)
+    python bench/amp_quality.py --run demo_runs/final          # this check (about 5 min on 2 CPU cores)
+
+Two measurements, both in one run on one device:
+
+1. One inversion round, same start: for each seed, the first MAIN.py round (random start, lr 0.5) on the
+   same attack set from the same random state, once in float32 and once with ``--amp``. The two
+   triggers are then judged in float32: their L1 and their psim. The README's tolerance: L1 within
+   5 % and psim within 0.01.
+2. The whole defence: the demo's MAIN.py (moth) -> Unlearn-trigger.py -> training_downstream_classifier.py
+   commands, read from ``<run>/summary.json``, run once per seed as they are and once with ``--amp``.
+   The early stop is a discrete decision on a noisy signal, so the chosen round may differ; what must
+   not differ beyond the float32 seed-to-seed spread is the outcome (ACC, ASR).
+
+Prints a table (also written to ``--table``) and writes every number to ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("RECEIVE_NO_PROGRESS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from DATASETS.stats import get_usage  # noqa: E402
+from DATASETS.triggers import InvertedTrigger  # noqa: E402
+from INVERSION.inversion import InversionConfig, invert_trigger, reference_similarity  # noqa: E402
+from MODELS.checkpoint import load_encoder  # noqa: E402
+from MODELS.precision import with_precision  # noqa: E402
+from Trainer.common import load_train_share  # noqa: E402
+from Trainer.configs import MAIN_SEEDS  # noqa: E402
+from bench import device_name  # noqa: E402  (bench/bench.py, this script's neighbour)
+from Trainer.moth import FIRST_ROUND_LR  # noqa: E402
+from UTILS.runtime import resolve_device  # noqa: E402
+
+L1_TOLERANCE, PSIM_TOLERANCE = 0.05, 0.01  # the README's stated tolerance for one round from the same start
+PRECISIONS = ("fp32", "amp")
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def with_flags(args: list[str], **values: str) -> list[str]:
+    """Replace (or append) ``--name value`` pairs."""
+    out = list(args)
+    for name, value in values.items():
+        key = f"--{name}"
+        if key in out:
+            out[out.index(key) + 1] = value
+        else:
+            out += [key, value]
+    return out
+
+
+def demo_commands(run: Path) -> dict[str, list[str]]:
+    """The demo's RECEIVE commands (script + args) from its summary.json."""
+    try:
+        commands = json.loads((run / "summary.json").read_text())["commands"]
+    except (OSError, ValueError, KeyError) as exc:
+        sys.exit(f"error: --run {run}: no demo summary.json with its commands ({exc}); run demo.py first")
+    found = {}
+    for line in commands:
+        words = shlex.split(line)[1:]  # drop "python"
+        script = words[0]
+        if script == "MAIN.py" and flag(words, "--phase") == "moth":
+            found["main"] = words
+        elif script == "Unlearn-trigger.py" and flag(words, "--phase") == "moth":
+            found["unlearn"] = words
+        elif script == "training_downstream_classifier.py" and "/receive/" in flag(words, "--encoder"):
+            found["downstream"] = words
+    if len(found) != 3:
+        sys.exit(f"error: --run {run}: summary.json lacks the RECEIVE commands (found {sorted(found)})")
+    return found
+
+
+def one_round(main_args: list[str], seeds: list[int], device: torch.device) -> list[dict]:
+    """Measurement 1: the first inversion round in both precisions from the same start."""
+    model = load_encoder(flag(main_args, "--pretrained_encoder"), flag(main_args, "--model"), device)
+    usage = get_usage(flag(main_args, "--encoder_usage_info"))
+    data = load_train_share(flag(main_args, "--dataset"), float(flag(main_args, "--data_ratio")),
+                            flag(main_args, "--data_dir"), usage, device)
+    attack_size = int(flag(main_args, "--attack_size"))
+    config = InversionConfig(steps=int(flag(main_args, "--re_steps")), lr=FIRST_ROUND_LR,
+                             init_cost=float(flag(main_args, "--init_cost")),
+                             threshold=float(flag(main_args, "--similarity_threshold")), batch_size=attack_size)
+    rows = []
+    for seed in seeds:
+        torch.manual_seed(MAIN_SEEDS[seed])
+        attack = data.x[torch.randint(len(data), (attack_size,)).to(device)]
+        row = {"seed": seed}
+        for name in PRECISIONS:
+            backbone = with_precision(copy.deepcopy(model.f), name == "amp")
+            torch.manual_seed(seed)
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                result = invert_trigger(backbone, attack, usage, config)
+            row[f"{name}_s"] = time.perf_counter() - start
+            trigger = InvertedTrigger(result.mask, result.pattern)
+            row[f"{name}_l1"] = result.l1
+            row[f"{name}_psim"] = reference_similarity(model.f, attack, usage, trigger)  # judged in float32
+            row[f"{name}_steps"] = result.steps
+        row["l1_rel_diff"] = abs(row["amp_l1"] - row["fp32_l1"]) / row["fp32_l1"]
+        row["psim_diff"] = abs(row["amp_psim"] - row["fp32_psim"])
+        row["within"] = row["l1_rel_diff"] <= L1_TOLERANCE and row["psim_diff"] <= PSIM_TOLERANCE
+        rows.append(row)
+    return rows
+
+
+def run_stage(words: list[str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / words[0]), *words[1:]], cwd=ROOT, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(words[:1])} failed (rc {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return time.perf_counter() - start
+
+
+def whole_defence(cmds: dict[str, list[str]], seeds: list[int], out: Path, device: str) -> list[dict]:
+    """Measurement 2: the demo's RECEIVE stages per seed, float32 then --amp."""
+    rows = []
+    for seed in seeds:
+        for name in PRECISIONS:
+            base = out / f"{name}-seed{seed}"
+            extra = ["--amp"] if name == "amp" else []
+            main = with_flags(cmds["main"], seed=str(seed), log_dir=str(base / "log"),
+                              results_dir=str(base / "hardened"), device=device) + ["--overwrite", *extra]
+            unlearn = with_flags(cmds["unlearn"], seed=str(seed), log_dir=str(base / "unlearn-log"),
+                                 results_dir=str(base / "unlearned"), device=device,
+                                 re_mask_pattern=str(base / "log" / "mask-pattern-best.npz")) + ["--overwrite", *extra]
+            epochs = flag(cmds["unlearn"], "--epochs")
+            downstream = with_flags(cmds["downstream"], results_dir=str(base / "eval"), device=device,
+                                    encoder=str(base / "unlearned" / f"Harden_Unlearn_model_{epochs}.pth"))
+            downstream += ["--overwrite", *extra]
+            times = [run_stage(words) for words in (main, unlearn, downstream)]
+            moth = json.loads((base / "log" / "metrics.json").read_text())
+            result = json.loads((base / "eval" / "downstream-metrics.json").read_text())
+            rows.append({"seed": seed, "precision": name, "main_s": times[0], "unlearn_s": times[1],
+                         "downstream_s": times[2], "rounds": moth["rounds"], "best_round": moth["best_round"],
+                         "best_l1": moth["best_l1"], "best_psim": moth["best_psim"], "acc": result["acc"],
+                         "asr": result["asr"]})
+            print(f"  seed {seed} {name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                        for k, v in rows[-1].items() if k not in ("seed", "precision")),
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+def format_tables(header: str, rounds: list[dict], runs: list[dict]) -> str:
+    lines = [header, "", "1. One inversion round from the same start (both triggers judged in float32)",
+             "seed  L1 fp32  L1 amp  |dL1|/L1  psim fp32  psim amp  |dpsim|  within  time amp/fp32"]
+    for r in rounds:
+        lines.append(f"{r['seed']:<4}  {r['fp32_l1']:7.2f}  {r['amp_l1']:6.2f}  {r['l1_rel_diff']:8.4f}  "
+                     f"{r['fp32_psim']:9.4f}  {r['amp_psim']:8.4f}  {r['psim_diff']:7.4f}  "
+                     f"{'yes' if r['within'] else 'NO':6}  {r['amp_s'] / r['fp32_s']:.2f}")
+    lines += [f"tolerance: |dL1|/L1 <= {L1_TOLERANCE}, |dpsim| <= {PSIM_TOLERANCE}", "",
+              "2. The whole defence (demo commands: MAIN.py moth -> Unlearn-trigger.py -> downstream classifier)",
+              "seed  precision  rounds  chosen  L1      ACC    ASR    MAIN s  unlearn s  downstream s"]
+    for r in runs:
+        lines.append(f"{r['seed']:<4}  {r['precision']:9}  {r['rounds']:6}  {r['best_round']:6}  {r['best_l1']:6.2f}  "
+                     f"{r['acc']:5.2f}  {r['asr']:5.2f}  {r['main_s']:6.1f}  {r['unlearn_s']:9.1f}  "
+                     f"{r['downstream_s']:12.1f}")
+    for name in PRECISIONS:
+        mine = [r for r in runs if r["precision"] == name]
+        if mine:
+            acc, asr = [r["acc"] for r in mine], [r["asr"] for r in mine]
+            lines.append(f"{name}: ACC mean {statistics.mean(acc):.2f} (range {min(acc):.2f}-{max(acc):.2f}), "
+                         f"ASR mean {statistics.mean(asr):.2f} (range {min(asr):.2f}-{max(asr):.2f})")
+    fp32 = {r["seed"]: r for r in runs if r["precision"] == "fp32"}
+    amp = {r["seed"]: r for r in runs if r["precision"] == "amp"}
+    if fp32 and amp:
+        same = [s for s in fp32 if s in amp and fp32[s]["rounds"] == amp[s]["rounds"]]
+        unlearn = statistics.median(amp[s]["unlearn_s"] / fp32[s]["unlearn_s"] for s in amp)
+        lines.append(f"unlearning time amp/fp32 (same epochs): median {unlearn:.2f}; MAIN rounds equal in "
+                     f"{len(same)} of {len(fp32)} seeds (MAIN time depends on where the early stop fires)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="a demo run folder (python demo.py --out <folder>)")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of --seed indices (0..2)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="", help="working folder (default <run>/amp-quality)")
+    p.add_argument("--skip-defence", action="store_true", help="only measurement 1 (seconds, not minutes)")
+    p.add_argument("--table", default="", help="also write the table to this file")
+    p.add_argument("--json", default="", help="write every number to this file")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if any(not 0 <= s <= 2 for s in seeds):
+        sys.exit("error: --seeds: expected indices 0..2 (Unlearn-trigger.py has three seeds)")
+    device = resolve_device(args.device, 0, verbose=False)
+    name = device_name(device)
+    cmds = demo_commands(run)
+    started = time.perf_counter()
+    rounds = one_round(cmds["main"], seeds, device)
+    runs = [] if args.skip_defence else whole_defence(cmds, seeds, Path(args.out or run / "amp-quality"), str(device))
+    header = (f"--amp quality check on {device.type} [{name}], torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, encoder {flag(cmds['main'], '--pretrained_encoder')}, "
+              f"{time.perf_counter() - started:.0f} s")
+    table = format_tables(header, rounds, runs)
+    print(table, flush=True)
+    if args.table:
+        Path(args.table).write_text(table + "\n")
+    result = {"device": str(device), "device_name": name, "one_round": rounds, "defence": runs}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
