@@ -44,6 +44,12 @@ def _percent(hits: torch.Tensor) -> float:
     return 100.0 * hits.float().mean().item() if hits.numel() else float("nan")
 
 
+def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """BadEncoder's Adam. On CPU and CUDA the fused kernel (one update for all tensors, about 17 % off an
+    MLP epoch here, see bench/) computes the same update; elsewhere the plain loop."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
 def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, feats: torch.Tensor, labels: torch.Tensor,
                  batch_size: int) -> float:
     """One shuffled pass of minibatches sliced from on-device tensors; returns the mean batch loss.
@@ -87,7 +93,7 @@ def train_downstream(train_feat: torch.Tensor, train_y: torch.Tensor, test_feat:
     """
     device = train_feat.device
     net = DownstreamMLP(train_feat.shape[1], num_classes, hidden_1, hidden_2).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    opt = adam(net.parameters(), lr, device)
     train_y, test_y = train_y.to(device).long(), test_y.to(device).long()
     test_feat, bd_feat = test_feat.to(device), bd_feat.to(device)
     history: list[dict] = []

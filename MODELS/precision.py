@@ -69,9 +69,11 @@ def unwrap(module: nn.Module) -> nn.Module:
 def amp_supported(device: torch.device) -> tuple[bool, str]:
     """Whether bf16 autocast can run on ``device``, and why not."""
     if device.type == "cuda":
-        if not torch.cuda.is_bf16_supported():
+        major = torch.cuda.get_device_properties(device).major
+        if torch.version.hip is None and major < 8:  # older GPUs only emulate bf16: slower, not faster
             name = torch.cuda.get_device_name(device)
-            return False, f"{name} has no bfloat16 support (needs compute capability 8.0 or newer)"
+            return False, (f"{name} (compute capability {major}.x) has no native bfloat16; "
+                           f"it needs 8.0 (Ampere) or newer")
         return True, ""
     if device.type == "cpu":
         return True, ""

@@ -57,7 +57,7 @@ import torch.nn.functional as F  # noqa: E402
 from DATASETS.loaders import ImageSet, take_ratio  # noqa: E402
 from DATASETS.stats import get_usage, normalize  # noqa: E402
 from DATASETS.triggers import GroundTruthTrigger, InvertedTrigger, white_square_trigger  # noqa: E402
-from EVALUATION.downstream import DownstreamMLP, train_downstream  # noqa: E402
+from EVALUATION.downstream import DownstreamMLP, adam, train_downstream  # noqa: E402
 from EVALUATION.features import extract_features  # noqa: E402
 from EVALUATION.knn import knn_monitor  # noqa: E402
 from INVERSION.inversion import InversionConfig, frozen, invert_trigger  # noqa: E402
@@ -444,7 +444,7 @@ class Bench:
         def floor():
             def call():
                 net = DownstreamMLP(feats.shape[1], 10).to(self.device)  # train_downstream builds its net too
-                opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+                opt = adam(net.parameters(), 1e-4, self.device)  # the same (fused) Adam as ours
                 for _ in range(epochs):
                     net.train()
                     order = torch.randperm(feats.shape[0], device=self.device)

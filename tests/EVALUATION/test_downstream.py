@@ -2,9 +2,11 @@
 import json
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from EVALUATION import DownstreamMLP, train_downstream
+from EVALUATION.downstream import adam
 
 
 def blobs(n, num_classes, dim, generator):
@@ -59,3 +61,20 @@ def test_same_seed_same_history():
         runs.append(train_downstream(*toy(), target=1, num_classes=3, epochs=2, lr=1e-3, batch_size=50,
                                      hidden_1=16, hidden_2=8)[1])
     assert runs[0] == runs[1]
+
+
+def test_fused_adam_is_the_plain_adam_update():
+    torch.manual_seed(0)
+    nets = [DownstreamMLP(12, 3, 16, 8).eval() for _ in range(2)]  # eval: no dropout draws to replay
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [adam(nets[0].parameters(), 1e-2, torch.device("cpu")), torch.optim.Adam(nets[1].parameters(), lr=1e-2)]
+    assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]
+    x, y = torch.randn(40, 12), torch.randint(0, 3, (40,))
+    for _ in range(20):
+        for net, opt in zip(nets, opts):
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)

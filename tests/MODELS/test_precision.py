@@ -1,6 +1,7 @@
 """--amp: bf16 autocast + channels_last around the encoder, float32 everywhere else."""
 import copy
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -59,8 +60,15 @@ def test_simclr_outputs_and_input_gradients_are_float32():
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
 
-def test_cpu_is_supported():
+def test_cpu_is_supported_and_an_old_gpu_is_refused_with_its_name(monkeypatch):
     assert amp_supported(torch.device("cpu")) == (True, "")
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    for major, ok in ((7, False), (8, True), (9, True)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, m=major: SimpleNamespace(major=m))
+        supported, why = amp_supported(torch.device("cuda:0"))
+        assert supported == ok
+        assert ok or why == "Tesla V100 (compute capability 7.x) has no native bfloat16; it needs 8.0 (Ampere) or newer"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

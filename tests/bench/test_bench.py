@@ -1,0 +1,45 @@
+"""bench/bench.py as a tool: what it plans to measure, and a tiny real run that writes its table and CSV.
+(Times are never asserted.)"""
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_tool", ROOT / "bench" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_tool"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_plan_covers_every_stage_of_both_models_and_the_amp_rows(bench):
+    plan = dict(bench.plan(bench.parse_args([])))
+    assert set(plan) == {"resnet18_small", "resnet18"}
+    assert set(bench.BASE_STAGES) <= set(plan["resnet18"])  # the resnet18 unlearning epoch included
+    assert plan["resnet18_small"]["inversion"] == (32, 64, 128)
+    assert plan["resnet18_small"]["unlearn"] == (0.01, 0.02, 0.05)
+    assert {"amp-inversion", "amp-unlearn", "amp-features", "amp-distance"} <= set(plan["resnet18_small"])
+    picked = dict(bench.plan(bench.parse_args(["--model", "resnet18", "--stages", "amp-unlearn,inversion",
+                                                 "--attack-sizes", "8", "--data-ratios", "0.002"])))
+    assert picked == {"resnet18": {"amp-unlearn": (0.002,), "inversion": (8,)}}
+
+
+def test_a_tiny_run_prints_and_writes_one_row_per_measurement(bench, tmp_path, capsys):
+    rows = bench.main(["--model", "resnet18_small", "--stages", "inversion,amp-inversion", "--attack-sizes", "4",
+                       "--repeats", "1", "--budget", "0.01", "--steps", "1", "--idle-wait", "0", "--device", "cpu",
+                       "--out", str(tmp_path / "b.csv"), "--table", str(tmp_path / "t.txt")])
+    assert [r.stage for r in rows] == ["inversion step", "inversion step --amp"]
+    assert all(r.ours_s > 0 and r.floor_s > 0 and math.isfinite(r.ratio) for r in rows)
+    assert rows[1].note == "floor = ours in float32"
+    table = capsys.readouterr().out
+    assert table == (tmp_path / "t.txt").read_text() and "inversion step --amp" in table
+    with open(tmp_path / "b.csv") as handle:
+        assert [r["stage"] for r in csv.DictReader(handle)] == ["inversion step", "inversion step --amp"]
