@@ -19,6 +19,8 @@ shapes, the same kind of pass), with inputs prepared outside the timer:
               and stamped test plus one matrix product
   amp-*       the inversion step, distance, unlearn epoch and feature extraction with ``--amp`` (bf16
               autocast + channels_last)                                   vs  the same call of ours in float32
+  state-save  the per-round resume state (BackgroundSaver: what the round waits for)  vs  a synchronous
+              save_checkpoint of the same content
 
 Times are medians over repeats (after one warm-up) with ``time.perf_counter``; ours and the floor run
 back to back, alternating which goes first, so that a load change on a shared machine hits both.
@@ -38,6 +40,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -61,6 +64,7 @@ from EVALUATION.downstream import DownstreamMLP, adam, train_downstream  # noqa:
 from EVALUATION.features import extract_features  # noqa: E402
 from EVALUATION.knn import knn_monitor  # noqa: E402
 from INVERSION.inversion import InversionConfig, frozen, invert_trigger  # noqa: E402
+from MODELS.checkpoint import BackgroundSaver, save_checkpoint  # noqa: E402
 from MODELS.precision import with_precision  # noqa: E402
 from MODELS.simclr import build_model  # noqa: E402
 from Trainer.common import TensorSet  # noqa: E402
@@ -71,7 +75,8 @@ from UTILS.runtime import resolve_device  # noqa: E402
 
 BASE_STAGES = ("inversion", "distance", "unlearn", "features", "mlp", "knn")
 AMP_STAGES = ("amp-inversion", "amp-distance", "amp-unlearn", "amp-features")  # --amp against our float32
-STAGES = BASE_STAGES + AMP_STAGES
+STATE_STAGE = "state-save"  # the per-round resume state: background against synchronous writing (no size axis)
+STAGES = BASE_STAGES + AMP_STAGES + (STATE_STAGE,)
 MODELS = ("resnet18_small", "resnet18")
 ATTACK_SIZES = (32, 64, 128)
 DATA_RATIOS = (0.01, 0.02, 0.05)
@@ -88,7 +93,7 @@ QUICK_PLAN = {  # model -> {stage: sizes} of the default quick mode (attack size
                        "amp-inversion": (32,), "amp-distance": (0.01,), "amp-unlearn": (0.01,),
                        "amp-features": (0.01,)},
     "resnet18": {**{s: (32,) if s == "inversion" else (0.01,) for s in BASE_STAGES},
-                 "amp-inversion": (32,), "amp-distance": (0.01,), "amp-features": (0.01,)},
+                 "amp-inversion": (32,), "amp-distance": (0.01,), "amp-features": (0.01,), STATE_STAGE: (0,)},
 }
 
 
@@ -537,6 +542,32 @@ class Bench:
         t_o, t_f = self.run_measure(features_preparer(fast, data.x), features_preparer(backbone, data.x))
         return self.amp_row(self.row(name, "feature extraction --amp", "data_ratio", ratio, len(data), t_o, t_f))
 
+    # 6.2: the resume state written after every round ---------------------------------------
+    def state_save(self, name: str, _size: float) -> Row:
+        """How long a round waits for its resume state: ``BackgroundSaver.save`` (snapshot, then the
+        write runs on a thread) against a synchronous ``save_checkpoint`` of the same content (the
+        floor: how it was written before). Each background write finishes before the next timing."""
+        model = self.model(name)
+        opt = torch.optim.SGD(model.f.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+        model.f(torch.rand(2, 3, 32, 32, device=self.device)).sum().backward()
+        opt.step()  # momentum buffers: the state holds them too
+        saver, t_o, t_f = BackgroundSaver(), [], []
+        with tempfile.TemporaryDirectory(prefix="receive-bench-") as folder:
+            background, synchronous = Path(folder) / "background.pth", Path(folder) / "synchronous.pth"
+            for i in range(self.args.repeats + 1):  # the first pair is the warm-up
+                self.gate()
+                a = self.timer(lambda: saver.save(background, model, 1, opt, rows=[]))
+                saver.wait()
+                b = self.timer(lambda: save_checkpoint(synchronous, model, 1, opt, rows=[]))
+                if i:
+                    t_o.append(a)
+                    t_f.append(b)
+            size = synchronous.stat().st_size / 1e6
+        self.busy = 0
+        row = self.row(name, "round state save", "MB", round(size, 1), 0, t_o, t_f)
+        row.note = "floor = synchronous save; ours = what the round waits for"
+        return row
+
     def row(self, model, stage, axis, size, images, t_o, t_f, per: int = 1) -> Row:
         t_o = [t / per for t in t_o]
         t_f = [t / per for t in t_f]
@@ -650,13 +681,14 @@ def plan(args) -> list[tuple[str, dict[str, tuple]]]:
     out = []
     for m in models:
         full = {s: ATTACK_SIZES if s.endswith("inversion") else DATA_RATIOS for s in STAGES}
+        full[STATE_STAGE] = (0,)
         stages = dict(full if args.full else QUICK_PLAN[m])
         if chosen:
             stages = {s: stages.get(s, full[s]) for s in chosen}
         for s in stages:
             if args.attack_sizes and s.endswith("inversion"):
                 stages[s] = tuple(int(v) for v in args.attack_sizes.split(","))
-            if args.data_ratios and not s.endswith("inversion"):
+            if args.data_ratios and not s.endswith("inversion") and s != STATE_STAGE:
                 stages[s] = tuple(float(v) for v in args.data_ratios.split(","))
         out.append((m, stages))
     return out

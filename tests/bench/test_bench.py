@@ -27,9 +27,13 @@ def test_quick_plan_covers_every_stage_of_both_models_and_the_amp_rows(bench):
     assert plan["resnet18_small"]["inversion"] == (32, 64, 128)
     assert plan["resnet18_small"]["unlearn"] == (0.01, 0.02, 0.05)
     assert {"amp-inversion", "amp-unlearn", "amp-features", "amp-distance"} <= set(plan["resnet18_small"])
+    assert plan["resnet18"]["state-save"] == (0,)  # no size axis: --data-ratios leaves it alone
     picked = dict(bench.plan(bench.parse_args(["--model", "resnet18", "--stages", "amp-unlearn,inversion",
                                                  "--attack-sizes", "8", "--data-ratios", "0.002"])))
     assert picked == {"resnet18": {"amp-unlearn": (0.002,), "inversion": (8,)}}
+    sizeless = dict(bench.plan(bench.parse_args(["--model", "resnet18", "--stages", "state-save",
+                                                   "--data-ratios", "0.002"])))
+    assert sizeless == {"resnet18": {"state-save": (0,)}}
 
 
 def test_a_tiny_run_prints_and_writes_one_row_per_measurement(bench, tmp_path, capsys):
