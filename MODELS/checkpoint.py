@@ -16,6 +16,7 @@ from torch import nn
 from MODELS.simclr import SimCLR, build_model
 from UTILS.errors import fail
 from UTILS.io import atomic_write
+from UTILS.runtime import warn
 
 _SHOW = 5  # how many offending keys an error message names
 
@@ -216,12 +217,21 @@ class BackgroundSaver:
             self._error = exc
 
     def wait(self) -> None:
+        """Block until the write in flight is done; raise its error, if any (once)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    def close(self) -> None:
+        """:meth:`wait` for a program already on its way out with another error: a failed write is
+        printed as a warning instead of replacing that error."""
+        try:
+            self.wait()
+        except Exception as exc:  # noqa: BLE001 - reported, the caller's own error goes on
+            warn(f"the last background write failed too: {exc}")
 
 
 def sanity_check_frozen(model: nn.Module, reference_state: Mapping[str, torch.Tensor]) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from UTILS.errors import fail
-from UTILS.runtime import log
+from UTILS.runtime import log, warn
 
 AMP_DTYPE = torch.bfloat16
 
@@ -39,6 +39,17 @@ class Autocast(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
+
+    # The mode is the inner module's: helpers that save ``module.training`` and restore it later
+    # (extract_features, frozen, ...) must not flip an eval-mode encoder into train mode.
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        inner = self.__dict__.get("_modules", {}).get("inner")
+        return inner.training if inner is not None else True
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        pass  # train()/eval() reach the inner module through the children loop of nn.Module.train
 
     def forward(self, x: torch.Tensor) -> Any:
         x = x.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
@@ -76,8 +87,21 @@ def amp_supported(device: torch.device) -> tuple[bool, str]:
                            f"it needs 8.0 (Ampere) or newer")
         return True, ""
     if device.type == "cpu":
-        return True, ""
+        return True, ""  # runs everywhere; cpu_has_native_bf16 says whether it will be fast
     return False, f"bfloat16 autocast is not set up for {device.type}"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU advertises bf16 instructions (Linux /proc/cpuinfo; False where unknown)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def check_amp(amp: bool, device: torch.device) -> bool:
@@ -87,6 +111,9 @@ def check_amp(amp: bool, device: torch.device) -> bool:
     ok, why = amp_supported(device)
     if not ok:
         fail(f"--amp: {why}; run without --amp (exact float32)")
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        warn("--amp: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bf16 is emulated and may be "
+             "slower than float32; compare with python bench/bench.py --stages amp-inversion")
     log(f"--amp: encoder forward/backward in bfloat16 autocast, channels_last, on {device}; "
         f"losses, trigger and optimiser stay float32")
     return True

@@ -57,8 +57,12 @@ class SimCLR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.f(x)  # (B, D)
-        out = self.g(feature)  # (B, 128)
-        return F.normalize(feature, dim=-1), F.normalize(out, dim=-1)
+        # Under --amp (MODELS.precision) only the backbone runs in bf16: the head and the
+        # normalisation stay float32 on every device (a no-op without autocast).
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            feature = feature.float()
+            out = self.g(feature)  # (B, 128)
+            return F.normalize(feature, dim=-1), F.normalize(out, dim=-1)
 
 
 def _torchvision_backbone(name: str) -> Backbone:

@@ -154,7 +154,8 @@ def check_fingerprint(saved, config, path: Path) -> None:
              f"pass --overwrite to start over")
     now = run_fingerprint(config)
     # A flag added after the checkpoint was written counts as its default there (e.g. --amp: off).
-    defaults = {f.name: f.default for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else {}
+    defaults = ({f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+                if dataclasses.is_dataclass(config) else {})
     saved = {**{k: defaults[k] for k in now if k not in saved and k in defaults}, **saved}
     diff = [f"--{k.replace('knn_', 'knn-')} {saved.get(k)!r} there, {now.get(k)!r} now"
             for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]

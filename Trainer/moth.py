@@ -247,9 +247,11 @@ class IterativeInversion:
             return self.finish(self.last_epoch, True)
         try:
             self.rounds(start_epoch, start_batch, stop)
-            return self.finish(self.last_epoch, self.stopped)
-        finally:
-            self.saver.wait()  # however the run ends, the last state is complete on disk
+            self.saver.wait()  # the last state is on disk before the final files claim the run is done
+        except BaseException:
+            self.saver.close()  # finish the write in flight; its failure must not hide this error
+            raise
+        return self.finish(self.last_epoch, self.stopped)
 
     def rounds(self, start_epoch: int, start_batch: int, stop: Optional[StopRequest]) -> None:
         rpe = self.rounds_per_epoch

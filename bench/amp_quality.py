@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from DATASETS.stats import get_usage  # noqa: E402
+from DATASETS.stats import get_usage, normalize  # noqa: E402
 from DATASETS.triggers import InvertedTrigger  # noqa: E402
 from INVERSION.inversion import InversionConfig, invert_trigger, reference_similarity  # noqa: E402
 from MODELS.checkpoint import load_encoder  # noqa: E402
@@ -89,9 +89,30 @@ def demo_commands(run: Path) -> dict[str, list[str]]:
     return found
 
 
+def invert(model, attack, usage, config: InversionConfig, amp: bool, init_seed: int) -> tuple[InvertedTrigger, float]:
+    """One inversion round from the random start of ``init_seed``; (trigger, seconds)."""
+    backbone = with_precision(copy.deepcopy(model.f), amp)
+    torch.manual_seed(init_seed)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = invert_trigger(backbone, attack, usage, config)
+    return InvertedTrigger(result.mask, result.pattern), time.perf_counter() - start
+
+
+@torch.no_grad()
+def agreement(backbone, attack, usage, a: InvertedTrigger, b: InvertedTrigger) -> tuple[float, float]:
+    """How alike two triggers are as applied: mean |a(x) - b(x)| over the stamped pixels of the attack
+    images, and the mean float32 cosine between the encoder's features of a(x) and b(x)."""
+    x_a, x_b = a(attack), b(attack)  # (B, 3, H, W)
+    f_a, f_b = backbone(normalize(x_a, usage)), backbone(normalize(x_b, usage))
+    return (x_a - x_b).abs().mean().item(), torch.nn.functional.cosine_similarity(f_a, f_b, dim=1).mean().item()
+
+
 def one_round(main_args: list[str], seeds: list[int], device: torch.device) -> list[dict]:
-    """Measurement 1: the first inversion round in both precisions from the same start."""
-    model = load_encoder(flag(main_args, "--pretrained_encoder"), flag(main_args, "--model"), device)
+    """Measurement 1: the first inversion round in both precisions from the same start, and, as the
+    yardstick, in float32 from another random start (the variation the method has anyway)."""
+    model = load_encoder(flag(main_args, "--pretrained_encoder"), flag(main_args, "--model"), device).eval()
     usage = get_usage(flag(main_args, "--encoder_usage_info"))
     data = load_train_share(flag(main_args, "--dataset"), float(flag(main_args, "--data_ratio")),
                             flag(main_args, "--data_dir"), usage, device)
@@ -103,19 +124,14 @@ def one_round(main_args: list[str], seeds: list[int], device: torch.device) -> l
     for seed in seeds:
         torch.manual_seed(MAIN_SEEDS[seed])
         attack = data.x[torch.randint(len(data), (attack_size,)).to(device)]
-        row = {"seed": seed}
-        for name in PRECISIONS:
-            backbone = with_precision(copy.deepcopy(model.f), name == "amp")
-            torch.manual_seed(seed)
-            start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                result = invert_trigger(backbone, attack, usage, config)
-            row[f"{name}_s"] = time.perf_counter() - start
-            trigger = InvertedTrigger(result.mask, result.pattern)
-            row[f"{name}_l1"] = result.l1
+        (exact, t_exact), (fast, t_fast) = (invert(model, attack, usage, config, amp, seed) for amp in (False, True))
+        other, _ = invert(model, attack, usage, config, False, seed + 100)
+        row = {"seed": seed, "fp32_s": t_exact, "amp_s": t_fast}
+        for name, trigger in (("fp32", exact), ("amp", fast)):
+            row[f"{name}_l1"] = trigger.l1
             row[f"{name}_psim"] = reference_similarity(model.f, attack, usage, trigger)  # judged in float32
-            row[f"{name}_steps"] = result.steps
+        row["stamp_diff"], row["feature_cos"] = agreement(model.f, attack, usage, exact, fast)
+        row["other_start_stamp_diff"], row["other_start_feature_cos"] = agreement(model.f, attack, usage, exact, other)
         row["l1_rel_diff"] = abs(row["amp_l1"] - row["fp32_l1"]) / row["fp32_l1"]
         row["psim_diff"] = abs(row["amp_psim"] - row["fp32_psim"])
         row["within"] = row["l1_rel_diff"] <= L1_TOLERANCE and row["psim_diff"] <= PSIM_TOLERANCE
@@ -145,9 +161,10 @@ def whole_defence(cmds: dict[str, list[str]], seeds: list[int], out: Path, devic
                                  results_dir=str(base / "unlearned"), device=device,
                                  re_mask_pattern=str(base / "log" / "mask-pattern-best.npz")) + ["--overwrite", *extra]
             epochs = flag(cmds["unlearn"], "--epochs")
+            # the evaluator is the measuring instrument: float32 for both arms
             downstream = with_flags(cmds["downstream"], results_dir=str(base / "eval"), device=device,
                                     encoder=str(base / "unlearned" / f"Harden_Unlearn_model_{epochs}.pth"))
-            downstream += ["--overwrite", *extra]
+            downstream += ["--overwrite"]
             times = [run_stage(words) for words in (main, unlearn, downstream)]
             moth = json.loads((base / "log" / "metrics.json").read_text())
             result = json.loads((base / "eval" / "downstream-metrics.json").read_text())
@@ -163,12 +180,18 @@ def whole_defence(cmds: dict[str, list[str]], seeds: list[int], out: Path, devic
 
 def format_tables(header: str, rounds: list[dict], runs: list[dict]) -> str:
     lines = [header, "", "1. One inversion round from the same start (both triggers judged in float32)",
-             "seed  L1 fp32  L1 amp  |dL1|/L1  psim fp32  psim amp  |dpsim|  within  time amp/fp32"]
+             "seed  L1 fp32  L1 amp  |dL1|/L1  psim fp32  psim amp  |dpsim|  within  stamp diff    feature cos  "
+             "time amp/fp32",
+             "                                                               amp / other   amp / other"]
     for r in rounds:
         lines.append(f"{r['seed']:<4}  {r['fp32_l1']:7.2f}  {r['amp_l1']:6.2f}  {r['l1_rel_diff']:8.4f}  "
                      f"{r['fp32_psim']:9.4f}  {r['amp_psim']:8.4f}  {r['psim_diff']:7.4f}  "
-                     f"{'yes' if r['within'] else 'NO':6}  {r['amp_s'] / r['fp32_s']:.2f}")
-    lines += [f"tolerance: |dL1|/L1 <= {L1_TOLERANCE}, |dpsim| <= {PSIM_TOLERANCE}", "",
+                     f"{'yes' if r['within'] else 'NO':6}  {r['stamp_diff']:.4f}/{r['other_start_stamp_diff']:.4f}"
+                     f"  {r['feature_cos']:.4f}/{r['other_start_feature_cos']:.4f}  {r['amp_s'] / r['fp32_s']:.2f}")
+    lines += [f"tolerance: |dL1|/L1 <= {L1_TOLERANCE}, |dpsim| <= {PSIM_TOLERANCE}. stamp diff: mean |T1(x) - T2(x)| "
+              f"over the attack images' pixels; feature cos: mean cosine of the float32 features of T1(x) and T2(x); "
+              f"amp = the --amp trigger against the float32 one, other = float32 from another random start "
+              f"(the spread the method has anyway)", "",
               "2. The whole defence (demo commands: MAIN.py moth -> Unlearn-trigger.py -> downstream classifier)",
               "seed  precision  rounds  chosen  L1      ACC    ASR    MAIN s  unlearn s  downstream s"]
     for r in runs:

@@ -217,3 +217,11 @@ def test_background_saver_reports_a_failed_write_once_on_wait(tmp_path):
     saver.save(tmp_path / "ok.pth", build_model("tiny"), 2)
     saver.wait()
     assert load_checkpoint(tmp_path / "ok.pth", "ok")["epoch"] == 2
+
+
+def test_background_saver_close_warns_instead_of_raising(tmp_path, capsys):
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    saver = BackgroundSaver()
+    saver.save(tmp_path / "blocker" / "state.pth", build_model("tiny"), 1)
+    saver.close()  # e.g. while a NaN stop or Ctrl-C is already on its way out
+    assert "warning: the last background write failed too: cannot write" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import torch
 
 from DATASETS.stats import get_usage
 from DATASETS.triggers import InvertedTrigger
+from EVALUATION.features import extract_features
 from INVERSION.inversion import InversionConfig, invert_trigger, reference_similarity
 from MODELS.precision import Autocast, amp_supported, unwrap, with_precision
 from MODELS.simclr import build_model
@@ -54,7 +55,7 @@ def test_simclr_outputs_and_input_gradients_are_float32():
     x = torch.rand(6, 3, 32, 32, requires_grad=True)
     feature, z = with_precision(model, True)(x)
     assert feature.dtype == z.dtype == torch.float32
-    assert torch.allclose(z.norm(dim=1), torch.ones(6), atol=1e-2)
+    assert torch.allclose(z.norm(dim=1), torch.ones(6), atol=1e-5)  # head and normalisation ran in float32
     z.sum().backward()
     assert x.grad is not None and x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
@@ -74,20 +75,47 @@ def test_cpu_is_supported_and_an_old_gpu_is_refused_with_its_name(monkeypatch):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_inverted_trigger_stays_within_the_stated_tolerance(seed):
     """The README's tolerance for one inversion round from the same start: L1 within 5 % and psim
-    (re-measured in float32) within 0.01 of the float32 round."""
+    (re-measured in float32) within 0.01 of the float32 round; and as applied to images, the --amp
+    trigger is closer to the float32 one than a float32 trigger from another random start is."""
     torch.manual_seed(100 + seed)
     model = build_model("tiny").eval()
     images = torch.rand(32, 3, 32, 32)
-    config = InversionConfig(steps=30, lr=0.5, threshold=0.9, batch_size=32, init_cost=1e-3)
-    results = []
-    for amp in (False, True):
+    # the threshold is out of reach, so all 10 steps move the trigger (a best found at step 0 would
+    # be the random start itself and compare nothing)
+    config = InversionConfig(steps=10, step_cap=10, lr=0.5, threshold=0.9999, batch_size=32, init_cost=1e-3)
+    triggers = []
+    for amp, start in ((False, seed), (True, seed), (False, seed + 100)):
         backbone = with_precision(copy.deepcopy(model).f, amp)
-        torch.manual_seed(seed)
+        torch.manual_seed(start)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             r = invert_trigger(backbone, images, USAGE, config)
-        psim = reference_similarity(model.f, images, USAGE, InvertedTrigger(r.mask, r.pattern))
-        results.append((r.l1, psim))
-    (l1, psim), (l1_amp, psim_amp) = results
-    assert abs(l1_amp - l1) <= 0.05 * l1
-    assert abs(psim_amp - psim) <= 0.01
+        triggers.append(InvertedTrigger(r.mask, r.pattern))
+    exact, fast, other = triggers
+    psim = [reference_similarity(model.f, images, USAGE, t) for t in (exact, fast)]
+    assert abs(fast.l1 - exact.l1) <= 0.05 * exact.l1
+    assert abs(psim[1] - psim[0]) <= 0.01
+    applied = lambda a, b: (a(images) - b(images)).abs().mean().item()  # noqa: E731
+    assert 0 < applied(exact, fast) <= 0.5 * applied(exact, other)
+
+
+def test_the_view_reports_and_keeps_the_encoder_mode():
+    model = build_model("tiny")
+    model.f.eval()
+    view = with_precision(model.f, True)
+    assert not view.training  # helpers save this flag and restore it onto the encoder afterwards
+    extract_features(view, torch.rand(4, 3, 32, 32), USAGE)
+    assert not any(m.training for m in model.f.modules())
+    view.train()
+    assert view.training and all(m.training for m in model.f.modules())
+    view.eval()
+    assert not view.training and not any(m.training for m in model.f.modules())
+
+
+def test_amp_on_a_cpu_without_native_bf16_warns(monkeypatch, capsys):
+    import MODELS.precision as precision
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.check_amp(True, torch.device("cpu"))
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --amp: this CPU has no native bfloat16") and err.count("\n") == 1
+    assert not precision.check_amp(False, torch.device("cpu"))
