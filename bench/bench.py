@@ -19,8 +19,9 @@ shapes, the same kind of pass), with inputs prepared outside the timer:
               and stamped test plus one matrix product
   amp-*       the inversion step, distance, unlearn epoch and feature extraction with ``--amp`` (bf16
               autocast + channels_last)                                   vs  the same call of ours in float32
-  state-save  the per-round resume state (BackgroundSaver: what the round waits for)  vs  a synchronous
-              save_checkpoint of the same content
+  state-save  the per-round resume state written by BackgroundSaver, overlapping the next inversion
+              steps (and competing with them for the CPU)                 vs  a synchronous save_checkpoint,
+              then the same steps
 
 Times are medians over repeats (after one warm-up) with ``time.perf_counter``; ours and the floor run
 back to back, alternating which goes first, so that a load change on a shared machine hits both.
@@ -544,28 +545,34 @@ class Bench:
 
     # 6.2: the resume state written after every round ---------------------------------------
     def state_save(self, name: str, _size: float) -> Row:
-        """How long a round waits for its resume state: ``BackgroundSaver.save`` (snapshot, then the
-        write runs on a thread) against a synchronous ``save_checkpoint`` of the same content (the
-        floor: how it was written before). Each background write finishes before the next timing."""
+        """A round's end: its resume state written, then the next round's first inversion steps.
+        Ours: ``BackgroundSaver.save`` (snapshot; the write overlaps the steps, and competes with them
+        for the CPU) and a wait for the write at the end. Floor: a synchronous ``save_checkpoint``
+        of the same content, then the same steps (how it was written before)."""
         model = self.model(name)
         opt = torch.optim.SGD(model.f.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
         model.f(torch.rand(2, 3, 32, 32, device=self.device)).sum().backward()
         opt.step()  # momentum buffers: the state holds them too
-        saver, t_o, t_f = BackgroundSaver(), [], []
+        attack, init = self.attack_set(32)
+        steps = invert_preparer(model.f, attack, init, InversionConfig(steps=self.args.steps,
+                                                                     step_cap=self.args.steps, batch_size=32))()
+        saver = BackgroundSaver()
         with tempfile.TemporaryDirectory(prefix="receive-bench-") as folder:
             background, synchronous = Path(folder) / "background.pth", Path(folder) / "synchronous.pth"
-            for i in range(self.args.repeats + 1):  # the first pair is the warm-up
-                self.gate()
-                a = self.timer(lambda: saver.save(background, model, 1, opt, rows=[]))
+
+            def ours():
+                saver.save(background, model, 1, opt, rows=[])
+                steps()
                 saver.wait()
-                b = self.timer(lambda: save_checkpoint(synchronous, model, 1, opt, rows=[]))
-                if i:
-                    t_o.append(a)
-                    t_f.append(b)
+
+            def floor():
+                save_checkpoint(synchronous, model, 1, opt, rows=[])
+                steps()
+
+            t_o, t_f = self.run_measure(lambda: ours, lambda: floor)
             size = synchronous.stat().st_size / 1e6
-        self.busy = 0
-        row = self.row(name, "round state save", "MB", round(size, 1), 0, t_o, t_f)
-        row.note = "floor = synchronous save; ours = what the round waits for"
+        row = self.row(name, "round state save", "MB", round(size, 1), 32, t_o, t_f)
+        row.note = f"state write + {self.args.steps} inversion steps; floor = synchronous write"
         return row
 
     def row(self, model, stage, axis, size, images, t_o, t_f, per: int = 1) -> Row:
