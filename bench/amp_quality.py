@@ -7,10 +7,12 @@ Two measurements, both in one run on one device:
 
 1. One inversion round, same start: for each seed, the first MAIN.py round (random start, lr 0.5) on the
    same attack set from the same random state, once in float32 and once with ``--amp``. The two
-   triggers are then judged in float32: their L1 and their psim. The README's tolerance: L1 within
-   5 % and psim within 0.01.
-2. The whole defence: the demo's MAIN.py (moth) -> Unlearn-trigger.py -> training_downstream_classifier.py
-   commands, read from ``<run>/summary.json``, run once per seed as they are and once with ``--amp``.
+   triggers are then judged in float32: their L1 and their psim (the README's tolerance: L1 within
+   5 % and psim within 0.01), and as applied to the attack images (pixel difference, feature cosine),
+   next to a float32 trigger from another random start as the yardstick.
+2. The whole defence: the demo's MAIN.py (moth) -> Unlearn-trigger.py commands, read from
+   ``<run>/summary.json``, run once per seed as they are and once with ``--amp``; every resulting
+   encoder is judged by the demo's training_downstream_classifier.py command in float32.
    The early stop is a discrete decision on a noisy signal, so the chosen round may differ; what must
    not differ beyond the float32 seed-to-seed spread is the outcome (ACC, ASR).
 
