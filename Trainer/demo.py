@@ -14,6 +14,7 @@ command lines), all writing under one run folder:
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import shlex
 import time
@@ -26,6 +27,7 @@ from DATASETS import synthetic
 from DATASETS.triggers import load_trigger, save_ground_truth_trigger
 from Trainer.make_configs import DemoConfig
 from Trainer.report import RunFiles, build_report
+from Trainer.unlearn import CKPT as UNLEARNED
 from UTILS.errors import fail
 from UTILS.io import ensure_writable_dir, write_csv, write_json
 from UTILS.runtime import log
@@ -219,7 +221,7 @@ class DemoRun:
             "--encoder_usage_info", USAGE, "--log_dir", str(log_dir), "--reference_label", str(self.cfg.target),
             "--downstreamTask", DOWNSTREAM_SET, "--re_mask_pattern", str(trigger), "--trigger_file",
             str(L.trigger), "--knn-k", str(p.knn_k), *flags(p.unlearn)])
-        return results / f"Harden_Unlearn_model_{p.unlearn['epochs']}.pth"
+        return results / UNLEARNED.format(p.unlearn["epochs"])
 
     # ---- the whole run ----------------------------------------------------------------------------------------
 
@@ -262,6 +264,34 @@ class DemoRun:
                 f"by RECEIVE (iterative inversion + early stop + unlearning) and, as the baseline, by one-round NC "
                 f"inversion + the same unlearning. ACC/ASR come from training_downstream_classifier.py on "
                 f"`{DOWNSTREAM_SET}`; ASR leaves the target-class test images out.")
+
+
+def flag_value(words: list[str], name: str) -> str:
+    """The value that follows ``name`` in a command line's words ("" when the flag is absent)."""
+    return words[words.index(name) + 1] if name in words[:-1] else ""
+
+
+def receive_commands(run: str | Path) -> dict[str, list[str]]:
+    """RECEIVE's stage commands as a demo run recorded them in ``summary.json``, each [script, *argv]:
+    "main" (MAIN.py --phase moth), "unlearn" (Unlearn-trigger.py --phase moth) and "downstream"
+    (the classifier of the encoder that this unlearning wrote)."""
+    try:
+        lines = json.loads((Path(run) / "summary.json").read_text())["commands"]
+        commands = [shlex.split(line)[1:] for line in lines]  # drop "python"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        fail(f"--run {run}: no demo summary.json with its commands ({exc}); run demo.py first")
+    found = {}
+    for words in commands:
+        if words[0] in ("MAIN.py", "Unlearn-trigger.py") and flag_value(words, "--phase") == "moth":
+            found["main" if words[0] == "MAIN.py" else "unlearn"] = words
+    if "unlearn" in found:
+        unlearn = found["unlearn"]
+        encoder = str(Path(flag_value(unlearn, "--results_dir")) / UNLEARNED.format(flag_value(unlearn, "--epochs")))
+        found.update({"downstream": w for w in commands
+                      if w[0] == "training_downstream_classifier.py" and flag_value(w, "--encoder") == encoder})
+    if len(found) != 3:
+        fail(f"--run {run}: summary.json lacks RECEIVE's commands (found {', '.join(sorted(found)) or 'none'})")
+    return found
 
 
 def injected_l1(trigger_path: Path) -> float:

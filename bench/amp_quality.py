@@ -24,7 +24,6 @@ import argparse
 import copy
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -46,16 +45,15 @@ from MODELS.checkpoint import load_encoder  # noqa: E402
 from MODELS.precision import with_precision  # noqa: E402
 from Trainer.common import load_train_share  # noqa: E402
 from Trainer.configs import MAIN_SEEDS  # noqa: E402
+from Trainer.demo import flag_value, receive_commands  # noqa: E402
 from bench import device_name  # noqa: E402  (bench/bench.py, this script's neighbour)
 from Trainer.moth import FIRST_ROUND_LR  # noqa: E402
+from Trainer.unlearn import CKPT as UNLEARNED  # noqa: E402
+from UTILS.errors import UserError  # noqa: E402
 from UTILS.runtime import resolve_device  # noqa: E402
 
 L1_TOLERANCE, PSIM_TOLERANCE = 0.05, 0.01  # the README's stated tolerance for one round from the same start
 PRECISIONS = ("fp32", "amp")
-
-
-def flag(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
 
 
 def with_flags(args: list[str], **values: str) -> list[str]:
@@ -68,27 +66,6 @@ def with_flags(args: list[str], **values: str) -> list[str]:
         else:
             out += [key, value]
     return out
-
-
-def demo_commands(run: Path) -> dict[str, list[str]]:
-    """The demo's RECEIVE commands (script + args) from its summary.json."""
-    try:
-        commands = json.loads((run / "summary.json").read_text())["commands"]
-    except (OSError, ValueError, KeyError) as exc:
-        sys.exit(f"error: --run {run}: no demo summary.json with its commands ({exc}); run demo.py first")
-    found = {}
-    for line in commands:
-        words = shlex.split(line)[1:]  # drop "python"
-        script = words[0]
-        if script == "MAIN.py" and flag(words, "--phase") == "moth":
-            found["main"] = words
-        elif script == "Unlearn-trigger.py" and flag(words, "--phase") == "moth":
-            found["unlearn"] = words
-        elif script == "training_downstream_classifier.py" and "/receive/" in flag(words, "--encoder"):
-            found["downstream"] = words
-    if len(found) != 3:
-        sys.exit(f"error: --run {run}: summary.json lacks the RECEIVE commands (found {sorted(found)})")
-    return found
 
 
 def invert(model, attack, usage, config: InversionConfig, amp: bool, init_seed: int) -> tuple[InvertedTrigger, float]:
@@ -114,14 +91,15 @@ def agreement(backbone, attack, usage, a: InvertedTrigger, b: InvertedTrigger) -
 def one_round(main_args: list[str], seeds: list[int], device: torch.device) -> list[dict]:
     """Measurement 1: the first inversion round in both precisions from the same start, and, as the
     yardstick, in float32 from another random start (the variation the method has anyway)."""
-    model = load_encoder(flag(main_args, "--pretrained_encoder"), flag(main_args, "--model"), device).eval()
-    usage = get_usage(flag(main_args, "--encoder_usage_info"))
-    data = load_train_share(flag(main_args, "--dataset"), float(flag(main_args, "--data_ratio")),
-                            flag(main_args, "--data_dir"), usage, device)
-    attack_size = int(flag(main_args, "--attack_size"))
-    config = InversionConfig(steps=int(flag(main_args, "--re_steps")), lr=FIRST_ROUND_LR,
-                             init_cost=float(flag(main_args, "--init_cost")),
-                             threshold=float(flag(main_args, "--similarity_threshold")), batch_size=attack_size)
+    model = load_encoder(flag_value(main_args, "--pretrained_encoder"), flag_value(main_args, "--model"),
+                         device).eval()
+    usage = get_usage(flag_value(main_args, "--encoder_usage_info"))
+    data = load_train_share(flag_value(main_args, "--dataset"), float(flag_value(main_args, "--data_ratio")),
+                            flag_value(main_args, "--data_dir"), usage, device)
+    attack_size = int(flag_value(main_args, "--attack_size"))
+    config = InversionConfig(steps=int(flag_value(main_args, "--re_steps")), lr=FIRST_ROUND_LR,
+                             init_cost=float(flag_value(main_args, "--init_cost")),
+                             threshold=float(flag_value(main_args, "--similarity_threshold")), batch_size=attack_size)
     rows = []
     for seed in seeds:
         torch.manual_seed(MAIN_SEEDS[seed])
@@ -162,10 +140,10 @@ def whole_defence(cmds: dict[str, list[str]], seeds: list[int], out: Path, devic
             unlearn = with_flags(cmds["unlearn"], seed=str(seed), log_dir=str(base / "unlearn-log"),
                                  results_dir=str(base / "unlearned"), device=device,
                                  re_mask_pattern=str(base / "log" / "mask-pattern-best.npz")) + ["--overwrite", *extra]
-            epochs = flag(cmds["unlearn"], "--epochs")
+            epochs = flag_value(cmds["unlearn"], "--epochs")
             # the evaluator is the measuring instrument: float32 for both arms
             downstream = with_flags(cmds["downstream"], results_dir=str(base / "eval"), device=device,
-                                    encoder=str(base / "unlearned" / f"Harden_Unlearn_model_{epochs}.pth"))
+                                    encoder=str(base / "unlearned" / UNLEARNED.format(epochs)))
             downstream += ["--overwrite"]
             times = [run_stage(words) for words in (main, unlearn, downstream)]
             moth = json.loads((base / "log" / "metrics.json").read_text())
@@ -230,14 +208,17 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     if any(not 0 <= s <= 2 for s in seeds):
         sys.exit("error: --seeds: expected indices 0..2 (Unlearn-trigger.py has three seeds)")
-    device = resolve_device(args.device, 0, verbose=False)
+    try:
+        device = resolve_device(args.device, 0, verbose=False)
+        cmds = receive_commands(run)
+    except UserError as err:
+        sys.exit(f"error: {err}")
     name = device_name(device)
-    cmds = demo_commands(run)
     started = time.perf_counter()
     rounds = one_round(cmds["main"], seeds, device)
     runs = [] if args.skip_defence else whole_defence(cmds, seeds, Path(args.out or run / "amp-quality"), str(device))
     header = (f"--amp quality check on {device.type} [{name}], torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, encoder {flag(cmds['main'], '--pretrained_encoder')}, "
+              f"{torch.get_num_threads()} threads, encoder {flag_value(cmds['main'], '--pretrained_encoder')}, "
               f"{time.perf_counter() - started:.0f} s")
     table = format_tables(header, rounds, runs)
     print(table, flush=True)

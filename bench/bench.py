@@ -316,19 +316,21 @@ class Bench:
         return t_o, t_f
 
     # 6.1: one inversion step -------------------------------------------------------------
-    def attack_set(self, attack_size: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The attack images (attack_size, 3, 32, 32) and a random start trigger (mask, pattern)."""
+    def inversion_setup(self, attack_size: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor],
+                                                          InversionConfig]:
+        """The attack images (attack_size, 3, 32, 32), a random start trigger (mask, pattern) and a
+        config that runs exactly ``--steps`` steps of one Adam update each."""
         inv_set = share(self.pool, 0.01, self.device)
         torch.manual_seed(2)
         attack = inv_set.x[torch.randint(len(inv_set), (attack_size,)).to(self.device)]
         init = (torch.rand(32, 32, device=self.device), torch.rand(3, 32, 32, device=self.device))
-        return attack, init
+        steps = self.args.steps
+        return attack, init, InversionConfig(steps=steps, step_cap=steps, lr=0.5, batch_size=attack_size)
 
     def inversion(self, name: str, attack_size: int) -> Row:
         backbone = self.model(name).f
-        attack, init = self.attack_set(attack_size)
-        steps = self.args.steps
-        config = InversionConfig(steps=steps, step_cap=steps, lr=0.5, batch_size=attack_size)
+        attack, init, config = self.inversion_setup(attack_size)
+        steps = config.steps
         ours = invert_preparer(backbone, attack, init, config)
         x_norm = normalize(attack, USAGE).detach()
 
@@ -509,13 +511,11 @@ class Bench:
     def amp_inversion(self, name: str, attack_size: int) -> Row:
         backbone = self.model(name).f
         fast = with_precision(copy.deepcopy(backbone), True)
-        attack, init = self.attack_set(attack_size)
-        steps = self.args.steps
-        config = InversionConfig(steps=steps, step_cap=steps, lr=0.5, batch_size=attack_size)
+        attack, init, config = self.inversion_setup(attack_size)
         t_o, t_f = self.run_measure(invert_preparer(fast, attack, init, config),
                                     invert_preparer(backbone, attack, init, config))
         return self.amp_row(self.row(name, "inversion step --amp", "attack_size", attack_size, attack_size, t_o, t_f,
-                                     per=steps))
+                                     per=config.steps))
 
     def amp_distance(self, name: str, ratio: float) -> Row:
         reference = self.model(name).f.eval()
@@ -553,9 +553,7 @@ class Bench:
         opt = torch.optim.SGD(model.f.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
         model.f(torch.rand(2, 3, 32, 32, device=self.device)).sum().backward()
         opt.step()  # momentum buffers: the state holds them too
-        attack, init = self.attack_set(32)
-        steps = invert_preparer(model.f, attack, init, InversionConfig(steps=self.args.steps,
-                                                                     step_cap=self.args.steps, batch_size=32))()
+        steps = invert_preparer(model.f, *self.inversion_setup(32))()
         saver = BackgroundSaver()
         with tempfile.TemporaryDirectory(prefix="receive-bench-") as folder:
             background, synchronous = Path(folder) / "background.pth", Path(folder) / "synchronous.pth"

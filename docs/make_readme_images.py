@@ -12,7 +12,6 @@ the demo report's figures. Every picture therefore comes from a real run on this
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -24,11 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from docs.terminal_png import render_terminal  # noqa: E402
+from Trainer.demo import receive_commands  # noqa: E402
+from UTILS.errors import UserError  # noqa: E402
 
-STAGES = [  # (index into the demo's commands, picture name, title)
-    (4, "stage1-main-moth.png", "Stage 1: iterative trigger inversion and early stop (MAIN.py --phase moth)"),
-    (5, "stage2-unlearn.png", "Stage 2: unlearning the inverted trigger (Unlearn-trigger.py)"),
-    (6, "stage3-downstream.png", "Stage 3: downstream classifier, ACC and ASR (training_downstream_classifier.py)"),
+STAGES = [  # (stage in Trainer.demo.receive_commands, picture name, title)
+    ("main", "stage1-main-moth.png", "Stage 1: iterative trigger inversion and early stop (MAIN.py --phase moth)"),
+    ("unlearn", "stage2-unlearn.png", "Stage 2: unlearning the inverted trigger (Unlearn-trigger.py)"),
+    ("downstream", "stage3-downstream.png",
+     "Stage 3: downstream classifier, ACC and ASR (training_downstream_classifier.py)"),
 ]
 FIGURES = ("triggers.png", "trigger_growth.png", "unlearning.png", "results.png")
 OUTPUT_FLAGS = ("--log_dir", "--results_dir")
@@ -53,10 +55,10 @@ def listing(folders: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def rerun_stage(command: str, scratch: Path) -> tuple[str, str, list[Path]]:
-    """Run one demo command line again with redirected outputs; returns (shown command, output, dirs)."""
-    words = shlex.split(command)
-    script, argv = words[1], words[2:]
+def rerun_stage(words: list[str], scratch: Path) -> tuple[str, str, list[Path]]:
+    """Run one demo command ([script, *argv]) again with redirected outputs; returns (shown command,
+    output, dirs)."""
+    script, argv = words[0], words[1:]
     argv, outputs = redirect_outputs(argv, scratch)
     if scratch.exists():
         shutil.rmtree(scratch)
@@ -75,12 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "images in text"))
     args = p.parse_args(argv)
     run, out = Path(args.run).resolve(), Path(args.out)
-    summary_path = run / "summary.json"
-    if not summary_path.is_file():
-        raise SystemExit(f"error: --run {run}: no summary.json; run `python demo.py` first")
-    commands = json.loads(summary_path.read_text())["commands"]
-    for index, name, title in STAGES:
-        shown, output, folders = rerun_stage(commands[index], run / "readme-rerun" / name.removesuffix(".png"))
+    try:
+        commands = receive_commands(run)
+    except UserError as err:
+        raise SystemExit(f"error: {err}")
+    for stage, name, title in STAGES:
+        shown, output, folders = rerun_stage(commands[stage], run / "readme-rerun" / name.removesuffix(".png"))
         text = output.rstrip() + "\n\n" + listing(folders)
         print("wrote", render_terminal(shown, text, out / name, title, max_lines=44))
     for figure in FIGURES:
