@@ -36,7 +36,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--similarity_threshold", type=float, default=D.similarity_threshold)
     p.add_argument("--init_cost", type=float, default=D.init_cost)
     p.add_argument("--pair", default=D.pair, help="accepted, unused")
-    p.add_argument("--attack_size", type=int, default=D.attack_size)
+    p.add_argument("--attack_size", type=int, default=D.attack_size,
+                   help="images drawn (with replacement) for each round; inverted in chunks of 32")
     p.add_argument("--re_steps", type=int, default=D.re_steps)
     p.add_argument("--re_steps_cap", type=int, default=D.re_steps_cap,
                    help="hard cap on steps of a round when no trigger reaches the threshold (0: 3 x re_steps)")
@@ -45,9 +46,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--patience", type=int, default=D.patience)
     p.add_argument("--reference_label", type=int, default=D.reference_label, help="target class (monitor only)")
     p.add_argument("--trigger_file", default=D.trigger_file, help="ground-truth trigger, monitoring only")
-    p.add_argument("--reference_file", default=D.reference_file, help="accepted, unused")
-    p.add_argument("--source_label", type=int, default=D.source_label, help="accepted, unused")
-    p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor every N rounds (0: off)")
+    p.add_argument("--reference_file", default=D.reference_file, help="accepted, unused (as in the original)")
+    p.add_argument("--source_label", type=int, default=D.source_label, help="accepted, unused (as in the original)")
+    p.add_argument("--psim", default=D.psim, choices=("original", "pairs"),
+                   help="the pairwise similarity --similarity_threshold is compared with: original = the paper's "
+                        "code's (B-1)/B^3 * sum of all B^2 cosines of a 32-image chunk (what its thresholds were "
+                        "tuned on); pairs = the mean cosine over pairs i != j")
+    p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor after every N-th batch of an epoch, and once before the first round (0: off)")
     p.add_argument("--asr_include_target", action="store_true",
                    help="count target-class images in ASR, as BadEncoder's published figures do")
     add_amp_flag(p)

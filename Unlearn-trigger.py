@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Stage 2 of RECEIVE: unlearn the inverted trigger from the encoder.
 
-Writes <results_dir>/Harden_Unlearn_model_<epoch>.pth every epoch and <log_dir>/loss-log.npy.
+Writes <results_dir>/Harden_Unlearn_model_<epoch>.pth every epoch and <log_dir>/loss-log.npy
+(the mean batch loss of each epoch); <log_dir>/unlearn-metrics.{csv,json} hold the losses, the kNN
+monitor and, in the epoch-0 row, the initial similarities (init sim, test sim).
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ D = UnlearnConfig()
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_runtime_flags(p, gpu="0", seed=0)
-    p.add_argument("--results_dir", default=D.results_dir)
-    p.add_argument("--phase", default=D.phase, help="accepted for compatibility")
+    add_runtime_flags(p, gpu=D.gpu, seed=0)
+    p.add_argument("--results_dir", default=D.results_dir, help="where the checkpoints go ('': the current directory)")
+    p.add_argument("--phase", default=D.phase, help="only moth is supported, as in the original")
     p.add_argument("--dataset", default=D.dataset, help="data used for unlearning")
     p.add_argument("--downstreamTask", default=D.downstreamTask, help="dataset of the kNN monitor")
     p.add_argument("--model", default=D.model)
@@ -36,7 +38,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--knn-t", dest="knn_t", type=float, default=D.knn_t, help="kNN and NT-Xent temperature")
     p.add_argument("--knn-k", dest="knn_k", type=int, default=D.knn_k)
     p.add_argument("--portion", type=float, default=D.portion, help="share of each batch that is stamped")
-    p.add_argument("--input_type", default=D.input_type, help="accepted for compatibility")
+    p.add_argument("--input_type", default=D.input_type, help="only poisoned_encoder is supported, as in the original")
+    p.add_argument("--init_sim_bn_update", default=getattr(D, "init_sim_bn_update", "on"),
+                   help="the initial-similarity pass before training runs the encoder in train mode over the whole "
+                        "unlearning set, which moves BatchNorm's running statistics as the original's does (on); "
+                        "off restores them afterwards (the same similarities are reported); on or off")
     p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor every N epochs (0: off)")
     p.add_argument("--asr_include_target", action="store_true",
                    help="count target-class images in ASR, as BadEncoder's published figures do")

@@ -2,7 +2,7 @@
 """Stage 3: train a downstream classifier on a frozen encoder and print ACC and ASR (BadEncoder style)."""
 from __future__ import annotations
 
-from Trainer.configs import DownstreamConfig, add_amp_flag, add_runtime_flags, config_from_args
+from Trainer.configs import ASR_IMAGES, MODES, DownstreamConfig, add_amp_flag, add_runtime_flags, config_from_args
 from Trainer.downstream import run_downstream
 from UTILS.errors import ArgumentParser, cli_entry
 
@@ -15,19 +15,30 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--dataset", default=D.dataset, help="downstream task")
     p.add_argument("--reference_label", type=int, default=D.reference_label, help="attack target class")
     p.add_argument("--trigger_file", default=D.trigger_file, help="trigger for ASR (BadEncoder npz or mask-pattern npz)")
-    p.add_argument("--encoder_usage_info", default=D.encoder_usage_info)
-    p.add_argument("--encoder", default=D.encoder, help="encoder checkpoint; empty = randomly initialised")
+    p.add_argument("--encoder_usage_info", default=D.encoder_usage_info,
+                   help="normalisation statistics and input size of the encoder (its pre-training data)")
+    p.add_argument("--encoder", default=D.encoder,
+                   help="encoder checkpoint; empty = randomly initialised. As in the original, 'clean' anywhere "
+                        "in this path (case-sensitive) names the metrics CA/ASR-B instead of BA/ASR")
     p.add_argument("--model", default=D.model)
     p.add_argument("--lr", type=float, default=D.lr)
     p.add_argument("--nn_epochs", type=int, default=D.nn_epochs)
     p.add_argument("--hidden_size_1", type=int, default=D.hidden_size_1)
     p.add_argument("--hidden_size_2", type=int, default=D.hidden_size_2)
-    p.add_argument("--results_dir", default=D.results_dir)
+    p.add_argument("--results_dir", default=D.results_dir, help="where clf_<nn_epochs>.pth and the metrics go")
     p.add_argument("--batch_size", type=int, default=D.batch_size)
-    p.add_argument("--source_label", type=int, default=D.source_label, help="accepted, unused")
-    p.add_argument("--mode", default=D.mode, help="accepted, unused")
+    p.add_argument("--source_label", type=int, default=D.source_label,
+                   help="victim class; not -1: the ASR line reports the share of this class's clean test images "
+                        "(no trigger) classified as this class, as the original's victim loader does")
+    p.add_argument("--mode", default=D.mode, choices=MODES,
+                   help="non-targeted: a stamped image is a hit when classified as --reference_label; targeted: "
+                        "when it keeps its own label (the original's BadSTL_targeted, there for stl10 only)")
+    p.add_argument("--asr_images", default=D.asr_images, choices=ASR_IMAGES,
+                   help="images stamped for ASR: test = the test split (BadEncoder's); train_half = the first "
+                        "half of the train split, every class, as the original measured it")
     p.add_argument("--asr_include_target", action="store_true",
-                   help="count target-class images in ASR, as BadEncoder's published figures do")
+                   help="with --asr_images test: count target-class images in ASR, as BadEncoder's published "
+                        "figures do (train_half and --mode targeted always count every image)")
     add_amp_flag(p)
     return p
 

@@ -1,17 +1,25 @@
 """Batched image augmentations on tensors (any device), torchvision semantics, no per-image loop.
 
-All inputs are (B, 3, H, W) floats in [0, 1]. Random parameters are drawn per sample from torch's
-global RNG on ``x.device``, so ``torch.manual_seed`` makes every call repeatable. The ``adjust_*``
-functions take explicit per-sample factors (B,) and are the deterministic cores (tested against
-torchvision's functional ops).
+All inputs are (B, 3, H, W) floats in [0, 1]. Two kinds of randomness live here:
+
+* per-sample (pre-training, BadEncoder): every image draws its own parameters from torch's global
+  RNG on ``x.device``. The ``adjust_*`` functions take explicit per-sample factors (B,) and are the
+  deterministic cores (tested against torchvision's functional ops).
+* per-batch (unlearning, :func:`unlearn_view`): torchvision's own transforms applied to the whole
+  batch tensor, so ONE parameter draw (from torch's global CPU RNG) is shared by every image, as the
+  original ``Unlearn-trigger.py`` does.
+
+Either way ``torch.manual_seed`` makes every call repeatable.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision import transforms
 
 # ITU-R 601-2 luma, as PIL's convert("L") that BadEncoder's PIL pipeline ran (torchvision's tensor
 # rgb_to_grayscale rounds the red weight to 0.2989: a difference below 1e-4).
@@ -185,7 +193,7 @@ def random_resized_crop(x: Tensor, scale: tuple[float, float] = (0.08, 1.0),
 
 
 def simclr_view(x: Tensor) -> Tensor:
-    """One SimCLR view (SPEC §8.1): resized crop, flip, colour jitter (p=0.8), grayscale (p=0.2)."""
+    """One SimCLR view: resized crop, flip, colour jitter (p=0.8), grayscale (p=0.2), per sample."""
     x = hflip(random_resized_crop(x))
     return random_grayscale(color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8), p=0.2)
 
@@ -195,7 +203,30 @@ def simclr_views(x: Tensor) -> tuple[Tensor, Tensor]:
     return simclr_view(x), simclr_view(x)
 
 
+@functools.lru_cache(maxsize=None)
+def unlearn_augmentation(height: int, width: int) -> transforms.Compose:
+    """The unlearning augmentation of the original ``Unlearn-trigger.py``, as torchvision objects.
+
+    RandomCrop to the image's own size (no padding) is the identity and draws nothing; it stays in
+    the pipeline because the original has it. ColorJitter applies its four ops in an order drawn
+    per call (``torch.randperm(4)``), then grayscale with probability 0.2.
+    """
+    return transforms.Compose([
+        transforms.RandomCrop((height, width)),
+        transforms.RandomHorizontalFlip(p=0.5),
+        transforms.ColorJitter(0.4, 0.4, 0.4, 0.1),
+        transforms.RandomGrayscale(p=0.2),
+    ])
+
+
 def unlearn_view(x: Tensor) -> Tensor:
-    """The unlearning augmentation (SPEC §6.4): crop with padding 4, flip, jitter, grayscale (p=0.2)."""
-    x = hflip(random_crop(x, padding=4))
-    return random_grayscale(color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=1.0), p=0.2)
+    """One unlearning view of a whole batch: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1].
+
+    The original hands the batch tensor to torchvision's Compose, so ONE random draw is shared by
+    every image: all flipped or none, the same jitter factors in the same random op order, all
+    grayscale or none. Torchvision draws from torch's global CPU RNG whatever ``x.device`` is.
+    An empty batch is returned as is, without drawing.
+    """
+    if x.shape[0] == 0:
+        return x
+    return unlearn_augmentation(int(x.shape[-2]), int(x.shape[-1]))(x)

@@ -1,4 +1,4 @@
-"""Load a dataset split from ``--data_dir`` in either supported layout (SPEC §3).
+"""Load a dataset split from ``--data_dir`` in either supported layout.
 
 Layouts, detected per split: BadEncoder's npz (``<data_dir>/<name>/{train,test}.npz``, preferred)
 and torchvision's own files, looked for directly under ``data_dir`` and under ``data_dir/<name>``.
@@ -6,13 +6,12 @@ Every split comes back as uint8 (N, size, size, 3) images and int64 labels.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from DATASETS import tv_layout
@@ -23,7 +22,6 @@ from UTILS.runtime import progress
 DATASET_NAMES = ("cifar10", "stl10", "svhn", "gtsrb", "synthetic", "synthetic_down")
 NUM_CLASSES = {"cifar10": 10, "stl10": 10, "svhn": 10, "gtsrb": 43, "synthetic": 10, "synthetic_down": 10}
 SPLITS = ("train", "test")
-_RESIZE_CHUNK = 256  # images per interpolate call: bounds the float32 copy (STL: 256*3*96*96*4 = 28 MB)
 
 
 @dataclass
@@ -38,29 +36,22 @@ class ImageSet:
         return int(self.x.shape[0])
 
 
-def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
-    """(n, h, w, 3) uint8 -> (n, size, size, 3) uint8, antialiased bilinear, rounded."""
-    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()  # (n, 3, h, w)
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+def _resize_one(img: np.ndarray, size: int) -> np.ndarray:
+    """(h, w, 3) uint8 -> (size, size, 3) uint8, exactly what torchvision's ``Resize((size, size))`` does to
+    a PIL image (the original's transform): PIL's bilinear filter, whose support widens when shrinking
+    (antialiasing), computed in PIL's fixed point. A torch interpolate differs by 1/255 on some pixels."""
+    if img.shape[:2] == (size, size):
+        return img
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BILINEAR))
 
 
 def resize_images(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarray:
-    """Resize an (N,H,W,3) array or a list of (H,W,3) arrays of mixed sizes to (N,size,size,3)."""
-    if isinstance(images, np.ndarray):
-        if images.shape[1:3] == (size, size):
-            return images
-        chunks = progress(range(0, len(images), _RESIZE_CHUNK), desc=f"resize to {size}")
-        return np.concatenate([_resize_batch(images[i:i + _RESIZE_CHUNK], size) for i in chunks])
+    """Resize an (N,H,W,3) array or a list of (H,W,3) arrays of mixed sizes to (N,size,size,3), image by image."""
+    if isinstance(images, np.ndarray) and images.shape[1:3] == (size, size):
+        return images
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
-    by_shape: dict[tuple, list[int]] = {}
-    for i, img in enumerate(images):  # batch images of equal size so interpolate stays vectorised
-        by_shape.setdefault(img.shape, []).append(i)
-    for shape, idx in progress(by_shape.items(), desc=f"resize to {size}", total=len(by_shape)):
-        group = np.stack([images[i] for i in idx])
-        for k in range(0, len(idx), _RESIZE_CHUNK):
-            part = group[k:k + _RESIZE_CHUNK]
-            out[idx[k:k + _RESIZE_CHUNK]] = part if shape[:2] == (size, size) else _resize_batch(part, size)
+    for i in progress(range(len(images)), desc=f"resize to {size}", total=len(images)):
+        out[i] = _resize_one(images[i], size)
     return out
 
 
@@ -132,15 +123,17 @@ def load_split(name: str, split: str, data_dir: str | Path, size: int = 32, flag
 
 
 def take_ratio(ds: ImageSet, ratio: float, flag: str = "--data_ratio") -> ImageSet:
-    """Keep the first floor(N * ratio) samples (deterministic, SPEC §3)."""
+    """Keep the first ``int(N * ratio)`` samples, as the original's ``Subset(arange(int(len * ratio)))``.
+
+    The float product is truncated as is, like the original: 100 * 0.29 = 28.999... keeps 28.
+    """
     try:
         ratio = float(ratio)
     except (TypeError, ValueError):
         fail(f"{flag} {ratio}: expected a number in (0, 1]")
     if not 0.0 < ratio <= 1.0:
         fail(f"{flag} {ratio}: expected a share in (0, 1]")
-    # The epsilon absorbs float error (e.g. 100 * 0.29 = 28.999...) so this is the exact floor.
-    n = min(len(ds), math.floor(len(ds) * ratio + 1e-9))
+    n = int(len(ds) * ratio)
     if n == 0:
         fail(f"{flag} {ratio}: keeps no sample of the {len(ds)} in {ds.name} {ds.split}; use a larger share")
     return replace(ds, x=ds.x[:n], y=ds.y[:n])

@@ -1,4 +1,4 @@
-"""BadEncoder's downstream classifier on frozen features: an MLP trained with Adam (SPEC §6.6)."""
+"""BadEncoder's downstream classifier on frozen features: an MLP trained with Adam."""
 from __future__ import annotations
 
 import json
@@ -50,15 +50,24 @@ def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
+def batch_order(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The one row order (n,) every epoch walks through, drawn once from torch's CPU generator.
+
+    The original extracts the training features through a shuffled loader (one random order) and then
+    trains the MLP on them with ``shuffle=False``: every epoch sees the same batches in the same order.
+    Drawing on the CPU makes the order the same whatever device the features live on.
+    """
+    return torch.randperm(n).to(device)
+
+
 def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, feats: torch.Tensor, labels: torch.Tensor,
-                 batch_size: int) -> float:
-    """One shuffled pass of minibatches sliced from on-device tensors; returns the mean batch loss.
+                 order: torch.Tensor, batch_size: int) -> float:
+    """One pass over minibatches ``order[i:i + batch_size]`` of on-device tensors; returns the mean batch loss.
 
     The loss sum stays on the device in float64 (one sync per epoch, not one per batch); adding the
     float32 losses in float64 in batch order gives the same number as summing ``loss.item()`` in Python.
     """
     net.train()
-    order = torch.randperm(feats.shape[0], device=feats.device)
     total = torch.zeros((), dtype=torch.float64, device=feats.device)
     batches = 0
     for start in range(0, feats.shape[0], batch_size):
@@ -82,25 +91,30 @@ def _print_metrics(row: dict, clean: bool) -> None:
 
 
 def train_downstream(train_feat: torch.Tensor, train_y: torch.Tensor, test_feat: torch.Tensor,
-                     test_y: torch.Tensor, bd_feat: torch.Tensor, target: int, num_classes: int,
+                     test_y: torch.Tensor, bd_feat: torch.Tensor, bd_target: int | torch.Tensor, num_classes: int,
                      epochs: int, lr: float, batch_size: int, hidden_1: int = 512, hidden_2: int = 256,
                      clean: bool = False, on_epoch: Optional[Callable[[dict], None]] = None,
                      ) -> tuple[DownstreamMLP, list[dict]]:
     """Train the MLP on features (N, D) already on one device; history rows {"epoch", "acc", "asr", "loss"}.
 
-    ``bd_feat`` (M, D) holds the stamped test images that count for ASR (already subset by the caller).
-    Epochs are numbered from 1; each prints BA/ASR (or CA/ASR-B with ``clean``) as JSON lines.
+    ``bd_feat`` (M, D) holds the images that count for ASR (already chosen by the caller) and
+    ``bd_target`` the label each must receive to count as a success: one class for all (the attack
+    target) or one per image (M,). Epochs are numbered from 1; each prints BA/ASR (or CA/ASR-B with
+    ``clean``) as JSON lines. The batch order is drawn once, before the MLP is built, and kept for every
+    epoch (see :func:`batch_order`).
     """
     device = train_feat.device
+    order = batch_order(train_feat.shape[0], device)
     net = DownstreamMLP(train_feat.shape[1], num_classes, hidden_1, hidden_2).to(device)
     opt = adam(net.parameters(), lr, device)
     train_y, test_y = train_y.to(device).long(), test_y.to(device).long()
     test_feat, bd_feat = test_feat.to(device), bd_feat.to(device)
+    bd_target = torch.as_tensor(bd_target, dtype=torch.long, device=device).expand(bd_feat.shape[0])
     history: list[dict] = []
     for epoch in progress(range(1, epochs + 1), desc="downstream", total=epochs):
-        loss = _train_epoch(net, opt, train_feat, train_y, batch_size)
+        loss = _train_epoch(net, opt, train_feat, train_y, order, batch_size)
         acc = _percent(_predict(net, test_feat) == test_y)
-        asr = _percent(_predict(net, bd_feat) == int(target))
+        asr = _percent(_predict(net, bd_feat) == bd_target)
         row = {"epoch": epoch, "acc": acc, "asr": asr, "loss": loss}
         history.append(row)
         _print_metrics(row, clean)

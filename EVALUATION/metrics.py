@@ -1,4 +1,4 @@
-"""ACC and ASR in percent, and which images count for ASR (SPEC §6.5)."""
+"""ACC and ASR in percent, and which images count for ASR."""
 from __future__ import annotations
 
 import torch
@@ -13,6 +13,23 @@ def backdoor_subset(labels: torch.Tensor, target: int, include_target: bool = Fa
     if include_target:
         return torch.ones_like(labels, dtype=torch.bool)
     return labels != int(target)
+
+
+def asr_selection(labels: torch.Tensor, target: int, mode: str = "non-targeted",
+                  include_target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """For stamped images with true ``labels`` (N,): which count (N,) bool, and the label (N,) each must get.
+
+    ``non-targeted`` (the attack): a hit is a prediction of ``target``; target-class images count only
+    with ``include_target`` (see :func:`backdoor_subset`). ``targeted`` (the original's
+    ``--mode targeted``, its BadSTL_targeted set): every image counts and keeps its own label, so the
+    number is the accuracy on stamped images; ``target`` plays no part.
+    """
+    labels = torch.as_tensor(labels).long()
+    if mode == "targeted":
+        return torch.ones_like(labels, dtype=torch.bool), labels.clone()
+    if mode != "non-targeted":
+        raise ValueError(f"asr_selection: mode must be 'non-targeted' or 'targeted', got {mode!r}")
+    return backdoor_subset(labels, target, include_target), torch.full_like(labels, int(target))
 
 
 def _percent(hits: torch.Tensor) -> float:

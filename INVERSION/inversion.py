@@ -1,24 +1,29 @@
-"""One round of MOTH/Neural-Cleanse style trigger inversion for an image encoder (SPEC §6.1).
+"""One round of MOTH/Neural-Cleanse style trigger inversion for an image encoder (docs/ALGORITHMS.md §1).
 
 The unknowns are a mask (H, W) and a pattern (3, H, W) kept in (0, 1) through a tanh
-parametrisation; the objective is ``-psim + cost * |mask|_1`` (the paper's Equation 2).
+parametrisation; the objective is ``-psim + cost * |mask|_1`` (the paper's Equation 2), minimised
+with one Adam over chunks of 32 images, exactly as the paper's code runs it: every step reshuffles
+the attack set with a seeded permutation, walks it in ``N // 32`` chunks (one update each) and is
+judged by the means over its chunks.
 """
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from DATASETS.stats import UsageInfo, normalize
-from DATASETS.triggers import stamp
+from DATASETS.triggers import InvertedTrigger
 from UTILS.runtime import progress
 
 EPS = 1e-7
+CHUNK = 32  # images per Adam update: the original's round never receives --attack_size, so 32 always
+FIRST_STEP_SEED = 100  # the original's per-step reshuffle/restart counter starts here and runs on across rounds
 
 
 def mask_from_logits(a: Tensor) -> Tensor:
@@ -36,23 +41,40 @@ def pattern_from_logits(b: Tensor) -> Tensor:
 
 
 def logits_from_values(v: Tensor) -> Tensor:
-    """Inverse of the tanh parametrisation; values are clipped to [0, 1] first."""
+    """Inverse of the tanh parametrisation, in ``v``'s dtype; values are clipped to [0, 1] first."""
     return torch.atanh((v.clamp(0, 1) - 0.5) * (2 - EPS))
 
 
-def pairwise_similarity(features: Tensor) -> Tensor:
-    """Mean cosine similarity over pairs i != j of the rows of ``features`` (B, D) -> scalar.
+def pair_mean_similarity(features: Tensor) -> Tensor:
+    """Mean cosine similarity over the pairs i != j of the rows of ``features`` (B, D) -> scalar."""
+    b = features.shape[0]
+    if b < 2:
+        raise ValueError("pairwise similarity needs at least two feature vectors")
+    z = F.normalize(features, dim=1)
+    total = z.sum(dim=0)  # (D,) sum_ij z_i.z_j = |sum_i z_i|^2, avoids the (B, B) matrix
+    return (total.dot(total) - (z * z).sum()) / (b * (b - 1))
 
-    The diagonal (each image with itself, similarity 1) is left out: including it would reward
-    nothing and bias psim upwards by 1/B.
+
+def original_similarity(features: Tensor) -> Tensor:
+    """psim as the paper's code computes it: ``(B-1)/B^3 * sum_ij cos(z_i, z_j)`` over all B^2 pairs.
+
+    Its expression subtracts a (B, B, B) ``diag_embed`` of the (B, B) cosine matrix before a mean,
+    which works out to this value: the diagonal-included mean scaled by (B-1)/B, so at most
+    (B-1)/B (0.969 for B = 32). ``--similarity_threshold`` was tuned against this number.
     """
     b = features.shape[0]
     if b < 2:
-        raise ValueError("pairwise_similarity needs at least two feature vectors")
-    z = F.normalize(features, dim=1)
-    total = z.sum(dim=0)  # (D,) sum_ij z_i.z_j = |sum_i z_i|^2, avoids the (B, B) matrix
-    off_diagonal = total.dot(total) - (z * z).sum()
-    return off_diagonal / (b * (b - 1))
+        raise ValueError("pairwise similarity needs at least two feature vectors")
+    total = F.normalize(features, dim=1).sum(dim=0)  # (D,)
+    return total.dot(total) * (b - 1) / b**3
+
+
+PSIM_KINDS: dict[str, Callable[[Tensor], Tensor]] = {"original": original_similarity, "pairs": pair_mean_similarity}
+
+
+def pairwise_similarity(features: Tensor, kind: str = "original") -> Tensor:
+    """psim of (B, D) features: ``kind`` "original" (the paper's code, the default) or "pairs" (i != j mean)."""
+    return PSIM_KINDS[kind](features)
 
 
 def mask_l1(mask: Tensor) -> Tensor:
@@ -99,7 +121,8 @@ class InversionConfig:
     lr: float = 0.5             # 0.5 in the first round, --re_lr later
     init_cost: float = 5e-2     # --init_cost
     threshold: float = 0.90     # --similarity_threshold
-    batch_size: int = 32        # images per Adam update (--attack_size)
+    chunk_size: int = CHUNK     # images per Adam update (not --attack_size: see CHUNK)
+    psim: str = "original"      # --psim: which pairwise similarity the threshold is compared with
     patience: int = 5
     step_cap: int = 0           # hard cap on steps when no trigger reaches the threshold; 0 = 3*steps
     restart_noise: float = 0.01
@@ -118,9 +141,14 @@ class InversionResult:
     loss: float                 # means over the steps of the round
     loss_sim: float             # mean psim
     loss_reg: float             # mean mask L1
-    psim: float                 # psim of the returned trigger when it was recorded
+    psim: float                 # mean psim of the step that recorded the returned trigger (nan if none)
     l1: float                   # size of the returned trigger
     cost: float                 # final cost
+    next_seed: int              # the step counter after this round (the next round continues from it)
+
+    @property
+    def trigger(self) -> InvertedTrigger:
+        return InvertedTrigger(self.mask, self.pattern)
 
 
 @contextlib.contextmanager
@@ -139,117 +167,163 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-def random_trigger(size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Uniform random (mask (H, W), pattern (3, H, W)) in [0, 1], the first round's start."""
-    mask = torch.rand(size, size, device=device)
-    pattern = torch.rand(3, size, size, device=device)
+def random_start(size: int, rng: np.random.RandomState) -> tuple[Tensor, Tensor]:
+    """Uniform random (mask (H, W), pattern (3, H, W)) float64 in [0, 1], the first round's start.
+
+    Drawn mask first, then pattern, from ``rng`` (the original draws them from numpy's global state).
+    """
+    mask = torch.from_numpy(rng.random_sample((size, size)))
+    pattern = torch.from_numpy(rng.random_sample((3, size, size)))
     return mask, pattern
 
 
-def perturb(values: Tensor, scale: float) -> Tensor:
-    """Add uniform noise in [-scale, scale] (the restart after a new best trigger)."""
-    return (values + (torch.rand_like(values) * 2 - 1) * scale).clamp(0, 1)
+def step_permutation(n: int, seed: int) -> Tensor:
+    """The seeded reshuffle that starts every inversion step: (n,) long, numpy's legacy MT19937 stream."""
+    return torch.from_numpy(np.random.RandomState(seed).permutation(n))
 
 
-def inversion_loss(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo,
-                   cost: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Equation 2 on one chunk of images (B, 3, H, W). Returns (loss, psim, l1, mask, pattern)."""
-    mask = mask_from_logits(a)
-    pattern = pattern_from_logits(b)
-    features = backbone(normalize(stamp(images, mask, pattern), usage))  # (B, D)
-    psim = pairwise_similarity(features)
-    l1 = mask_l1(mask)
-    return -psim + cost * l1, psim, l1, mask, pattern
+def restart_noise(shape: tuple[int, ...], seed: int, scale: float) -> Tensor:
+    """Uniform noise in [-scale, scale) drawn from a CPU torch generator seeded with ``seed``."""
+    low, high = torch.tensor(-scale), torch.tensor(scale)
+    return low + torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * (high - low)
+
+
+def restart_point(mask: Tensor, pattern: Tensor, seed: int, scale: float) -> tuple[Tensor, Tensor]:
+    """Where the optimisation restarts after a new best trigger: best + seeded noise, clipped to [0, 1].
+
+    The mask's noise comes from ``seed``, the pattern's from ``seed + 1`` (escapes local minima).
+    """
+    m = (mask + restart_noise(tuple(mask.shape), seed, scale).to(mask.device)).clamp(0, 1)
+    p = (pattern + restart_noise(tuple(pattern.shape), seed + 1, scale).to(pattern.device)).clamp(0, 1)
+    return m, p
+
+
+def inversion_loss(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo, cost: float,
+                   psim_kind: str = "original") -> tuple[Tensor, Tensor, Tensor, InvertedTrigger]:
+    """Equation 2 on one chunk of images (B, 3, H, W). Returns (loss, psim, l1, trigger)."""
+    trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))
+    features = backbone(normalize(trigger(images), usage))  # (B, D)
+    psim = pairwise_similarity(features, psim_kind)
+    l1 = mask_l1(trigger.mask)
+    return -psim + cost * l1, psim, l1, trigger
 
 
 @torch.no_grad()
-def reference_similarity(backbone: nn.Module, images: Tensor, usage: UsageInfo,
-                         trigger: Optional[Callable[[Tensor], Tensor]]) -> float:
-    """psim of the images stamped with the ground-truth trigger (monitoring only); nan without one."""
-    if trigger is None or images.shape[0] < 2:
+def chunk_similarity(backbone: nn.Module, images: Tensor, usage: UsageInfo,
+                     trigger: Optional[Callable[[Tensor], Tensor]] = None, kind: str = "original",
+                     chunk_size: int = CHUNK) -> float:
+    """Mean over the step's chunks of psim of ``images`` (N, 3, H, W), stamped with ``trigger`` if given.
+
+    This is the number the threshold is compared with, for any trigger (an inverted one, the
+    injected one, or none: the clean images' own psim). nan if fewer than two images.
+    """
+    if images.shape[0] < 2:
         return float("nan")
     with frozen(backbone):
-        return pairwise_similarity(backbone(normalize(trigger(images), usage))).item()
+        values = []
+        for chunk in chunks(images, chunk_size):
+            x = trigger(chunk) if trigger is not None else chunk
+            values.append(pairwise_similarity(backbone(normalize(x, usage)), kind))
+        return torch.stack(values).mean().item()
+
+
+def chunks(images: Tensor, chunk_size: int) -> list[Tensor]:
+    """The step's consecutive chunks, the remainder dropped; one chunk of all images when N < chunk_size."""
+    size = min(chunk_size, images.shape[0])
+    return [images[i * size:(i + 1) * size] for i in range(images.shape[0] // size)]
 
 
 def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config: InversionConfig,
-                   init: Optional[tuple[Tensor, Tensor]] = None, desc: str = "inversion",
+                   init: tuple[Tensor, Tensor], seed: int = FIRST_STEP_SEED, desc: str = "inversion",
                    trace: Optional[list] = None) -> InversionResult:
     """Run one inversion round on ``images`` (N, 3, H, W) in [0, 1] against ``backbone`` (the f of SimCLR).
 
-    Each step is one pass over ``images`` in chunks of ``config.batch_size`` (one Adam update each).
-    Steps run ``config.steps`` times, then continue only while no trigger has reached the
-    similarity threshold, up to ``config.cap`` steps in all. ``trace``, if given, receives one dict
-    per step (psim, l1, cost used, whether the step set a new best and restarted).
+    ``init``: the start (mask (H, W), pattern (3, H, W)) in [0, 1]. ``seed``: the step counter; step
+    ``s`` reshuffles with ``seed + s`` and a restart after it draws noise with ``seed + s + 1`` (mask)
+    and ``seed + s + 2`` (pattern). Steps run ``config.steps`` times, then continue only while no
+    trigger has reached the threshold, up to ``config.cap`` steps in all (then ``reached`` is False
+    and the last trigger is returned). ``trace``, if given, receives one dict per step.
     """
-    size = images.shape[-1]
-    mask0, pattern0 = init if init is not None else random_trigger(size, images.device)
-    a, b, opt = _fresh_optimiser(mask0.to(images.device), pattern0.to(images.device), config.lr)
+    if images.shape[0] < 2:
+        raise ValueError("inversion needs at least two images")
+    device = images.device
+    a = logits_from_values(init[0].to(device)).float().detach().clone().requires_grad_(True)
+    b = logits_from_values(init[1].to(device)).float().detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([a, b], lr=config.lr, betas=(0.5, 0.9))  # one Adam for the whole round
     schedule = CostSchedule(config.init_cost, config.threshold, config.patience)
-    best: Optional[tuple[Tensor, Tensor, float, float]] = None  # (mask, pattern, l1, psim)
+    best: Optional[tuple[InvertedTrigger, float, float]] = None  # (trigger, mean l1, mean psim)
     sums = torch.zeros(3, dtype=torch.float64)
     step = 0
-    bar = progress(range(config.cap), desc=desc, total=config.cap)
     with frozen(backbone):
-        for step in bar:
+        for step in progress(range(config.cap), desc=desc, total=config.cap):
             if step >= config.steps and best is not None:
                 break
-            step_psim, step_l1, mask, pattern = _inversion_step(backbone, images, a, b, opt, usage, schedule.cost,
-                                                                config.batch_size, sums)
-            new_best = step_psim >= config.threshold and (best is None or step_l1 < best[2])
+            images = images[step_permutation(images.shape[0], seed).to(device)]  # cumulative, as the original
+            seed += 1
+            loss, psim, l1, last = _inversion_step(backbone, images, a, b, opt, usage, schedule.cost, config)
+            sums += torch.tensor([loss, psim, l1], dtype=torch.float64)
+            new_best = psim >= config.threshold and (best is None or l1 < best[1])
             if trace is not None:
-                trace.append({"step": step, "psim": step_psim, "l1": step_l1, "cost": schedule.cost,
-                              "new_best": new_best})
+                trace.append({"step": step, "psim": psim, "l1": l1, "cost": schedule.cost, "new_best": new_best})
             if new_best:
-                best = (mask, pattern, step_l1, step_psim)
-                a, b, opt = _fresh_optimiser(perturb(best[0], config.restart_noise),
-                                             perturb(best[1], config.restart_noise), config.lr)
-            schedule.update(step_psim)
+                best = (last, l1, psim)
+                m, p = restart_point(last.mask[0], last.pattern, seed, config.restart_noise)
+                with torch.no_grad():  # same tensors, same Adam: its moments carry on through the restart
+                    a.copy_(logits_from_values(m))
+                    b.copy_(logits_from_values(p))
+            schedule.update(psim)
         else:
             step = config.cap
     steps_run = max(step, 1)
-    if best is None:
-        warnings.warn(f"{desc}: no trigger reached similarity {config.threshold} within the cap of "
-                      f"{config.cap} steps; returning the last trigger", RuntimeWarning, stacklevel=2)
-        with torch.no_grad():
-            last_mask = mask_from_logits(a).detach().clone()
-            best = (last_mask, pattern_from_logits(b).detach().clone(), mask_l1(last_mask).item(), float("nan"))
     means = (sums / steps_run).tolist()
-    return InversionResult(mask=best[0], pattern=best[1], reached=not _is_nan(best[3]), steps=steps_run,
-                           loss=means[0], loss_sim=means[1], loss_reg=means[2], psim=best[3], l1=best[2],
-                           cost=schedule.cost)
-
-
-def _fresh_optimiser(mask: Tensor, pattern: Tensor, lr: float) -> tuple[Tensor, Tensor, torch.optim.Adam]:
-    a = logits_from_values(mask).detach().clone().requires_grad_(True)
-    b = logits_from_values(pattern).detach().clone().requires_grad_(True)
-    return a, b, torch.optim.Adam([a, b], lr=lr, betas=(0.5, 0.9))
+    if best is None:
+        with torch.no_grad():
+            last = InvertedTrigger(mask_from_logits(a).detach().clone(), pattern_from_logits(b).detach().clone())
+        best = (last, float("nan"), float("nan"))
+    trigger = best[0]
+    return InversionResult(mask=trigger.mask[0], pattern=trigger.pattern, reached=best[2] == best[2],
+                           steps=steps_run, loss=means[0], loss_sim=means[1], loss_reg=means[2], psim=best[2],
+                           l1=trigger.l1, cost=schedule.cost, next_seed=seed)
 
 
 def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, opt: torch.optim.Optimizer,
-                    usage: UsageInfo, cost: float, batch_size: int,
-                    sums: Tensor) -> tuple[float, float, Tensor, Tensor]:
-    """One pass over the images; adds (loss, psim, l1) means to ``sums``.
+                    usage: UsageInfo, cost: float, config: InversionConfig) -> tuple[float, float, float,
+                                                                                      InvertedTrigger]:
+    """One pass over the chunks of ``images``, one Adam update each.
 
-    Returns (mean psim, L1 of the returned mask, mask, pattern), the trigger of the last forward pass
-    (before its update).
+    Returns the means over chunks of (loss, psim, l1) and the trigger of the last chunk's forward
+    pass (before its update), the one a new best records.
     """
     stats = []
-    mask = pattern = None
-    for start in range(0, images.shape[0], batch_size):
-        chunk = images[start:start + batch_size]  # (B, 3, H, W)
-        if chunk.shape[0] < 2:  # psim needs a pair; a lone leftover image carries no signal
-            continue
-        loss, psim, l1, mask, pattern = inversion_loss(backbone, chunk, a, b, usage, cost)
+    trigger = None
+    for chunk in chunks(images, config.chunk_size):  # (B, 3, H, W)
+        loss, psim, l1, trigger = inversion_loss(backbone, chunk, a, b, usage, cost, config.psim)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         stats.append(torch.stack([loss.detach(), psim.detach(), l1.detach()]))
-    # One device sync per step: the means and the last mask's L1 (= mask_l1(mask)) travel together.
-    packed = torch.cat([torch.stack(stats).mean(dim=0), stats[-1][2:]]).double().cpu()
-    sums += packed[:3]
-    return packed[1].item(), packed[3].item(), mask.detach().clone(), pattern.detach().clone()
+    means = torch.stack(stats).mean(dim=0).double().cpu().tolist()  # one device sync per step
+    frozen_trigger = InvertedTrigger(trigger.mask.detach().clone(), trigger.pattern.detach().clone())
+    return means[0], means[1], means[2], frozen_trigger
 
 
-def _is_nan(x: float) -> bool:
-    return x != x
+@torch.no_grad()
+def attack_set_similarities(backbone: nn.Module, images: Tensor, usage: UsageInfo,
+                            ground_truth: Optional[Callable[[Tensor], Tensor]], kind: str = "original",
+                            chunk_size: int = CHUNK) -> dict[str, float]:
+    """What the attack set (N, 3, H, W) looks like to the encoder before inversion (monitoring only).
+
+    ``clean_psim`` / ``gt_psim``: the chunk-mean psim (of ``kind``, the number the threshold is
+    compared with) of the clean images and of the images stamped with the injected trigger (nan
+    without one). ``refer_sim``: the value the paper's code logs under that name in re_loss.csv,
+    the negated ``original_similarity`` of all clean chunks taken together.
+    """
+    parts = chunks(images, chunk_size)
+    with frozen(backbone):
+        clean = [backbone(normalize(c, usage)) for c in parts]
+        out = {"clean_psim": torch.stack([pairwise_similarity(f, kind) for f in clean]).mean().item(),
+               "refer_sim": -original_similarity(torch.cat(clean)).item(), "gt_psim": float("nan")}
+        if ground_truth is not None:
+            stamped = [pairwise_similarity(backbone(normalize(ground_truth(c), usage)), kind) for c in parts]
+            out["gt_psim"] = torch.stack(stamped).mean().item()
+    return out

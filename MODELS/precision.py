@@ -10,6 +10,7 @@ unnormalised features the Wasserstein shift compares.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -19,6 +20,9 @@ from UTILS.errors import fail
 from UTILS.runtime import log, warn
 
 AMP_DTYPE = torch.bfloat16
+# Set to 1 to act as if the CPU had no native bfloat16 (the warning and its code path), e.g. to test
+# that path on a machine that has AVX512-BF16/AMX. Read only by cpu_has_native_bf16.
+FORCE_NO_BF16_ENV = "RECEIVE_FORCE_NO_BF16"
 
 
 def _to_float(value: Any) -> Any:
@@ -92,7 +96,10 @@ def amp_supported(device: torch.device) -> tuple[bool, str]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether the CPU advertises bf16 instructions (Linux /proc/cpuinfo; False where unknown)."""
+    """Whether the CPU advertises bf16 instructions (Linux /proc/cpuinfo; False where unknown, or when
+    ``RECEIVE_FORCE_NO_BF16=1``)."""
+    if os.environ.get(FORCE_NO_BF16_ENV, "") not in ("", "0"):
+        return False
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:

@@ -16,6 +16,9 @@ C = TypeVar("C")
 
 MAIN_SEEDS = (1024, 557540351, 157301989, 100, 1234)
 UNLEARN_SEEDS = (1024, 557540351, 157301989)
+# The original MAIN.py's defaults (paths of its authors' machine): kept so its flags mean the same.
+DEFAULT_MAIN_ENCODER = "ckpts/reference_be/cifar10/stl10_backdoored_encoder/model_200.pth"
+DEFAULT_REFERENCE_FILE = "reference/cifar10/truck.npz"
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser, gpu: str, seed: int) -> None:
@@ -81,7 +84,7 @@ class MainConfig(Common):
     results_dir: str = "ckpts"
     knn_t: float = 0.5
     knn_k: int = 200
-    pretrained_encoder: str = ""
+    pretrained_encoder: str = DEFAULT_MAIN_ENCODER
     harden_lr: float = 1e-3
     re_lr: float = 0.5
     data_ratio: float = 0.01
@@ -98,8 +101,9 @@ class MainConfig(Common):
     patience: int = 7
     reference_label: int = 9
     trigger_file: str = "trigger/trigger_pt_white_21_10_ap_replace.npz"
-    reference_file: str = ""
+    reference_file: str = DEFAULT_REFERENCE_FILE
     source_label: int = -1
+    psim: str = "original"
     monitor_every: int = 5
     asr_include_target: bool = False
     amp: bool = False
@@ -107,6 +111,7 @@ class MainConfig(Common):
     def validate(self) -> "MainConfig":
         self.check_runtime()
         check_choice(self.phase, ("moth", "nc"), "--phase")
+        check_choice(self.psim, ("original", "pairs"), "--psim")
         check_choice(self.dataset, DATASET_NAMES, "--dataset")
         check_choice(self.model, MODEL_NAMES, "--model")
         check_choice(self.encoder_usage_info, tuple(USAGE), "--encoder_usage_info")
@@ -136,19 +141,22 @@ class MainConfig(Common):
 
 @dataclass
 class UnlearnConfig(Common):
-    results_dir: str = "unlearn-ckpts"
+    # The original's defaults; the fields it lacks are ours (--monitor_every 1 = its kNN check after
+    # every epoch). --results_dir '' is the current directory (the original's os.mkdir('') fails on it).
+    gpu: str = "2"
+    results_dir: str = ""
     phase: str = "moth"
     dataset: str = "cifar10"
     downstreamTask: str = "svhn"
     model: str = "resnet18"
-    pretrained_encoder: str = ""
+    pretrained_encoder: str = "clean_enc.pth"
     batch_size: int = 128
     beta: float = 1.0
     epochs: int = 2
     lr: float = 1e-4
     data_ratio: float = 1.0
     encoder_usage_info: str = "cifar10"
-    log_dir: str = "unlearn-log"
+    log_dir: str = "MSE-test-loss"
     reference_label: int = 0
     trigger_file: str = "trigger/trigger_pt_white_21_10_ap_replace.npz"
     re_mask_pattern: str = ""
@@ -156,15 +164,25 @@ class UnlearnConfig(Common):
     knn_k: int = 200
     portion: float = 1.0
     input_type: str = "poisoned_encoder"
+    init_sim_bn_update: str = "on"
     monitor_every: int = 1
     asr_include_target: bool = False
     amp: bool = False
 
     def validate(self) -> "UnlearnConfig":
         self.check_runtime()
+        # The original runs only --phase moth with --input_type poisoned_encoder; anything else prints
+        # "Option [...] is not supported!" (or, for --phase test, runs a classifier test that cannot work).
+        if self.phase != "moth":
+            fail(f"--phase {self.phase}: not supported by Unlearn-trigger.py; expected moth "
+                 f"(the original's 'test' phase evaluates an encoder as a classifier and cannot run)")
+        if self.input_type != "poisoned_encoder":
+            fail(f"--input_type {self.input_type}: not supported; expected poisoned_encoder "
+                 f"(the original unlearns only a poisoned encoder)")
         check_choice(self.dataset, DATASET_NAMES, "--dataset")
         check_choice(self.model, MODEL_NAMES, "--model")
         check_choice(self.encoder_usage_info, tuple(USAGE), "--encoder_usage_info")
+        check_choice(self.init_sim_bn_update, ("on", "off"), "--init_sim_bn_update")
         if self.monitor_every > 0:
             check_choice(self.downstreamTask, DATASET_NAMES, "--downstreamTask")
         if not self.pretrained_encoder:
@@ -176,9 +194,16 @@ class UnlearnConfig(Common):
         for flag, value in (("--batch_size", self.batch_size), ("--epochs", self.epochs), ("--lr", self.lr),
                             ("--knn-k", self.knn_k), ("--knn-t", self.knn_t)):
             check_positive(value, flag)
+        if self.batch_size < 2:
+            fail(f"--batch_size {self.batch_size}: expected at least 2 (BatchNorm in the projection head "
+                 f"cannot train on batches of one image)")
         check_positive(self.beta, "--beta", allow_zero=True)
         check_positive(self.monitor_every, "--monitor_every", allow_zero=True)
         return self
+
+
+ASR_IMAGES = ("test", "train_half")  # --asr_images: the test split (BadEncoder's), or the original's image set
+MODES = ("non-targeted", "targeted")
 
 
 @dataclass
@@ -186,6 +211,9 @@ class DownstreamConfig(Common):
     dataset: str = "cifar10"
     reference_label: int = -1
     trigger_file: str = ""
+    # The original's '' crashes (its size/mean tables are indexed with it), and guessing from --dataset
+    # would silently normalise a cifar10 encoder evaluated on stl10 (the paper's setting) with STL's
+    # statistics; the encoder's own statistics must be named, cifar10 being the README's choice.
     encoder_usage_info: str = "cifar10"
     encoder: str = ""
     model: str = "resnet18"
@@ -193,10 +221,11 @@ class DownstreamConfig(Common):
     nn_epochs: int = 500
     hidden_size_1: int = 512
     hidden_size_2: int = 256
-    results_dir: str = "downstream-results"
+    results_dir: str = "reproduction/cifar10/downstreamclf"  # the original's default (created if absent)
     batch_size: int = 64
     source_label: int = -1
     mode: str = "non-targeted"
+    asr_images: str = "test"
     asr_include_target: bool = False
     amp: bool = False
 
@@ -205,6 +234,10 @@ class DownstreamConfig(Common):
         check_choice(self.dataset, DATASET_NAMES, "--dataset")
         check_choice(self.model, MODEL_NAMES, "--model")
         check_choice(self.encoder_usage_info, tuple(USAGE), "--encoder_usage_info")
+        check_choice(self.mode, MODES, "--mode")
+        check_choice(self.asr_images, ASR_IMAGES, "--asr_images")
+        if self.source_label < -1:
+            fail(f"--source_label {self.source_label}: expected -1 (off) or a class index of the downstream dataset")
         for flag, value in (("--nn_epochs", self.nn_epochs), ("--lr", self.lr), ("--batch_size", self.batch_size),
                             ("--hidden_size_1", self.hidden_size_1), ("--hidden_size_2", self.hidden_size_2)):
             check_positive(value, flag)

@@ -1,4 +1,4 @@
-"""``training_downstream_classifier.py``: ACC and ASR of an encoder through a downstream MLP (SPEC §6.6).
+"""``training_downstream_classifier.py``: ACC and ASR of an encoder through a downstream MLP.
 
 The classifier trains in seconds, so it is not checkpointed per epoch: ``--resume`` reuses a finished
 run (its ``downstream-metrics.json``, written last, marks completion and records the settings) and
@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
 
-from DATASETS.loaders import load_split
+from DATASETS.loaders import ImageSet, load_split, take_ratio
 from DATASETS.stats import get_usage
 from DATASETS.triggers import load_trigger
 from EVALUATION.downstream import train_downstream
 from EVALUATION.features import extract_features
-from EVALUATION.metrics import backdoor_subset
+from EVALUATION.metrics import asr_selection
 from MODELS.checkpoint import load_encoder, save_checkpoint
 from MODELS.precision import check_amp, with_precision
 from MODELS.simclr import build_model
@@ -30,6 +31,48 @@ from UTILS.runtime import log, resolve_device, seed_everything
 from UTILS.signals import graceful_stop
 
 SUMMARY = "downstream-metrics.json"
+ORIGINAL_ASR_SHARE = 0.5  # the original's ASR images: get_backdoored_loader(train=True, ratio=0.5)
+
+
+@dataclass
+class AsrImages:
+    """The images behind the second metric (ASR) and the label each must be given to count as a hit."""
+
+    x: Tensor  # (M, 3, H, W) in [0, 1], not stamped yet
+    want: Tensor  # (M,) long
+    stamped: bool  # whether the trigger is stamped on before the encoder sees them
+    what: str  # for the log
+
+
+def asr_images(cfg: DownstreamConfig, train_images: ImageSet, train: TensorSet, test: TensorSet,
+               has_trigger: bool) -> AsrImages | None:
+    """Which images ASR is measured on, following ``--source_label``, ``--mode`` and ``--asr_images``.
+
+    ``--source_label S``: the clean test images of class S, each wanting S (no trigger), the original's
+    victim loader. Otherwise stamped images (None without a trigger): the test split without the
+    target class (``--asr_include_target``: with it), or with ``train_half`` the first half of the train
+    split, every class (the original's set). ``--mode targeted``: each wants its own label.
+    """
+    if cfg.source_label != -1:
+        source = check_label(cfg.source_label, test.num_classes, "--source_label")
+        keep = test.y == source
+        return AsrImages(test.x[keep], test.y[keep], False,
+                         f"{int(keep.sum())} clean test images of class {source} (--source_label), no trigger; "
+                         f"a hit is a prediction of {source}")
+    if not has_trigger:
+        return None
+    target = check_label(cfg.reference_label, train.num_classes) if cfg.mode == "non-targeted" else -1
+    if cfg.asr_images == "train_half":
+        n = len(take_ratio(train_images, ORIGINAL_ASR_SHARE, flag="--asr_images train_half"))
+        x, y, include, where = train.x[:n], train.y[:n], True, f"the first {n} train images (every class)"
+    else:
+        x, y, include = test.x, test.y, cfg.asr_include_target
+        where = "the test images" + ("" if include or cfg.mode == "targeted" else f" outside class {target}")
+    keep, want = asr_selection(y, target, cfg.mode, include)
+    hit = "its own label (--mode targeted)" if cfg.mode == "targeted" else f"a prediction of {target}"
+    if not bool(keep.all()):  # a boolean index copies the images; skip it when every image counts
+        x, want = x[keep], want[keep]
+    return AsrImages(x, want, True, f"{x.shape[0]} stamped images, {where}; a hit is {hit}")
 
 
 def run_downstream(cfg: DownstreamConfig) -> dict:
@@ -55,17 +98,22 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
     else:
         log("note: no --encoder given; using a randomly initialised encoder (a baseline)")
         model = build_model(cfg.model).to(device).eval()
-    train = TensorSet.from_images(load_split(cfg.dataset, "train", cfg.data_dir, usage.size), device)
+    train_images = load_split(cfg.dataset, "train", cfg.data_dir, usage.size)
+    train = TensorSet.from_images(train_images, device)
     test = TensorSet.from_images(load_split(cfg.dataset, "test", cfg.data_dir, usage.size), device)
     trigger = load_trigger(cfg.trigger_file, "--trigger_file", expected_size=usage.size) if cfg.trigger_file else None
-    target = check_label(cfg.reference_label, train.num_classes) if trigger is not None else -1
+    chosen = asr_images(cfg, train_images, train, test, trigger is not None)
+    if chosen is not None:
+        log(f"ASR images: {chosen.what}")
     if earlier:  # --overwrite, or --resume of a run that did not finish: train from the start
         if cfg.resume:
             log("--resume: the earlier run did not finish (or used other settings); training from the start")
         remove_outputs(earlier)
-    train_feat, test_feat, bd_feat = _features(with_precision(model.f, cfg.amp), train, test, usage, trigger,
-                                               backdoor_subset(test.y, target, cfg.asr_include_target))
-    clean_names = "clean" in Path(cfg.encoder).name.lower() if cfg.encoder else True
+    train_feat, test_feat, bd_feat = _features(with_precision(model.f, cfg.amp), train, test, usage, trigger, chosen)
+    bd_want = chosen.want if chosen is not None else 0
+    # The original's test: 'clean' anywhere in the --encoder path as typed (case-sensitive), so an empty
+    # path (a random encoder) prints BA/ASR.
+    clean_names = "clean" in cfg.encoder
     with graceful_stop("epoch") as stop:
         def on_epoch(row: dict) -> None:
             if not math.isfinite(row["loss"]):
@@ -76,29 +124,34 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
                                   f"classifier is quick to train and is not checkpointed, so nothing was saved; "
                                   f"run the same command again")
 
-        clf, history = train_downstream(train_feat, train.y, test_feat, test.y, bd_feat, max(target, 0),
+        clf, history = train_downstream(train_feat, train.y, test_feat, test.y, bd_feat, bd_want,
                                         train.num_classes, cfg.nn_epochs, cfg.lr, cfg.batch_size,
                                         cfg.hidden_size_1, cfg.hidden_size_2, clean=clean_names, on_epoch=on_epoch)
     save_checkpoint(clf_path, clf, cfg.nn_epochs)
     final = history[-1]
     summary = {"encoder": cfg.encoder, "dataset": cfg.dataset, "acc": final["acc"],
-               "asr": final["asr"] if trigger is not None else float("nan"), "reference_label": target,
-               "asr_include_target": cfg.asr_include_target, "nn_epochs": cfg.nn_epochs,
-               "classifier": str(clf_path), "config": fingerprint}
+               "asr": final["asr"] if chosen is not None else float("nan"),
+               "reference_label": cfg.reference_label if chosen is not None and chosen.stamped
+               and cfg.mode == "non-targeted" else -1,
+               "asr_images": cfg.asr_images, "asr_count": int(bd_feat.shape[0]), "mode": cfg.mode,
+               "source_label": cfg.source_label, "asr_include_target": cfg.asr_include_target,
+               "nn_epochs": cfg.nn_epochs, "classifier": str(clf_path), "config": fingerprint}
     write_csv(results_dir / "downstream-metrics.csv", history, ["epoch", "loss", "acc", "asr"])
     write_json(results_dir / SUMMARY, summary)  # last: its presence marks a finished run
     log(f"ACC {summary['acc']:.2f}%  ASR {summary['asr']:.2f}%  ({cfg.dataset}, encoder {cfg.encoder or 'random'})")
     return summary
 
 
-def _features(backbone, train: TensorSet, test: TensorSet, usage, trigger, keep: Tensor) -> tuple[Tensor, ...]:
-    """Train, test and triggered-test features (N, D); the last is empty without a trigger."""
+def _features(backbone, train: TensorSet, test: TensorSet, usage, trigger,
+              chosen: AsrImages | None) -> tuple[Tensor, ...]:
+    """Train, test and ASR features (N, D); the last is empty when nothing counts for ASR."""
     train_feat = extract_features(backbone, train.x, usage, desc="train features")
     test_feat = extract_features(backbone, test.x, usage, desc="test features")
-    if trigger is None:
+    if chosen is None or chosen.x.shape[0] == 0:
         return train_feat, test_feat, test_feat[:0]
-    return train_feat, test_feat, extract_features(backbone, test.x[keep], usage, trigger=trigger,
-                                                   desc="triggered features")
+    return train_feat, test_feat, extract_features(backbone, chosen.x, usage,
+                                                   trigger=trigger if chosen.stamped else None,
+                                                   desc="triggered features" if chosen.stamped else "victim features")
 
 
 def _finished(summary_path: Path, clf_path: Path, fingerprint: dict) -> dict | None:

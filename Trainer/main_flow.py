@@ -3,15 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from DATASETS.stats import get_usage
-from INVERSION.inversion import InversionConfig
+from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
 from MODELS.checkpoint import load_checkpoint, load_encoder
 from MODELS.precision import check_amp
-from Trainer.common import (build_monitor, canonical, check_fingerprint, check_finite_model, guard_outputs,
-                            load_ground_truth, load_train_share, remove_outputs, run_fingerprint, seed_from_list,
-                            write_settings)
-from Trainer.configs import MAIN_SEEDS, MainConfig
-from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings
+from Trainer.common import (TensorSet, build_monitor, canonical, check_fingerprint, check_finite_model,
+                            guard_outputs, load_ground_truth, load_train_share, remove_outputs, run_fingerprint,
+                            seed_from_list, write_settings)
+from Trainer.configs import DEFAULT_REFERENCE_FILE, MAIN_SEEDS, MainConfig
+from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings, seed_offset
 from Trainer.nc import run_nc
 from UTILS.errors import fail
 from UTILS.io import ensure_writable_dir, load_npz
@@ -22,13 +24,21 @@ from UTILS.signals import graceful_stop
 MOTH_OUTPUTS = ("mask-pattern-[0-9]*.npz", "mask-pattern-best.npz", "re_loss.csv", "metrics.csv", "metrics.json",
                 TIMINGS_FILE, "preview-[0-9]*.png")
 MOTH_RESULTS = ("Harden_model_*.pth", STATE_FILE)
+HARDEN_ORDER_SEED = 100  # the paper's code seeds torch with 100 just before building that loader
 NC_OUTPUTS = ("mask-pattern-NC.npz", "metrics-NC.json", "preview-NC.png")
 
 
 def inversion_config(cfg: MainConfig) -> InversionConfig:
     return InversionConfig(steps=cfg.re_steps, lr=cfg.re_lr, init_cost=cfg.init_cost,
-                           threshold=cfg.similarity_threshold, batch_size=cfg.attack_size,
-                           step_cap=cfg.re_steps_cap)
+                           threshold=cfg.similarity_threshold, psim=cfg.psim, step_cap=cfg.re_steps_cap)
+
+
+def shuffled_once(data: TensorSet, seed_index: int) -> TensorSet:
+    """The inversion set in one seeded random order: the paper's code gathers it from a shuffling
+    loader, so its consecutive hardening batches mix the classes in the same way."""
+    generator = torch.Generator().manual_seed(HARDEN_ORDER_SEED + seed_offset(seed_index))
+    order = torch.randperm(len(data), generator=generator).to(data.x.device)
+    return TensorSet(data.x[order], data.y[order], data.num_classes)
 
 
 def run_main(cfg: MainConfig) -> dict:
@@ -44,12 +54,13 @@ def run_main(cfg: MainConfig) -> dict:
         earlier = guard_outputs(log_dir, MOTH_OUTPUTS, "--log_dir", cfg.overwrite, cfg.resume, remove=False)
         earlier += guard_outputs(results_dir, MOTH_RESULTS, "--results_dir", cfg.overwrite, cfg.resume,
                                  remove=False)
-    if cfg.reference_file:  # unused by the algorithm (as in the original), but a named file must exist
+    if cfg.reference_file != DEFAULT_REFERENCE_FILE:  # unused (as in the original), but a named file must exist
         load_npz(cfg.reference_file, keys=("x",), flag="--reference_file")
     model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
     check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
     ground_truth = load_ground_truth(cfg.trigger_file, usage.size)
+    data = shuffled_once(data, cfg.seed)
     if cfg.phase == "nc":
         return run_nc_phase(cfg, model, data, usage, log_dir, ground_truth, earlier)
     return run_moth(cfg, model, data, usage, log_dir, results_dir, ground_truth, earlier)
@@ -62,7 +73,8 @@ def run_nc_phase(cfg: MainConfig, model, data, usage, log_dir: Path, ground_trut
     if cfg.overwrite:
         remove_outputs(earlier)
     write_settings(log_dir / "setting-NC.txt", cfg)
-    return run_nc(model, data, usage, inversion_config(cfg), log_dir, ground_truth, amp=cfg.amp)
+    return run_nc(model, data, usage, inversion_config(cfg), log_dir, ground_truth, amp=cfg.amp,
+                  seed=seed_from_list(cfg.seed, MAIN_SEEDS), step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
 
 
 def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Path, ground_truth,
@@ -77,16 +89,15 @@ def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Pa
                                 cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
     settings = MothSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, attack_size=cfg.attack_size,
                             harden_lr=cfg.harden_lr, inversion=inversion_config(cfg), patience=cfg.patience,
-                            epsilon=cfg.epsilon, monitor_every=cfg.monitor_every, amp=cfg.amp)
+                            epsilon=cfg.epsilon, monitor_every=cfg.monitor_every, amp=cfg.amp, seed_index=cfg.seed)
     flow = IterativeInversion(model, data, usage, settings, log_dir, results_dir, ground_truth, monitor,
                               fingerprint=run_fingerprint(cfg))
-    start = (0, 0)
     state_path = Path(results_dir) / STATE_FILE
     if cfg.resume and state_path.is_file():
         state = canonical(load_checkpoint(state_path, "--resume"))
         check_fingerprint(state.get("config"), cfg, state_path)
-        start = flow.load_state(state, state_path)
-        log(f"resuming from {state_path}: epoch {start[0]}, batch {start[1]}, round {flow.round}")
+        flow.load_state(state, state_path)
+        log(f"resuming from {state_path}: epoch {flow.state.epoch}, batch {flow.state.batch}, round {flow.state.round}")
     elif cfg.resume and earlier:
         fail(f"--resume: there is no {state_path} to resume from, but {earlier[0]} holds an earlier run's output; "
              f"point --results_dir at that run's results, or pass --overwrite to start over")
@@ -96,4 +107,4 @@ def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Pa
         remove_outputs(earlier)
     write_settings(log_dir / "setting.txt", cfg)
     with graceful_stop("round") as stop:
-        return flow.run(*start, stop=stop)
+        return flow.run(stop=stop)

@@ -1,4 +1,25 @@
-"""Unlearning the inverted trigger (SPEC §6.4, ``Unlearn-trigger.py``)."""
+"""Unlearning the inverted trigger (``Unlearn-trigger.py``), computed as the original computes it.
+
+Per batch of B images in [0, 1] (the batch counter ``c`` starts at 0 and counts every batch of the
+run, across epochs):
+
+1. injected = ``np.random.RandomState(c).choice(B, int(B * portion), replace=False)``; the other
+   positions ("clean"), ascending, keep their image.
+2. Two batches of B images, in position order: the first holds the injected images as they are and
+   augmented view A of the clean ones; the second holds the injected images stamped with the
+   inverted trigger and augmented view B of the clean ones (:func:`DATASETS.augment.unlearn_view`,
+   one parameter draw per view for the whole clean share).
+3. Two separate train-mode passes of the whole model (BatchNorm normalises each batch on its own
+   statistics): loss = NT-Xent(g-outputs of the clean rows of pass 1, of pass 2; temperature knn_t)
+   + beta * (-mean cos(g-outputs of the injected rows of pass 1, of pass 2)).
+
+Where the original cannot compute a term we use 0: no clean row (``--portion 1.0``, the default;
+the original crashes) gives a contrastive term of 0, and no injected row (int(B * portion) == 0; the
+original gets NaN) gives an unlearning term of 0. A last batch of a single image is left out of
+every epoch: BatchNorm1d in the projection head cannot train on one image.
+
+Before training, :func:`initial_similarity` runs the original's ``test_init_sim`` pass.
+"""
 from __future__ import annotations
 
 import math
@@ -8,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from DATASETS.augment import unlearn_view
@@ -30,51 +52,144 @@ from UTILS.signals import graceful_stop
 CKPT = "Harden_Unlearn_model_{}.pth"
 RESULTS = ("Harden_Unlearn_model_*.pth",)
 LOGS = ("loss-log.npy", "unlearn-metrics.*", "unlearn-timings.csv")
-METRIC_FIELDS = ("epoch", "loss", "contrastive", "unlearn", "knn_acc", "knn_asr")
+# init_sim/test_sim are filled in the epoch-0 row only (the pass runs once, before training)
+METRIC_FIELDS = ("epoch", "loss", "contrastive", "unlearn", "knn_acc", "knn_asr", "init_sim", "test_sim")
 TIMINGS_FILE = "unlearn-timings.csv"  # wall-clock seconds per epoch, apart so the metrics are reproducible
+
+Augment = Callable[[Tensor], Tensor]
+
+
+def injected_indices(batch: int, portion: float, counter: int) -> np.ndarray:
+    """(int(batch * portion),) int64: the positions of a batch that get the trigger, in draw order.
+
+    The original seeds numpy's global RNG with the batch counter and calls ``np.random.choice``; a
+    private ``RandomState(counter)`` makes the same draw and leaves the global RNG alone.
+    """
+    return np.random.RandomState(counter).choice(batch, int(batch * portion), replace=False)
+
+
+def split_batch(batch: int, portion: float, counter: int) -> tuple[Tensor, Tensor]:
+    """(injected, clean) position indices (long tensors on the CPU) of batch number ``counter``.
+
+    clean is the rest of 0..batch-1 in ascending order (the original's set difference iterates so).
+    """
+    injected = injected_indices(batch, portion, counter)
+    clean = np.setdiff1d(np.arange(batch), injected)  # sorted
+    return torch.from_numpy(injected.astype(np.int64)), torch.from_numpy(clean.astype(np.int64))
+
+
+def unlearn_inputs(images: Tensor, trigger: Callable[[Tensor], Tensor], injected: Tensor, clean: Tensor,
+                   augment: Augment = unlearn_view) -> tuple[Tensor, Tensor]:
+    """The two batches of one unlearning step, (B, 3, H, W) each in [0, 1], rows in position order.
+
+    first: injected rows = the image, clean rows = view A; second: injected rows = the stamped
+    image, clean rows = view B. The original augments three copies in turn (clean, stamped, and one
+    stamped with the ground-truth trigger that it never uses); its clean rows are the same images,
+    so the third call only advances the RNG: we make the same draws on one image.
+    """
+    first, second = images.clone(), images.clone()
+    if injected.numel():
+        second[injected] = trigger(images[injected])
+    if clean.numel():
+        shared = images[clean]
+        first[clean] = augment(shared)
+        second[clean] = augment(shared)
+        augment(shared[:1])  # one draw per call, whatever the batch: keeps the RNG in step with the original
+    return first.clamp(0.0, 1.0), second.clamp(0.0, 1.0)
 
 
 def unlearn_loss(model: nn.Module, images: Tensor, trigger: Callable[[Tensor], Tensor], usage: UsageInfo,
-                 portion: float, beta: float, temperature: float) -> tuple[Tensor, dict]:
-    """NT-Xent on two views of the clean share + beta * (-cos) between g(f(x)) and g(f(stamped x)).
+                 injected: Tensor, clean: Tensor, beta: float, temperature: float,
+                 augment: Augment = unlearn_view) -> tuple[Tensor, dict]:
+    """contrastive + beta * unlearn on one batch; two passes of ``model`` in its current mode.
 
-    images: (B, 3, H, W) in [0, 1]. floor(portion * B) randomly chosen images are stamped; the
-    others form the contrastive pairs. Everything goes through the model as one batch.
+    images: (B, 3, H, W) in [0, 1]; injected, clean: position indices from :func:`split_batch`.
+    contrastive = NT-Xent over the clean rows of the two passes' projections (0 without clean rows);
+    unlearn = -mean cos(projection of the image, of the stamped image) over the injected rows (0
+    without injected rows). Returns (loss, {"contrastive", "unlearn"} detached).
     """
-    b = images.shape[0]
-    n_stamped = math.floor(portion * b)
-    perm = torch.randperm(b).to(images.device)
-    stamped_src, clean = images[perm[:n_stamped]], images[perm[n_stamped:]]
-    views = [unlearn_view(clean), unlearn_view(clean)] if clean.shape[0] >= 2 else []
-    batch = torch.cat(views + [stamped_src, trigger(stamped_src)])
-    _, z = model(normalize(batch, usage))  # (M, 128), L2-normalised projections
-    n_clean = clean.shape[0] if views else 0
-    z1, z2 = z[:n_clean], z[n_clean:2 * n_clean]
-    z_src, z_stamped = z[2 * n_clean:2 * n_clean + n_stamped], z[2 * n_clean + n_stamped:]
-    contrastive = nt_xent(z1, z2, temperature) if views else z.new_zeros(())
-    unlearn = -(z_src * z_stamped).sum(dim=1).mean() if n_stamped else z.new_zeros(())
+    first, second = unlearn_inputs(images, trigger, injected, clean, augment)
+    # Two passes, not one batch of 2B: in train mode BatchNorm normalises each pass on its own statistics.
+    _, z1 = model(normalize(first, usage))  # (B, 128), L2-normalised projections
+    _, z2 = model(normalize(second, usage))
+    injected, clean = injected.to(z1.device), clean.to(z1.device)
+    contrastive = nt_xent(z1[clean], z2[clean], temperature) if clean.numel() else z1.new_zeros(())
+    if injected.numel():
+        unlearn = -(F.normalize(z1[injected], dim=1) * F.normalize(z2[injected], dim=1)).sum(dim=1).mean()
+    else:
+        unlearn = z1.new_zeros(())
     return contrastive + beta * unlearn, {"contrastive": contrastive.detach(), "unlearn": unlearn.detach()}
+
+
+def epoch_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of the batches of one pass over n shuffled images.
+
+    A last batch of a single image is left out: BatchNorm1d cannot train on one image.
+    """
+    spans = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    return spans[:-1] if spans and spans[-1][1] - spans[-1][0] == 1 else spans
+
+
+@torch.no_grad()
+def initial_similarity(backbone: nn.Module, images: Tensor, trigger: Callable[[Tensor], Tensor],
+                       usage: UsageInfo, update_bn: bool = True, augment: Augment = unlearn_view) -> dict:
+    """The original's ``test_init_sim``: {"init_sim", "test_sim"} of the encoder before unlearning.
+
+    images: the whole unlearning set (N, 3, H, W) in [0, 1], run as ONE batch per pass, backbone in
+    train mode, four passes in the original's order: f(images) (un-normalised pixels, as the
+    original feeds them), f(stamped), f(view 1), f(view 2) (normalised; one augmentation draw per
+    view). init_sim = mean cos(f(stamped), f(images)); test_sim = mean cos(f(view 1), f(view 2)).
+
+    In train mode each pass moves BatchNorm's running statistics, which the epoch-0 kNN check and
+    training then start from; ``update_bn=False`` restores them afterwards (same reported numbers).
+    """
+    inner = unwrap(backbone)
+    saved = None if update_bn else {k: v.clone() for k, v in inner.named_buffers()}
+    was_training = inner.training
+    backbone.train()
+    try:
+        raw = backbone(images).float()  # (N, D)
+        stamped = backbone(normalize(trigger(images), usage)).float()
+        init_sim = _mean_cos(stamped, raw)
+        view1, view2 = augment(images), augment(images)
+        test_sim = _mean_cos(backbone(normalize(view1, usage)).float(), backbone(normalize(view2, usage)).float())
+    finally:
+        backbone.train(was_training)
+        if saved is not None:
+            buffers = dict(inner.named_buffers())
+            for k, v in saved.items():
+                buffers[k].copy_(v)
+    return {"init_sim": init_sim, "test_sim": test_sim}
+
+
+def _mean_cos(a: Tensor, b: Tensor) -> float:
+    """Mean over rows of cos(a_i, b_i); a, b: (N, D)."""
+    return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=-1).mean().item()
 
 
 def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, batch_size: int,
                   trigger: Callable[[Tensor], Tensor], usage: UsageInfo, portion: float, beta: float,
                   temperature: float, desc: str = "unlearn",
-                  kept: str = "The last good checkpoint is kept") -> dict:
-    """One pass over the shuffled unlearning set, model in train mode; returns mean losses.
+                  kept: str = "The last good checkpoint is kept", first_batch: int = 0,
+                  augment: Augment = unlearn_view) -> dict:
+    """One pass over the shuffled unlearning set, model in train mode; returns the mean losses.
 
-    A NaN/inf loss stops before the optimiser step with one line naming the batch; ``kept`` says
-    which checkpoint survives.
+    ``first_batch`` is the run's batch counter at the start of this epoch (it picks the stamped
+    images, see :func:`split_batch`). Each batch weighs the same in the means, as the original's
+    ``loss-log.npy``. A NaN/inf loss stops before the optimiser step with one line naming the batch;
+    ``kept`` says which checkpoint survives.
     """
     model.train()
     order = torch.randperm(len(data)).to(data.x.device)
     totals = torch.zeros(3, dtype=torch.float64)
-    batches = range(0, len(data), batch_size)
-    for start in progress(batches, desc=desc, total=len(batches)):
-        images = data.x[order[start:start + batch_size]]
-        loss, parts = unlearn_loss(model, images, trigger, usage, portion, beta, temperature)
+    spans = epoch_batches(len(data), batch_size)
+    for i, (start, stop) in enumerate(progress(spans, desc=desc, total=len(spans))):
+        images = data.x[order[start:stop]]
+        injected, clean = split_batch(stop - start, portion, first_batch + i)
+        loss, parts = unlearn_loss(model, images, trigger, usage, injected, clean, beta, temperature, augment)
         values = torch.stack([loss.detach(), parts["contrastive"], parts["unlearn"]]).double().cpu()  # one sync
         if not math.isfinite(values[0].item()):
-            fail(f"{desc}, batch {start // batch_size}: the unlearning loss became {values[0].item()}; stopped. "
+            fail(f"{desc}, batch {i}: the unlearning loss became {values[0].item()}; stopped. "
                  f"{kept}. Lower --lr or --beta, then start over with --overwrite")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -86,11 +201,22 @@ def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tens
     if bad is not None:
         fail(f"{desc}: the encoder's weights became NaN or inf (first in {bad}); stopped. {kept}. "
              f"Lower --lr or --beta, then start over with --overwrite")
-    mean = (totals / len(batches)).tolist()
+    mean = (totals / len(spans)).tolist()
     return {"loss": mean[0], "contrastive": mean[1], "unlearn": mean[2]}
 
 
+def check_unlearning_set(n: int, batch_size: int, data_ratio: float) -> None:
+    """Refuse a set no batch of which can train; say once when a single-image last batch is left out."""
+    if n < 2:
+        fail(f"--data_ratio {data_ratio}: expected a share holding at least 2 images (it holds {n}; "
+             f"BatchNorm cannot train on a single image)")
+    if n % batch_size == 1:
+        log(f"note: {n} images with --batch_size {batch_size} leave a last batch of 1 image, which BatchNorm "
+            f"cannot train on; each epoch leaves it out ({n - 1} images per epoch)")
+
+
 def run_unlearn(cfg: UnlearnConfig) -> dict:
+    """The whole stage: load, initial-similarity pass, epoch-0 kNN check, epochs with checkpoints."""
     seed_everything(seed_from_list(cfg.seed, UNLEARN_SEEDS))
     device = resolve_device(cfg.device, cfg.gpu)
     check_amp(cfg.amp, device)
@@ -103,6 +229,7 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     trigger = load_trigger(cfg.re_mask_pattern, "--re_mask_pattern", expected_size=usage.size)
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
+    check_unlearning_set(len(data), cfg.batch_size, cfg.data_ratio)
     monitor = None
     if cfg.monitor_every > 0:
         monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device,
@@ -117,11 +244,9 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     write_settings(log_dir / "unlearn-setting.txt", cfg)
     save_trigger_preview(log_dir / "unlearn-trigger.png", trigger, data.x[:4])
     timings = read_timings(log_dir / TIMINGS_FILE, "epoch", start_epoch + 1)
-    if monitor is not None and not rows:
-        before = monitor(backbone)
-        log("[unlearn] before: " + fmt_metrics({"knn_acc": before["acc"], "knn_asr": before["asr"]}))
-        rows.append({"epoch": 0, "loss": float("nan"), "contrastive": float("nan"), "unlearn": float("nan"),
-                     "knn_acc": before["acc"], "knn_asr": before["asr"]})
+    if start_epoch == 0:  # a resumed run has these numbers in its epoch-0 row and must not move BatchNorm again
+        rows = [_before_row(backbone, data.x, trigger, usage, monitor, cfg.init_sim_bn_update == "on")]
+    per_epoch = len(epoch_batches(len(data), cfg.batch_size))  # the batch counter goes on across epochs
     fingerprint = run_fingerprint(cfg)
     with graceful_stop("epoch") as stop:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -130,7 +255,8 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
                     else "No epoch had finished, so no checkpoint was written")
             row = {"epoch": epoch, **unlearn_epoch(net, optimizer, data, cfg.batch_size, trigger, usage,
                                                    cfg.portion, cfg.beta, cfg.knn_t,
-                                                   desc=f"unlearn epoch {epoch}/{cfg.epochs}", kept=kept)}
+                                                   desc=f"unlearn epoch {epoch}/{cfg.epochs}", kept=kept,
+                                                   first_batch=(epoch - 1) * per_epoch)}
             row.update(_monitor_row(monitor, backbone, epoch, cfg.monitor_every))
             rows.append(row)
             checkpoints.save(epoch, model, optimizer, rows, fingerprint)
@@ -140,11 +266,27 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
             if stop.requested and epoch < cfg.epochs:
                 raise Interrupted(f"{stop.name}: stopped after epoch {epoch}; checkpoint saved to "
                                   f"{results_dir / CKPT.format(epoch)}; {RESUME_HINT}")
+    before = next((r for r in rows if r["epoch"] == 0), {})
     summary = {"epochs": cfg.epochs, "final_encoder": str(results_dir / CKPT.format(cfg.epochs)),
                "final_knn_acc": rows[-1]["knn_acc"] if rows else float("nan"),
-               "final_knn_asr": rows[-1]["knn_asr"] if rows else float("nan"), "per_epoch": rows}
+               "final_knn_asr": rows[-1]["knn_asr"] if rows else float("nan"),
+               "init_sim": before.get("init_sim", float("nan")), "test_sim": before.get("test_sim", float("nan")),
+               "per_epoch": rows}
     write_json(log_dir / "unlearn-metrics.json", summary)
     return summary
+
+
+def _before_row(backbone: nn.Module, images: Tensor, trigger, usage: UsageInfo, monitor, update_bn: bool) -> dict:
+    """The epoch-0 row: the initial-similarity pass, then (monitor on) the kNN check, in the original's order."""
+    sims = initial_similarity(backbone, images, trigger, usage, update_bn=update_bn)
+    log(f"[unlearn] init sim: {sims['init_sim']:.3f}, test sim: {sims['test_sim']:.8f}"
+        + ("" if update_bn else " (BatchNorm statistics restored: --init_sim_bn_update off)"))
+    knn = {"acc": float("nan"), "asr": float("nan")}
+    if monitor is not None:
+        knn = monitor(backbone)
+        log("[unlearn] before: " + fmt_metrics({"knn_acc": knn["acc"], "knn_asr": knn["asr"]}))
+    return {"epoch": 0, "loss": float("nan"), "contrastive": float("nan"), "unlearn": float("nan"),
+            "knn_acc": knn["acc"], "knn_asr": knn["asr"], **sims}
 
 
 def _monitor_row(monitor, backbone: nn.Module, epoch: int, every: int) -> dict:

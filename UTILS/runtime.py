@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import random
 import sys
-from typing import Iterable, Optional, TypeVar
+import time
+from typing import Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -62,10 +63,40 @@ def set_rng_state(state: dict) -> None:
 
 
 def progress(iterable: Iterable[T], desc: str, total: Optional[int] = None, leave: bool = False, **kw) -> Iterable[T]:
-    """The project's one progress bar. ``RECEIVE_NO_PROGRESS=1`` silences every bar (tests, CI logs)."""
-    disable = os.environ.get("RECEIVE_NO_PROGRESS", "") not in ("", "0")
-    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disable,
-                dynamic_ncols=True, file=sys.stderr, **kw)
+    """The project's one progress bar, on stderr.
+
+    On a terminal: tqdm's live bar. Anywhere else (a log file, a pipe, CI) a bar redrawn with carriage
+    returns would flood the file, so a bar prints one plain line when it runs to its end
+    (``desc: N/N in 12.3s``) and nothing when left early (the log line after it says why).
+    ``RECEIVE_NO_PROGRESS=1`` silences every bar (tests, CI logs).
+    """
+    if os.environ.get("RECEIVE_NO_PROGRESS", "") not in ("", "0"):
+        return iterable
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    if not _stderr_is_terminal():
+        return _plain_progress(iterable, desc, total)
+    return tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+def _stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):  # a closed or detached stream
+        return False
+
+
+def _plain_progress(iterable: Iterable[T], desc: str, total: Optional[int]) -> Iterator[T]:
+    """Yield from ``iterable``; once it is exhausted, one line on stderr: ``desc: n/total in 1.2s``."""
+    began = time.perf_counter()
+    count = 0
+    for item in iterable:
+        yield item
+        count += 1
+    seconds = time.perf_counter() - began
+    done = f"{count}/{total}" if total is not None else f"{count}"
+    print(f"{desc}: {done} in {seconds:.1f}s", file=sys.stderr, flush=True)
 
 
 def log(message: str) -> None:

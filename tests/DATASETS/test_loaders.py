@@ -4,12 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
 
 from DATASETS import ImageSet, load_split, take_ratio, to_tensor
 from DATASETS.loaders import resize_images
 from tests.DATASETS import writers
 from UTILS.errors import UserError
+
+
+def torchvision_resize(images, size: int) -> np.ndarray:
+    """The original's resize, image by image: torchvision's Resize((size, size)) on a PIL image."""
+    resize = transforms.Resize((size, size))
+    return np.stack([np.asarray(resize(Image.fromarray(img))) for img in images])
 
 
 @pytest.mark.parametrize("bytes_keys", [True, False])
@@ -32,9 +39,7 @@ def test_stl10_torchvision_layout_is_resized(tmp_path):
     x96, y = truth["train"]
     assert ds.x.shape == (3, 32, 32, 3) and ds.x.dtype == np.uint8
     np.testing.assert_array_equal(ds.y, y)
-    ref = F.interpolate(torch.from_numpy(x96).permute(0, 3, 1, 2).float(), size=(32, 32), mode="bilinear",
-                        align_corners=False, antialias=True).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
-    np.testing.assert_array_equal(ds.x, ref.numpy())
+    np.testing.assert_array_equal(ds.x, torchvision_resize(x96, 32))
     assert load_split("stl10", "test", tmp_path, size=96).x.shape == (3, 96, 96, 3)
     np.testing.assert_array_equal(load_split("stl10", "test", tmp_path, size=96).x, truth["test"][0])
 
@@ -176,10 +181,12 @@ def test_take_ratio():
     ds = _set(100)
     assert len(take_ratio(ds, 1.0)) == 100
     sub = take_ratio(ds, 0.29)
-    assert len(sub) == 29  # exact floor despite 100 * 0.29 = 28.999... in floating point
-    np.testing.assert_array_equal(sub.x, ds.x[:29])
-    np.testing.assert_array_equal(sub.y, ds.y[:29])
-    assert len(take_ratio(_set(50000), 0.01)) == 500
+    assert len(sub) == 28  # the original's int(100 * 0.29) = int(28.999999999999996): truncated, not rounded
+    np.testing.assert_array_equal(sub.x, ds.x[:28])
+    np.testing.assert_array_equal(sub.y, ds.y[:28])
+    for n, ratio in ((50000, 0.01), (50000, 0.29), (5000, 0.5), (73257, 0.3), (10, 0.7), (26032, 0.1)):
+        assert len(take_ratio(_set(n), ratio)) == int(n * ratio)
+    assert len(take_ratio(_set(50000), 0.29)) == 14499  # not 14500
     for bad in (0.0, -0.1, 1.5, float("nan"), "abc"):
         with pytest.raises(UserError, match="--data_ratio"):
             take_ratio(ds, bad)
@@ -201,3 +208,15 @@ def test_resize_constant_image_stays_constant():
     x = np.full((2, 96, 96, 3), 77, dtype=np.uint8)
     out = resize_images(x, 32)
     assert out.shape == (2, 32, 32, 3) and (out == 77).all()
+
+
+def test_resize_is_torchvisions_resize_on_pil_images():
+    """Bit-exact with the original's transforms.Resize on PIL images: 96 -> 32 (STL-10), other sizes, a list."""
+    rng = np.random.default_rng(3)
+    x96 = rng.integers(0, 256, (5, 96, 96, 3), dtype=np.uint8)
+    x96[0] = np.linspace(0, 255, 96, dtype=np.uint8)[None, :, None]  # smooth ramps round differently from noise
+    np.testing.assert_array_equal(resize_images(x96, 32), torchvision_resize(x96, 32))
+    mixed = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((45, 31, 3), (32, 32, 3), (17, 60, 3))]
+    np.testing.assert_array_equal(resize_images(mixed, 32), torchvision_resize(mixed, 32))
+    np.testing.assert_array_equal(resize_images(x96[:2], 224), torchvision_resize(x96[:2], 224))  # upscaling too
+    assert resize_images(x96, 32).dtype == np.uint8

@@ -1,4 +1,4 @@
-"""Downstream MLP: learns a separable toy task, prints BadEncoder's JSON lines, is seeded."""
+"""Downstream MLP: learns a separable toy task, prints BadEncoder's JSON lines, is seeded, keeps one batch order."""
 import json
 
 import torch
@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from EVALUATION import DownstreamMLP, train_downstream
+import EVALUATION.downstream as downstream
 from EVALUATION.downstream import adam
 
 
@@ -34,7 +35,7 @@ def test_architecture():
 def test_learns_separable_toy_problem_and_prints_json(capsys):
     torch.manual_seed(0)
     rows = []
-    net, history = train_downstream(*toy(), target=1, num_classes=3, epochs=4, lr=1e-3, batch_size=32,
+    net, history = train_downstream(*toy(), bd_target=1, num_classes=3, epochs=4, lr=1e-3, batch_size=32,
                                     hidden_1=64, hidden_2=32, on_epoch=rows.append)
     assert isinstance(net, DownstreamMLP)
     assert len(history) == 4 and rows == history
@@ -49,7 +50,7 @@ def test_learns_separable_toy_problem_and_prints_json(capsys):
 
 def test_clean_names(capsys):
     torch.manual_seed(0)
-    train_downstream(*toy(), target=0, num_classes=3, epochs=1, lr=1e-3, batch_size=64, clean=True)
+    train_downstream(*toy(), bd_target=0, num_classes=3, epochs=1, lr=1e-3, batch_size=64, clean=True)
     metrics = [json.loads(line)["metric"] for line in capsys.readouterr().out.splitlines()]
     assert metrics == ["Eval - Clean Accuracy (CA)", "Eval - Attack Success Rate-Baseline (ASR-B)"]
 
@@ -58,7 +59,7 @@ def test_same_seed_same_history():
     runs = []
     for _ in range(2):
         torch.manual_seed(5)
-        runs.append(train_downstream(*toy(), target=1, num_classes=3, epochs=2, lr=1e-3, batch_size=50,
+        runs.append(train_downstream(*toy(), bd_target=1, num_classes=3, epochs=2, lr=1e-3, batch_size=50,
                                      hidden_1=16, hidden_2=8)[1])
     assert runs[0] == runs[1]
 
@@ -78,3 +79,64 @@ def test_fused_adam_is_the_plain_adam_update():
             opt.step()
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_every_epoch_walks_the_same_batch_order(monkeypatch):
+    """The original trains on features extracted in one shuffled order with shuffle=False afterwards."""
+    orders = []
+    real = downstream._train_epoch
+
+    def spy(net, opt, feats, labels, order, batch_size):
+        orders.append(order.clone())
+        return real(net, opt, feats, labels, order, batch_size)
+
+    monkeypatch.setattr(downstream, "_train_epoch", spy)
+    torch.manual_seed(3)
+    train_downstream(*toy(), bd_target=1, num_classes=3, epochs=3, lr=1e-3, batch_size=32, hidden_1=16, hidden_2=8)
+    assert len(orders) == 3 and all(torch.equal(o, orders[0]) for o in orders)
+    assert sorted(orders[0].tolist()) == list(range(300)) and orders[0].tolist() != list(range(300))
+    torch.manual_seed(3)
+    assert torch.equal(orders[0], torch.randperm(300))  # drawn first, from the seeded CPU generator
+
+
+def test_training_matches_a_loop_over_one_fixed_shuffled_copy():
+    """Reference: permute the features once, then walk them in order each epoch with plain Adam (as the
+    original's shuffle=False loader over features extracted in shuffled order)."""
+    train_x, train_y, test_x, test_y, bd = toy()
+    epochs, batch, lr = 3, 32, 1e-3
+    torch.manual_seed(11)
+    net, history = train_downstream(train_x, train_y, test_x, test_y, bd, 1, 3, epochs, lr, batch,
+                                    hidden_1=16, hidden_2=8)
+    torch.manual_seed(11)
+    perm = torch.randperm(train_x.shape[0])
+    xs, ys = train_x[perm], train_y[perm]
+    ref = DownstreamMLP(8, 3, 16, 8)
+    opt = torch.optim.Adam(ref.parameters(), lr=lr)
+    for _ in range(epochs):
+        ref.train()
+        for start in range(0, xs.shape[0], batch):
+            loss = F.cross_entropy(ref(xs[start:start + batch]), ys[start:start + batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for ours, theirs in zip(net.parameters(), ref.parameters()):
+        assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5)
+    ref.eval()
+    with torch.no_grad():
+        assert history[-1]["acc"] == 100.0 * (ref(test_x).argmax(1) == test_y).float().mean().item()
+
+
+def test_per_image_success_labels():
+    """bd_target may give each image its own label (--mode targeted, --source_label); an int means all."""
+    train_x, train_y, test_x, test_y, _ = toy()
+    torch.manual_seed(0)
+    net, history = train_downstream(train_x, train_y, test_x, test_y, test_x, test_y, 3, 2, 1e-3, 32,
+                                    hidden_1=16, hidden_2=8)
+    net.eval()
+    with torch.no_grad():
+        preds = net(test_x).argmax(1)
+    assert history[-1]["asr"] == 100.0 * (preds == test_y).float().mean().item() == history[-1]["acc"]
+    torch.manual_seed(0)
+    _, as_int = train_downstream(train_x, train_y, test_x, test_y, test_x, 2, 3, 2, 1e-3, 32,
+                                 hidden_1=16, hidden_2=8)
+    assert as_int[-1]["asr"] == 100.0 * (preds == 2).float().mean().item()

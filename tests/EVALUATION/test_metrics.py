@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from EVALUATION import accuracy, attack_success_rate, backdoor_subset
+from EVALUATION.metrics import asr_selection
 
 
 def test_backdoor_subset():
@@ -33,3 +34,15 @@ def test_attack_success_rate_excludes_target_images_by_default():
 def test_attack_success_rate_only_target_images():
     assert math.isnan(attack_success_rate(torch.tensor([3, 3]), torch.tensor([3, 3]), target=3))
     assert attack_success_rate(torch.tensor([3, 0]), torch.tensor([3, 3]), target=3, include_target=True) == 50.0
+
+
+def test_asr_selection_by_mode():
+    labels = torch.tensor([0, 1, 2, 1])
+    keep, want = asr_selection(labels, 1)
+    assert keep.tolist() == [True, False, True, False] and want.tolist() == [1, 1, 1, 1]
+    keep, want = asr_selection(labels, 1, include_target=True)
+    assert keep.tolist() == [True] * 4 and want.tolist() == [1, 1, 1, 1]
+    keep, want = asr_selection(labels, 1, mode="targeted")  # each stamped image must keep its own label
+    assert keep.tolist() == [True] * 4 and want.tolist() == [0, 1, 2, 1]
+    with pytest.raises(ValueError):
+        asr_selection(labels, 1, mode="other")

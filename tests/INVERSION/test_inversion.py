@@ -1,38 +1,66 @@
 import math
-import warnings
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from DATASETS.stats import UsageInfo
-from INVERSION.inversion import (CostSchedule, InversionConfig, invert_trigger, logits_from_values, mask_from_logits,
-                                 mask_l1, pairwise_similarity, pattern_from_logits)
+from INVERSION.inversion import (CostSchedule, InversionConfig, chunk_similarity, chunks, invert_trigger,
+                                 logits_from_values, mask_from_logits, mask_l1, original_similarity,
+                                 pair_mean_similarity, pairwise_similarity, pattern_from_logits, restart_noise,
+                                 random_start, step_permutation)
 
 PLAIN = UsageInfo("plain", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 8)
 
 
-def slow_psim(features):
+def cosines(features):
     b = features.shape[0]
+    return [[(features[i].double() @ features[j].double() / (features[i].double().norm() * features[j].double().norm()))
+             .item() for j in range(b)] for i in range(b)]
+
+
+def slow_pair_mean(features):
+    c, b = cosines(features), features.shape[0]
+    return sum(c[i][j] for i in range(b) for j in range(b) if i != j) / (b * (b - 1))
+
+
+def slow_original(features):
+    """The paper's code subtracts the 3-D diag_embed of the cosine matrix S before a mean over all
+    B^3 entries: entry (i, j, k) is S[j][k] minus S[i][j] where j == k. Summed here entry by entry."""
+    c, b = cosines(features), features.shape[0]
     total = 0.0
     for i in range(b):
         for j in range(b):
-            if i != j:
-                fi, fj = features[i].double(), features[j].double()
-                total += (fi @ fj / (fi.norm() * fj.norm())).item()
-    return total / (b * (b - 1))
+            for k in range(b):
+                total += c[j][k] - (c[i][j] if j == k else 0.0)
+    return total / b**3
 
 
-def test_pairwise_similarity_matches_slow_loop_without_diagonal():
+def test_pair_mean_similarity_matches_a_slow_loop_without_diagonal():
     torch.manual_seed(0)
     for b, d in [(2, 3), (5, 7), (16, 64)]:
         f = torch.randn(b, d)
-        assert pairwise_similarity(f).item() == pytest.approx(slow_psim(f), abs=1e-5)
+        assert pair_mean_similarity(f).item() == pytest.approx(slow_pair_mean(f), abs=1e-5)
+        assert pairwise_similarity(f, "pairs").item() == pytest.approx(slow_pair_mean(f), abs=1e-5)
 
 
-def test_pairwise_similarity_is_one_for_identical_rows_and_needs_pairs():
-    f = torch.randn(1, 10).repeat(4, 1) * torch.tensor([[1.0], [2.0], [3.0], [0.5]])
-    assert pairwise_similarity(f).item() == pytest.approx(1.0, abs=1e-6)
+def test_original_similarity_is_what_the_papers_expression_evaluates_to():
+    torch.manual_seed(1)
+    for b, d in [(2, 3), (5, 7), (9, 16)]:
+        f = torch.randn(b, d)
+        assert original_similarity(f).item() == pytest.approx(slow_original(f), abs=1e-5)
+        assert pairwise_similarity(f).item() == pytest.approx(slow_original(f), abs=1e-5)  # the default
+
+
+def test_original_similarity_by_hand_and_its_ceiling():
+    # two unit vectors at 60 degrees: cosines 1, 0.5, 0.5, 1 -> sum 3; (B-1)/B^3 * 3 = 1/8 * 3
+    f = torch.tensor([[1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+    assert original_similarity(f).item() == pytest.approx(3 / 8)
+    assert pair_mean_similarity(f).item() == pytest.approx(0.5)
+    same = torch.ones(32, 4)
+    assert original_similarity(same).item() == pytest.approx(31 / 32)  # never reaches 1: 0.969 at B = 32
     with pytest.raises(ValueError):
         pairwise_similarity(torch.randn(1, 5))
 
@@ -78,85 +106,142 @@ def test_cost_schedule_matches_the_rule():
     schedule = CostSchedule(init_cost=0.05, threshold=0.9)
     got = [schedule.update(s) for s in psims]
     assert got == pytest.approx(slow_schedule(psims, 0.05, 0.9))
-    assert got[4] == pytest.approx(0.05 * 1.2) and got[9] == pytest.approx(0.05 * 1.44)
     zero = CostSchedule(init_cost=0.0, threshold=0.9)
     for _ in range(5):
         zero.update(1.0)
     assert zero.cost == 0.0  # init_cost 0 stays 0: "reset to init_cost" is a no-op
 
 
-class Flatten(nn.Module):
-    """A stand-in backbone: stamped images collapse in feature space when the mask covers them."""
+def test_seeded_draws_are_numpys_and_torchs_global_streams():
+    # the paper's code reseeds the global generators; ours draws the same numbers from private ones
+    np.random.seed(103)
+    order = np.arange(40)
+    np.random.shuffle(order)
+    assert torch.equal(step_permutation(40, 103), torch.from_numpy(order))
+    torch.manual_seed(104)
+    expected = torch.distributions.Uniform(low=-0.01, high=0.01).sample((3, 8, 8))
+    assert torch.equal(restart_noise((3, 8, 8), 104, 0.01), expected)
+    np.random.seed(7)
+    mask, pattern = np.random.random((8, 8)), np.random.random((3, 8, 8))
+    got = random_start(8, np.random.RandomState(7))
+    assert np.array_equal(got[0].numpy(), mask) and np.array_equal(got[1].numpy(), pattern)
+
+
+def test_chunks_are_32_images_with_the_remainder_dropped():
+    x = torch.arange(100).float()
+    parts = chunks(x, 32)
+    assert [len(p) for p in parts] == [32, 32, 32] and parts[2][-1].item() == 95
+    assert [len(p) for p in chunks(x[:20], 32)] == [20]  # fewer than 32: one chunk of all
+
+
+class Linear(nn.Module):
+    """A small differentiable stand-in backbone (B, 3, 8, 8) -> (B, 16)."""
 
     def __init__(self):
         super().__init__()
-        self.scale = nn.Parameter(torch.ones(1))
+        torch.manual_seed(11)
+        self.w = nn.Parameter(torch.randn(3 * 8 * 8, 16) * 0.2)
 
     def forward(self, x):
-        return (x * self.scale).flatten(1) - 0.5
+        return torch.tanh(x.flatten(1) @ self.w)
+
+
+def slow_round(backbone, images, init, steps, lr, init_cost, threshold, seed):
+    """One inversion round written out from the paper's code's description, one line per rule:
+    numpy-seeded cumulative reshuffle per step, chunks of 32 (remainder dropped), one Adam for the
+    round, step means over chunks, best = last chunk's trigger when the mean psim reaches the
+    threshold with a smaller mean L1, restart from it plus torch-seeded noise into the same tensors."""
+    eps = 1e-7
+    a = torch.atanh((init[0].clamp(0, 1) - 0.5) * (2 - eps)).float().requires_grad_(True)
+    b = torch.atanh((init[1].clamp(0, 1) - 0.5) * (2 - eps)).float().requires_grad_(True)
+    opt = torch.optim.Adam([a, b], lr=lr, betas=(0.5, 0.9))
+    cost, up, down, best, best_l1 = init_cost, 0, 0, None, float("inf")
+    x_set = images.clone()
+    for _ in range(steps):
+        np.random.seed(seed)
+        seed += 1
+        order = np.arange(len(x_set))
+        np.random.shuffle(order)
+        x_set = x_set[torch.from_numpy(order)]
+        sims, regs = [], []
+        for i in range(len(x_set) // 32):
+            mask = (torch.tanh(a) / (2 - eps) + 0.5).clamp(0, 1).repeat(3, 1, 1)
+            pattern = (torch.tanh(b) / (2 - eps) + 0.5).clamp(0, 1)
+            chunk = x_set[i * 32:(i + 1) * 32]
+            feats = backbone(torch.clip((1 - mask) * chunk + mask * pattern, 0, 1))
+            sim = slow_original_fast(feats)
+            reg = mask.sum() / 3
+            opt.zero_grad()
+            (-sim + cost * reg).backward()
+            opt.step()
+            sims.append(sim.item())
+            regs.append(reg.item())
+        sim, reg = np.mean(sims), np.mean(regs)
+        if sim >= threshold and reg < best_l1:
+            best, best_l1 = (mask[0].detach().clone(), pattern.detach().clone()), reg
+            torch.manual_seed(seed)
+            m = (best[0] + torch.distributions.Uniform(-0.01, 0.01).sample(best[0].shape)).clamp(0, 1)
+            torch.manual_seed(seed + 1)
+            p = (best[1] + torch.distributions.Uniform(-0.01, 0.01).sample(best[1].shape)).clamp(0, 1)
+            with torch.no_grad():
+                a.copy_(torch.atanh((m - 0.5) * (2 - eps)))
+                b.copy_(torch.atanh((p - 0.5) * (2 - eps)))
+        up, down = (up + 1, 0) if sim >= threshold else (0, down + 1)
+        if up >= 5:
+            up, cost = 0, cost * 1.2
+        elif down >= 5:
+            down, cost = 0, cost / 1.5 ** 1.5
+    return best, best_l1, seed
+
+
+def slow_original_fast(feats):
+    z = F.normalize(feats, dim=1)
+    s = z @ z.T
+    b = s.shape[0]
+    return s.sum() * (b - 1) / b**3
+
+
+def test_a_round_equals_the_slow_reference_of_the_papers_round():
+    torch.manual_seed(0)
+    images = torch.rand(70, 3, 8, 8)  # two chunks of 32, six images dropped each step
+    init = random_start(8, np.random.RandomState(1))
+    backbone = Linear()
+    cfg = InversionConfig(steps=25, lr=0.1, init_cost=1e-3, threshold=0.6)
+    trace = []
+    ours = invert_trigger(backbone, images, PLAIN, cfg, init, seed=100, trace=trace)
+    (mask, pattern), reg, next_seed = slow_round(backbone, images, init, 25, 0.1, 1e-3, 0.6, 100)
+    assert sum(t["new_best"] for t in trace) >= 2, "the check needs restarts"
+    assert ours.reached and ours.next_seed == next_seed == 125
+    assert torch.allclose(ours.mask, mask, atol=1e-5) and torch.allclose(ours.pattern, pattern, atol=1e-5)
+    assert min(t["l1"] for t in trace if t["new_best"]) == pytest.approx(reg, rel=1e-5)
 
 
 class Orthogonal(nn.Module):
-    """Features that never agree: psim is 0 whatever the trigger, so no trigger reaches a threshold."""
+    """Features that never agree: psim stays tiny whatever the trigger, so no trigger reaches a threshold."""
 
     def forward(self, x):
         return torch.eye(x.shape[0], 16) + 0.0 * x.mean()
 
 
-def test_best_trigger_is_the_smallest_above_threshold_and_restarts():
-    torch.manual_seed(0)
-    images = torch.rand(8, 3, 8, 8)
-    trace = []
-    cfg = InversionConfig(steps=60, lr=0.1, init_cost=1e-3, threshold=0.8, batch_size=8)
-    result = invert_trigger(Flatten(), images, PLAIN, cfg, trace=trace)
-    assert result.reached and result.psim >= 0.8
-    above = [t for t in trace if t["psim"] >= 0.8]
-    assert above, "the stand-in must reach the threshold"
-    assert result.l1 == pytest.approx(min(t["l1"] for t in above))
-    assert result.l1 == pytest.approx(mask_l1(result.mask).item(), rel=1e-5)
-    bests = [t for t in trace if t["new_best"]]
-    assert all(b2["l1"] < b1["l1"] for b1, b2 in zip(bests, bests[1:]))  # each new best is strictly smaller
-    assert [t["cost"] for t in trace][1:] == pytest.approx(slow_schedule([t["psim"] for t in trace], 1e-3, 0.8)[:-1])
-    assert result.mask.shape == (8, 8) and result.pattern.shape == (3, 8, 8)
-    assert 0 <= result.mask.min() and result.mask.max() <= 1
-
-
-def test_restart_moves_at_most_the_noise_from_the_best():
-    torch.manual_seed(1)
-    images = torch.rand(6, 3, 8, 8)
-    cfg = InversionConfig(steps=1, lr=1e-6, init_cost=0.0, threshold=0.0, batch_size=6, restart_noise=0.01)
-    trace = []
-    result = invert_trigger(Flatten(), images, PLAIN, cfg, trace=trace)
-    assert trace[0]["new_best"] and result.steps == 1
-    init = (result.mask.clone(), result.pattern.clone())
-    second = invert_trigger(Flatten(), images, PLAIN, cfg, init=init)
-    assert (second.mask - init[0]).abs().max() <= 1e-3  # warm start from the given trigger, lr tiny
-
-
 def test_hard_cap_stops_a_round_that_never_reaches_the_threshold():
-    torch.manual_seed(0)
     images = torch.rand(4, 3, 8, 8)
-    cfg = InversionConfig(steps=5, lr=0.1, init_cost=0.0, threshold=0.9, batch_size=4, step_cap=12)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = invert_trigger(Orthogonal(), images, PLAIN, cfg)
+    cfg = InversionConfig(steps=5, lr=0.1, init_cost=0.0, threshold=0.9, step_cap=12)
+    result = invert_trigger(Orthogonal(), images, PLAIN, cfg, random_start(8, np.random.RandomState(0)))
     assert not result.reached and result.steps == 12 and math.isnan(result.psim)
-    assert any("no trigger reached" in str(w.message) for w in caught)
+    assert result.next_seed == 100 + 12
     assert InversionConfig(steps=7).cap == 21
 
 
 def test_backbone_parameters_get_no_gradient_and_mode_is_restored():
-    backbone = Flatten().train()
-    cfg = InversionConfig(steps=3, lr=0.1, init_cost=1e-3, threshold=0.5, batch_size=4)
-    invert_trigger(backbone, torch.rand(4, 3, 8, 8), PLAIN, cfg)
-    assert backbone.scale.grad is None and backbone.scale.requires_grad and backbone.training
+    backbone = Linear().train()
+    cfg = InversionConfig(steps=3, lr=0.1, init_cost=1e-3, threshold=0.5)
+    invert_trigger(backbone, torch.rand(4, 3, 8, 8), PLAIN, cfg, random_start(8, np.random.RandomState(0)))
+    assert backbone.w.grad is None and backbone.w.requires_grad and backbone.training
 
 
-def test_inversion_is_deterministic_for_a_seed():
-    images = torch.rand(4, 3, 8, 8)
-    cfg = InversionConfig(steps=10, lr=0.1, init_cost=1e-3, threshold=0.5, batch_size=4)
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(3)
-        runs.append(invert_trigger(Flatten(), images, PLAIN, cfg))
-    assert torch.equal(runs[0].mask, runs[1].mask) and torch.equal(runs[0].pattern, runs[1].pattern)
+def test_chunk_similarity_is_the_mean_over_chunks():
+    backbone = Linear()
+    images = torch.rand(64, 3, 8, 8)
+    with torch.no_grad():
+        expected = (original_similarity(backbone(images[:32])) + original_similarity(backbone(images[32:]))) / 2
+    assert chunk_similarity(backbone, images, PLAIN) == pytest.approx(expected.item(), rel=1e-6)

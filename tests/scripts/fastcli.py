@@ -37,10 +37,12 @@ _zygote: subprocess.Popen | None = None
 _lock = threading.Lock()
 
 
-def _child(script: str, args: list[str], cwd: str, out_path: str, err_path: str, inject: str | None = None) -> int:
+def _child(script: str, args: list[str], cwd: str, out_path: str, err_path: str, inject: str | None = None,
+           env: dict | None = None) -> int:
     """Body of the forked child: what ``python <script> <args>`` does after start-up."""
     os.chdir(cwd)
     os.environ.update(ENV)
+    os.environ.update(env or {})
     for fd, path in ((1, out_path), (2, err_path)):
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(handle, fd)
@@ -90,7 +92,8 @@ def serve() -> None:
             if pid == 0:
                 code = 1
                 try:
-                    code = _child(req["script"], req["args"], req["cwd"], req["out"], req["err"], req.get("inject"))
+                    code = _child(req["script"], req["args"], req["cwd"], req["out"], req["err"], req.get("inject"),
+                                  req.get("env"))
                 finally:
                     os._exit(code)
             if req.get("background"):
@@ -127,10 +130,11 @@ def _ask(request: dict) -> dict:
     return json.loads(zygote.stdout.readline())
 
 
-def _interpreter(script: str, args: list[str], cwd: Path) -> subprocess.Popen:
+def _interpreter(script: str, args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """The fallback: a fresh interpreter, as a user starts it."""
     return subprocess.Popen([sys.executable, str(ROOT / script), *[str(a) for a in args]], cwd=cwd,
-                            env=dict(os.environ, **ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=dict(os.environ, **ENV, **(env or {})), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 class FastProcess:
@@ -172,21 +176,23 @@ class FastProcess:
         return out, err
 
 
-def run_fast(script: str, args: list[str], cwd: Path, inject: str | None = None) -> subprocess.CompletedProcess:
+def run_fast(script: str, args: list[str], cwd: Path, inject: str | None = None,
+             env: dict | None = None) -> subprocess.CompletedProcess:
     """Like ``conftest.run_cli`` (same result type), in a child forked from the warm zygote.
 
     ``inject`` ("module:function") is called in the child first: a fault injection for failures that no
-    command line provokes reliably (e.g. a NaN loss in a given epoch).
+    command line provokes reliably (e.g. a NaN loss in a given epoch). ``env`` adds environment
+    variables for this run only (read by the project at run time, not at import).
     """
     if not FORK:
         if inject:
             import pytest
             pytest.skip("fault injection needs the forking runner (Linux)")
-        proc = _interpreter(script, args, cwd)
+        proc = _interpreter(script, args, cwd, env)
         out, err = proc.communicate(timeout=600)
         return subprocess.CompletedProcess([script, *args], proc.returncode, out, err)
     with _lock, tempfile.TemporaryDirectory(prefix="fastcli-") as tmp:
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
         rc = _ask({"script": str(ROOT / script), "args": [str(a) for a in args], "cwd": str(cwd), "out": out,
-                   "err": err, "inject": inject})["rc"]
+                   "err": err, "inject": inject, "env": env or {}})["rc"]
         return subprocess.CompletedProcess([script, *args], rc, Path(out).read_text(), Path(err).read_text())

@@ -348,7 +348,7 @@ def test_nan_in_the_hardening_stops_and_keeps_the_last_good_state(bad_ws):
     assert "--re_lr" in line or "--harden_lr" in line
     out = bad_ws / "out" / "nan-moth"
     state = torch.load(out / "moth_state.pth", weights_only=True)
-    assert state["round"] == 1 and len(state["rows"]) == 1
+    assert state["run_state"]["round"] == 1 and len(state["rows"]) == 1
     assert all(np.isfinite(list(r.values())).all() for r in [{k: v for k, v in state["rows"][0].items()
                                                               if not k.startswith("knn")}])
     assert not list(out.glob("Harden_model_*.pth"))  # no hardened encoder from a NaN run

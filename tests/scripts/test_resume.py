@@ -113,7 +113,7 @@ def test_moth_survives_sigkill_and_sigint_with_identical_results(workspace, tmp_
     stopped_after = int(last.split("stopped after round ")[1].split(";")[0])
     assert 5 <= stopped_after < 11
     state = torch.load(b / "ckpts" / "moth_state.pth", weights_only=True)
-    assert state["round"] == stopped_after + 1 and not state["stopped"]
+    assert state["run_state"]["round"] == stopped_after + 1 and not state["run_state"]["stopped"]
 
     # 3. resume to the end: every file equals the uninterrupted run's, byte for byte
     final = run_fast("MAIN.py", MOTH + ["--resume"], b)
