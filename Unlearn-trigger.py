@@ -39,7 +39,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--knn-k", dest="knn_k", type=int, default=D.knn_k)
     p.add_argument("--portion", type=float, default=D.portion, help="share of each batch that is stamped")
     p.add_argument("--input_type", default=D.input_type, help="only poisoned_encoder is supported, as in the original")
-    p.add_argument("--init_sim_bn_update", default=getattr(D, "init_sim_bn_update", "on"),
+    p.add_argument("--init_sim_bn_update", default=D.init_sim_bn_update,
                    help="the initial-similarity pass before training runs the encoder in train mode over the whole "
                         "unlearning set, which moves BatchNorm's running statistics as the original's does (on); "
                         "off restores them afterwards (the same similarities are reported); on or off")

@@ -31,6 +31,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--gpu", default=D.gpu, help="CUDA device index used by --device auto")
     p.add_argument("--data_dir", default=D.data_dir, help="where the embedded datasets are generated (once)")
     p.add_argument("--target", type=int, default=D.target, help="target class of the backdoor (0..9 of synthetic_down)")
+    p.add_argument("--seed", type=int, default=D.seed,
+                   help="0..4: seeds every stage (pre-training and injection 100+seed, MAIN.py --seed seed, "
+                        "Unlearn-trigger.py --seed seed mod 3, classifier 100+seed); 0 is the README's run")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing each stage's outputs")
     return p
 

@@ -1,4 +1,4 @@
-"""Weighted kNN monitor on backbone features (InstDisc / SimCLR-monitor style, SPEC §6.5)."""
+"""Weighted kNN monitor on backbone features (InstDisc / SimCLR-monitor style)."""
 from __future__ import annotations
 
 from typing import Optional

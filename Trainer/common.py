@@ -73,7 +73,7 @@ def check_label(label: int, num_classes: int, flag: str = "--reference_label") -
 
 @dataclass
 class Monitor:
-    """The kNN monitor of SPEC §6.5 bound to a downstream task, a trigger and a target label."""
+    """The kNN monitor bound to a downstream task, a trigger and a target label."""
 
     train: TensorSet
     test: TensorSet

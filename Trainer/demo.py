@@ -180,7 +180,7 @@ class DemoRun:
         self.script("SimCLR pre-training (clean encoder)", "pretraining_encoder.py", [
             "--pretraining_dataset", PRETRAIN_SET, "--model", p.model, "--encoder_usage_info", USAGE,
             "--results_dir", str(L.clean), "--downstreamTask", DOWNSTREAM_SET, "--knn-k", str(p.knn_k),
-            "--seed", "100", *flags(p.pretrain)])
+            "--seed", str(100 + self.cfg.seed), *flags(p.pretrain)])
         return L.clean / f"model_{p.pretrain['epochs']}.pth"
 
     def inject(self, clean: Path) -> Path:
@@ -189,7 +189,7 @@ class DemoRun:
             "--pretrained_encoder", str(clean), "--shadow_dataset", PRETRAIN_SET, "--model", p.model,
             "--encoder_usage_info", USAGE, "--trigger_file", str(L.trigger), "--reference_dataset", DOWNSTREAM_SET,
             "--reference_label", str(self.cfg.target), "--results_dir", str(L.backdoor), "--knn-k", str(p.knn_k),
-            "--seed", "100", *flags(p.badencoder)])
+            "--seed", str(100 + self.cfg.seed), *flags(p.badencoder)])
         return L.backdoor / f"model_{p.badencoder['epochs']}.pth"
 
     def evaluate(self, label: str, encoder: Path) -> dict:
@@ -197,7 +197,8 @@ class DemoRun:
         return self.script(f"downstream classifier ({label})", "training_downstream_classifier.py", [
             "--dataset", DOWNSTREAM_SET, "--trigger_file", str(self.layout.trigger), "--encoder", str(encoder),
             "--model", p.model, "--reference_label", str(self.cfg.target), "--encoder_usage_info", USAGE,
-            "--results_dir", str(self.layout.eval_dir(EVAL_DIRS[label])), "--seed", "100", *flags(p.downstream)])
+            "--results_dir", str(self.layout.eval_dir(EVAL_DIRS[label])), "--seed", str(100 + self.cfg.seed),
+            *flags(p.downstream)])
 
     def invert(self, phase: str) -> dict:
         p, L = self.preset, self.layout
@@ -205,7 +206,7 @@ class DemoRun:
         extra = flags(p.moth) if phase == "moth" else []
         what = "RECEIVE: iterative trigger inversion" if phase == "moth" else "NC baseline: one-round inversion"
         return self.script(f"{what} (MAIN.py --phase {phase})", "MAIN.py", [
-            "--seed", "0", "--phase", phase, "--dataset", PRETRAIN_SET, "--model", p.model,
+            "--seed", str(self.cfg.seed), "--phase", phase, "--dataset", PRETRAIN_SET, "--model", p.model,
             "--pretrained_encoder", str(L.backdoor / f"model_{p.badencoder['epochs']}.pth"),
             "--encoder_usage_info", USAGE, "--log_dir", str(log_dir), "--results_dir", str(results),
             "--downstreamTask", DOWNSTREAM_SET, "--reference_label", str(self.cfg.target),
@@ -216,7 +217,9 @@ class DemoRun:
         log_dir, results = (L.unlearn_log, L.unlearn_ckpt) if phase == "moth" else (L.nc_unlearn_log, L.nc_unlearn_ckpt)
         who = "RECEIVE" if phase == "moth" else "NC baseline"
         self.script(f"{who}: unlearning its trigger (Unlearn-trigger.py)", "Unlearn-trigger.py", [
-            "--seed", "0", "--results_dir", str(results), "--phase", phase, "--dataset", PRETRAIN_SET,
+            # --phase moth for both: the only phase Unlearn-trigger.py runs (the baseline differs by its trigger)
+            "--seed", str(self.cfg.seed % 3), "--results_dir", str(results), "--phase", "moth",
+            "--dataset", PRETRAIN_SET,
             "--model", p.model, "--pretrained_encoder", str(L.backdoor / f"model_{p.badencoder['epochs']}.pth"),
             "--encoder_usage_info", USAGE, "--log_dir", str(log_dir), "--reference_label", str(self.cfg.target),
             "--downstreamTask", DOWNSTREAM_SET, "--re_mask_pattern", str(trigger), "--trigger_file",
@@ -273,7 +276,7 @@ def flag_value(words: list[str], name: str) -> str:
 
 def receive_commands(run: str | Path) -> dict[str, list[str]]:
     """RECEIVE's stage commands as a demo run recorded them in ``summary.json``, each [script, *argv]:
-    "main" (MAIN.py --phase moth), "unlearn" (Unlearn-trigger.py --phase moth) and "downstream"
+    "main" (MAIN.py --phase moth), "unlearn" (Unlearn-trigger.py on its mask-pattern-best.npz) and "downstream"
     (the classifier of the encoder that this unlearning wrote)."""
     try:
         lines = json.loads((Path(run) / "summary.json").read_text())["commands"]
@@ -282,8 +285,13 @@ def receive_commands(run: str | Path) -> dict[str, list[str]]:
         fail(f"--run {run}: no demo summary.json with its commands ({exc}); run demo.py first")
     found = {}
     for words in commands:
-        if words[0] in ("MAIN.py", "Unlearn-trigger.py") and flag_value(words, "--phase") == "moth":
-            found["main" if words[0] == "MAIN.py" else "unlearn"] = words
+        if words[0] == "MAIN.py" and flag_value(words, "--phase") == "moth":
+            found["main"] = words
+        # both unlearnings run --phase moth (the only phase Unlearn-trigger.py has); RECEIVE's is the one
+        # that unlearns MAIN.py --phase moth's trigger, the baseline's unlearns mask-pattern-NC.npz
+        trigger = Path(flag_value(words, "--re_mask_pattern")).name
+        if words[0] == "Unlearn-trigger.py" and trigger == "mask-pattern-best.npz":
+            found["unlearn"] = words
     if "unlearn" in found:
         unlearn = found["unlearn"]
         encoder = str(Path(flag_value(unlearn, "--results_dir")) / UNLEARNED.format(flag_value(unlearn, "--epochs")))
@@ -316,12 +324,11 @@ def check_targets(table: list[dict]) -> list[dict]:
         {"target": "backdoored encoder: ASR >= 90%", "measured": f"{bad['asr']:.2f}%", "met": bad["asr"] >= 90},
         {"target": "backdoored encoder: ACC within 3 points of the clean encoder",
          "measured": f"{gap_bad:+.2f} points", "met": abs(gap_bad) <= 3},
-        {"target": "after RECEIVE: ASR <= 10%", "measured": f"{rec['asr']:.2f}%", "met": rec["asr"] <= 10},
-        {"target": "after RECEIVE: ACC within 5 points of the backdoored encoder",
-         "measured": f"{gap_rec:+.2f} points", "met": abs(gap_rec) <= 5},
-        {"target": "(baseline, for comparison) after NC: ASR <= 10% and ACC within 5 points",
-         "measured": f"ASR {nc['asr']:.2f}%, ACC {nc['acc'] - bad['acc']:+.2f} points",
-         "met": nc["asr"] <= 10 and abs(nc["acc"] - bad["acc"]) <= 5},
+        {"target": "after RECEIVE: ASR <= 5%", "measured": f"{rec['asr']:.2f}%", "met": rec["asr"] <= 5},
+        {"target": "after RECEIVE: ACC within 3 points of the backdoored encoder",
+         "measured": f"{gap_rec:+.2f} points", "met": abs(gap_rec) <= 3},
+        {"target": "RECEIVE below the NC baseline on ASR", "measured": f"{rec['asr']:.2f}% vs {nc['asr']:.2f}%",
+         "met": rec["asr"] < nc["asr"]},
     ]
 
 

@@ -143,10 +143,13 @@ class DemoConfig:
     gpu: str = "0"
     data_dir: str = "data"
     target: int = 7  # checkerboard: the class whose single reference image the downstream MLP is surest of
+    seed: int = 0  # 0..4: one seed for every stage (pre-training, injection, inversion, unlearning, classifier)
     overwrite: bool = False
 
     def validate(self) -> "DemoConfig":
         check_choice(self.preset, PRESET_NAMES, "--preset")
+        if not 0 <= self.seed <= 4:
+            fail(f"--seed {self.seed}: expected 0..4 (MAIN.py's seed list has five entries)")
         if not 0 <= self.target <= 9:
             fail(f"--target {self.target}: expected a class index 0..9 of synthetic_down")
         return self

@@ -287,7 +287,7 @@ def table_markdown(table: list[dict]) -> list[str]:
     return lines
 
 
-STOP_WORDS = {"converged": "the distance stopped changing (converged)", "last epoch": "the last epoch ended"}
+STOP_WORDS = {"last epoch": "the last epoch ended"}
 
 
 def _stop_words(reason) -> str:
@@ -303,6 +303,10 @@ def _inversion_lines(files: RunFiles) -> list[str]:
                      f"{_stop_words(moth.get('stop_reason'))}; kept round {moth.get('best_round')} "
                      f"(trigger L1 {_fmt(moth.get('best_l1'), 1)}, distance {_fmt(moth.get('best_distance'), 4)}, "
                      f"psim {_fmt(moth.get('best_psim'), 3)}).")
+        if moth.get("converged_rounds"):
+            lines.append(f"- The distance stopped moving (within --epsilon) in round(s) "
+                         f"{', '.join(str(k) for k in moth['converged_rounds'])}: each saved its trigger as the best "
+                         f"one and skipped the rest of its epoch.")
         l1 = [_float(v) for v in moth.get("l1_per_round") or []]
         if l1:
             k = int(np.nanargmin(l1)) if not all(math.isnan(v) for v in l1) else 0

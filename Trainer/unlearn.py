@@ -88,6 +88,7 @@ def unlearn_inputs(images: Tensor, trigger: Callable[[Tensor], Tensor], injected
     so the third call only advances the RNG: we make the same draws on one image.
     """
     first, second = images.clone(), images.clone()
+    injected, clean = injected.to(images.device), clean.to(images.device)
     if injected.numel():
         second[injected] = trigger(images[injected])
     if clean.numel():
@@ -142,6 +143,9 @@ def initial_similarity(backbone: nn.Module, images: Tensor, trigger: Callable[[T
 
     In train mode each pass moves BatchNorm's running statistics, which the epoch-0 kNN check and
     training then start from; ``update_bn=False`` restores them afterwards (same reported numbers).
+    Training itself normalises on batch statistics, so only eval-mode uses (the kNN monitor, the
+    saved encoder's running statistics) can see the difference. Memory grows with N, as in the
+    original (its recipe's --data_ratio 0.01 of STL-10 is 50 images).
     """
     inner = unwrap(backbone)
     saved = None if update_bn else {k: v.clone() for k, v in inner.named_buffers()}

@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("RECEIVE_NO_PROGRESS", "1")
@@ -36,11 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from DATASETS.stats import get_usage, normalize  # noqa: E402
 from DATASETS.triggers import InvertedTrigger  # noqa: E402
-from INVERSION.inversion import InversionConfig, invert_trigger, reference_similarity  # noqa: E402
+from INVERSION.inversion import InversionConfig, chunk_similarity, invert_trigger, random_start  # noqa: E402
 from MODELS.checkpoint import load_encoder  # noqa: E402
 from MODELS.precision import with_precision  # noqa: E402
 from Trainer.common import load_train_share  # noqa: E402
@@ -71,11 +71,9 @@ def with_flags(args: list[str], **values: str) -> list[str]:
 def invert(model, attack, usage, config: InversionConfig, amp: bool, init_seed: int) -> tuple[InvertedTrigger, float]:
     """One inversion round from the random start of ``init_seed``; (trigger, seconds)."""
     backbone = with_precision(copy.deepcopy(model.f), amp)
-    torch.manual_seed(init_seed)
+    init = random_start(attack.shape[-1], np.random.RandomState(init_seed))
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = invert_trigger(backbone, attack, usage, config)
+    result = invert_trigger(backbone, attack, usage, config, init)
     return InvertedTrigger(result.mask, result.pattern), time.perf_counter() - start
 
 
@@ -99,7 +97,7 @@ def one_round(main_args: list[str], seeds: list[int], device: torch.device) -> l
     attack_size = int(flag_value(main_args, "--attack_size"))
     config = InversionConfig(steps=int(flag_value(main_args, "--re_steps")), lr=FIRST_ROUND_LR,
                              init_cost=float(flag_value(main_args, "--init_cost")),
-                             threshold=float(flag_value(main_args, "--similarity_threshold")), batch_size=attack_size)
+                             threshold=float(flag_value(main_args, "--similarity_threshold")))
     rows = []
     for seed in seeds:
         torch.manual_seed(MAIN_SEEDS[seed])
@@ -109,7 +107,7 @@ def one_round(main_args: list[str], seeds: list[int], device: torch.device) -> l
         row = {"seed": seed, "fp32_s": t_exact, "amp_s": t_fast}
         for name, trigger in (("fp32", exact), ("amp", fast)):
             row[f"{name}_l1"] = trigger.l1
-            row[f"{name}_psim"] = reference_similarity(model.f, attack, usage, trigger)  # judged in float32
+            row[f"{name}_psim"] = chunk_similarity(model.f, attack, usage, trigger)  # judged in float32
         row["stamp_diff"], row["feature_cos"] = agreement(model.f, attack, usage, exact, fast)
         row["other_start_stamp_diff"], row["other_start_feature_cos"] = agreement(model.f, attack, usage, exact, other)
         row["l1_rel_diff"] = abs(row["amp_l1"] - row["fp32_l1"]) / row["fp32_l1"]

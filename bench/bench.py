@@ -10,8 +10,8 @@ shapes, the same kind of pass), with inputs prepared outside the timer:
   inversion   one step of ``invert_trigger`` over ``attack_size`` images  vs  one forward+backward of the
               backbone w.r.t. its input (eval mode, parameters frozen)
   distance    ``wasserstein_shift`` over the inversion set                 vs  one no_grad forward pass over it
-  unlearn     one ``unlearn_epoch`` (portion 0.3, batch 128)               vs  the same batches (2 views of the
-              clean share + stamped pairs) through ``model(x)`` with parameter grads + an SGD step
+  unlearn     one ``unlearn_epoch`` (portion 0.3, batch 128)               vs  the same batches (two passes of B
+              images each) through ``model(x)`` with parameter grads + an SGD step
   features    ``extract_features`` (the downstream classifier's input)    vs  no_grad forward passes
   mlp         one epoch of ``train_downstream`` (batch 64, eval each epoch) vs a bare MLP epoch (same net,
               Adam, same minibatches, one eval forward); the note gives 500 epochs / feature extraction
@@ -36,14 +36,12 @@ import contextlib
 import copy
 import csv
 import io
-import math
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -69,8 +67,8 @@ from MODELS.checkpoint import BackgroundSaver, save_checkpoint  # noqa: E402
 from MODELS.precision import with_precision  # noqa: E402
 from MODELS.simclr import build_model  # noqa: E402
 from Trainer.common import TensorSet  # noqa: E402
-from Trainer.moth import sorted_features, wasserstein_shift  # noqa: E402
-from Trainer.unlearn import unlearn_epoch  # noqa: E402
+from INVERSION.hardening import sorted_features, wasserstein_shift  # noqa: E402
+from Trainer.unlearn import epoch_batches, unlearn_epoch  # noqa: E402
 from UTILS.errors import UserError  # noqa: E402
 from UTILS.runtime import resolve_device  # noqa: E402
 
@@ -271,9 +269,7 @@ def batches(n: int, size: int) -> list[tuple[int, int]]:
 
 def invert_preparer(backbone, attack, init, config: InversionConfig):
     def call():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # "no trigger reached the threshold"
-            invert_trigger(backbone, attack, USAGE, config, init=init)
+        invert_trigger(backbone, attack, USAGE, config, init)
     return lambda: call
 
 
@@ -319,13 +315,13 @@ class Bench:
     def inversion_setup(self, attack_size: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor],
                                                           InversionConfig]:
         """The attack images (attack_size, 3, 32, 32), a random start trigger (mask, pattern) and a
-        config that runs exactly ``--steps`` steps of one Adam update each."""
+        config that runs exactly ``--steps`` steps (each attack_size // 32 Adam updates on chunks of 32)."""
         inv_set = share(self.pool, 0.01, self.device)
         torch.manual_seed(2)
         attack = inv_set.x[torch.randint(len(inv_set), (attack_size,)).to(self.device)]
         init = (torch.rand(32, 32, device=self.device), torch.rand(3, 32, 32, device=self.device))
         steps = self.args.steps
-        return attack, init, InversionConfig(steps=steps, step_cap=steps, lr=0.5, batch_size=attack_size)
+        return attack, init, InversionConfig(steps=steps, step_cap=steps, lr=0.5)
 
     def inversion(self, name: str, attack_size: int) -> Row:
         backbone = self.model(name).f
@@ -380,15 +376,11 @@ class Bench:
         warm = TensorSet(data.x[:min(len(data), 2 * UNLEARN_BATCH)], data.y[:min(len(data), 2 * UNLEARN_BATCH)], 10)
 
         def floor_batches(ds):
-            """The batch composition of unlearn_loss: 2 x clean share + stamped share x 2, normalised."""
+            """The batch composition of unlearn_loss: two passes of the B images of a batch, normalised."""
             out, n = [], len(ds)
-            for s, e in batches(n, UNLEARN_BATCH):
-                b = e - s
-                n_stamped = math.floor(PORTION * b)
-                n_clean = b - n_stamped
-                m = (2 * n_clean if n_clean >= 2 else 0) + 2 * n_stamped
-                idx = torch.arange(s, s + m, device=self.device) % n
-                out.append(normalize(ds.x[idx], USAGE))
+            for s, e in epoch_batches(n, UNLEARN_BATCH):
+                x = normalize(ds.x[s:e], USAGE)
+                out.append((x, x.flip(-1)))  # the second pass sees other pixels, as the stamped/augmented one
             return out
 
         def floor_on(ds):
@@ -400,9 +392,8 @@ class Bench:
 
                 def call():
                     model.train()
-                    for xb in prepared:
-                        _, z = model(xb)
-                        loss = z.sum()
+                    for x1, x2 in prepared:
+                        loss = model(x1)[1].sum() + model(x2)[1].sum()
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()

@@ -1,18 +1,7 @@
-import copy
-
-import numpy as np
 import pytest
-import scipy.stats
-import torch
-import torch.nn.functional as F
 
-from DATASETS.stats import get_usage, normalize
-from DATASETS.triggers import InvertedTrigger
-from MODELS.simclr import build_model
 from Trainer.common import guard_outputs
 from UTILS.errors import UserError
-
-USAGE = get_usage("cifar10")
 
 
 def test_guard_outputs_refuses_then_overwrites(tmp_path):

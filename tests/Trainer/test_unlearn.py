@@ -295,7 +295,8 @@ def test_the_epoch_loss_is_the_mean_of_batch_losses(monkeypatch):
 @pytest.mark.parametrize("changes,flag", [({"batch_size": 1}, "--batch_size 1: expected at least 2"),
                                           ({"phase": "test"}, "--phase test: not supported"),
                                           ({"phase": "nc"}, "--phase nc: not supported"),
-                                          ({"input_type": "clean_encoder"}, "--input_type clean_encoder: not supported"),
+                                          ({"input_type": "clean_encoder"},
+                                           "--input_type clean_encoder: not supported"),
                                           ({"init_sim_bn_update": "maybe"}, "--init_sim_bn_update maybe")])
 def test_unsupported_settings_are_refused(changes, flag):
     cfg = UnlearnConfig(re_mask_pattern="t.npz", **changes)
