@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 from Trainer.configs import MainConfig, add_amp_flag, add_runtime_flags, config_from_args
-from Trainer.main_flow import run_main
 from UTILS.errors import ArgumentParser, cli_entry
 
 D = MainConfig()
@@ -59,9 +58,13 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@cli_entry
+@cli_entry(memory="--attack_size, --batch_size or --data_ratio")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(MainConfig, build_parser().parse_args(argv)).validate()
+    # torch and the project's heavy modules are imported once the command line is known to be good:
+    # --help and a bad flag answer at once
+    from Trainer.main_flow import run_main
+
     return run_main(cfg)
 
 

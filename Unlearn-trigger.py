@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 from Trainer.configs import UnlearnConfig, add_amp_flag, add_runtime_flags, config_from_args
-from Trainer.unlearn import run_unlearn
 from UTILS.errors import ArgumentParser, cli_entry
 
 D = UnlearnConfig()
@@ -50,9 +49,13 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@cli_entry
+@cli_entry(memory="--batch_size or --data_ratio")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(UnlearnConfig, build_parser().parse_args(argv)).validate()
+    # torch and the project's heavy modules are imported once the command line is known to be good:
+    # --help and a bad flag answer at once
+    from Trainer.unlearn import run_unlearn
+
     return run_unlearn(cfg)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""BadEncoder: inject a backdoor into a clean SimCLR encoder (BadEncoder's badencoder.py, SPEC §8.2).
+"""BadEncoder: inject a backdoor into a clean SimCLR encoder (BadEncoder's badencoder.py).
 
 Reference images of the target class come from --reference_file (npz with x: (n,32,32,3) uint8), or
 are drawn from class --reference_label of --reference_dataset (the first --reference_count training
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.badencoder import run_badencoder
 from Trainer.configs import add_runtime_flags, config_from_args
 from Trainer.make_configs import BadEncoderConfig
 from UTILS.errors import ArgumentParser, cli_entry
@@ -54,9 +53,13 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@cli_entry
+@cli_entry(memory="--batch_size, --data_ratio or --reference_count")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(BadEncoderConfig, build_parser().parse_args(argv)).validate()
+    # torch and the project's heavy modules are imported once the command line is known to be good:
+    # --help and a bad flag answer at once
+    from Trainer.badencoder import run_badencoder
+
     return run_badencoder(cfg)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""From nothing to a cleaned encoder in one command, on the embedded dataset (SPEC §8.3).
+"""From nothing to a cleaned encoder in one command, on the embedded dataset.
 
 Runs, each through its real command line and all under one run folder (--out, default
 demo_runs/<timestamp>): SimCLR pre-training -> BadEncoder injection -> downstream ACC/ASR of the
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 from Trainer.configs import config_from_args
-from Trainer.demo import run_demo
 from Trainer.make_configs import PRESET_NAMES, DemoConfig
 from UTILS.errors import ArgumentParser, cli_entry
 
@@ -38,9 +37,12 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@cli_entry
+@cli_entry(memory="the --preset's sizes")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(DemoConfig, build_parser().parse_args(argv)).validate()
+    # torch and the stages are imported once the command line is known to be good
+    from Trainer.demo import run_demo
+
     return run_demo(cfg)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""SimCLR pre-training of a clean encoder (BadEncoder's pretraining_encoder.py, SPEC §8.1).
+"""SimCLR pre-training of a clean encoder (BadEncoder's pretraining_encoder.py).
 
 Writes <results_dir>/model_<epoch>.pth (whole-model state dict), pretrain-metrics.csv|json (loss and
 kNN accuracy per epoch) and setting.txt. Every epoch is checkpointed, so --resume continues from the
@@ -11,7 +11,6 @@ import argparse
 
 from Trainer.configs import add_runtime_flags, config_from_args
 from Trainer.make_configs import PretrainConfig
-from Trainer.pretrain import run_pretrain
 from UTILS.errors import ArgumentParser, cli_entry
 
 D = PretrainConfig()
@@ -41,9 +40,13 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@cli_entry
+@cli_entry(memory="--batch_size or --data_ratio")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(PretrainConfig, build_parser().parse_args(argv)).validate()
+    # torch and the project's heavy modules are imported once the command line is known to be good:
+    # --help and a bad flag answer at once
+    from Trainer.pretrain import run_pretrain
+
     return run_pretrain(cfg)
 
 

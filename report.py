@@ -14,7 +14,6 @@ import argparse
 
 from Trainer.configs import config_from_args
 from Trainer.make_configs import ReportConfig
-from Trainer.report import run_report
 from UTILS.errors import ArgumentParser, cli_entry
 
 
@@ -34,6 +33,11 @@ def build_parser() -> ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(ReportConfig, build_parser().parse_args(argv)).validate()
+    # matplotlib and torch are imported once the command line is known to be good
+    from Trainer.report import run_report
+    from Trainer.report_inputs import check_report_inputs
+
+    check_report_inputs(cfg)  # every file it reads, named by the flag the user passed
     return run_report(cfg)
 
 

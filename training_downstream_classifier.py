@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from Trainer.configs import ASR_IMAGES, MODES, DownstreamConfig, add_amp_flag, add_runtime_flags, config_from_args
-from Trainer.downstream import run_downstream
 from UTILS.errors import ArgumentParser, cli_entry
 
 D = DownstreamConfig()
@@ -43,9 +42,13 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@cli_entry
+@cli_entry(memory="--hidden_size_1, --hidden_size_2 or --batch_size")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(DownstreamConfig, build_parser().parse_args(argv)).validate()
+    # torch and the project's heavy modules are imported once the command line is known to be good:
+    # --help and a bad flag answer at once
+    from Trainer.downstream import run_downstream
+
     return run_downstream(cfg)
 
 

@@ -1,21 +1,51 @@
 """Data: normalisation statistics, trigger formats, dataset loaders, the embedded synthetic set,
 and batched tensor augmentations. See docs/DESIGN.md for the conventions."""
-from DATASETS.augment import (adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, color_jitter,
-                              grayscale, hflip, random_crop, random_grayscale, random_resized_crop, simclr_view,
-                              simclr_views, unlearn_view)
-from DATASETS.loaders import DATASET_NAMES, NUM_CLASSES, ImageSet, load_split, resize_images, take_ratio, to_tensor
-from DATASETS.stats import USAGE, UsageInfo, get_usage, normalize
-from DATASETS.synthetic import CLASS_NAMES
-from DATASETS.triggers import (GroundTruthTrigger, InvertedTrigger, load_trigger, save_ground_truth_trigger, stamp,
-                               white_square_trigger)
+from __future__ import annotations
 
-__all__ = [
-    "UsageInfo", "USAGE", "get_usage", "normalize",
-    "stamp", "GroundTruthTrigger", "InvertedTrigger", "load_trigger", "white_square_trigger",
-    "save_ground_truth_trigger",
-    "ImageSet", "DATASET_NAMES", "NUM_CLASSES", "load_split", "take_ratio", "to_tensor", "resize_images",
-    "CLASS_NAMES",
-    "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue", "grayscale", "color_jitter",
-    "random_grayscale", "hflip", "random_crop", "random_resized_crop", "simclr_view", "simclr_views",
-    "unlearn_view",
-]
+import importlib
+
+# name -> the module that defines it. Imported on first use, so that a light submodule (the names
+# the command line is checked against) does not pull in torch through this package.
+_EXPORTS = {
+    "adjust_brightness": "DATASETS.augment",
+    "adjust_contrast": "DATASETS.augment",
+    "adjust_hue": "DATASETS.augment",
+    "adjust_saturation": "DATASETS.augment",
+    "color_jitter": "DATASETS.augment",
+    "grayscale": "DATASETS.augment",
+    "hflip": "DATASETS.augment",
+    "random_crop": "DATASETS.augment",
+    "random_grayscale": "DATASETS.augment",
+    "random_resized_crop": "DATASETS.augment",
+    "simclr_view": "DATASETS.augment",
+    "simclr_views": "DATASETS.augment",
+    "unlearn_view": "DATASETS.augment",
+    "DATASET_NAMES": "DATASETS.names",
+    "NUM_CLASSES": "DATASETS.names",
+    "ImageSet": "DATASETS.loaders",
+    "load_split": "DATASETS.loaders",
+    "resize_images": "DATASETS.loaders",
+    "take_ratio": "DATASETS.loaders",
+    "to_tensor": "DATASETS.loaders",
+    "USAGE": "DATASETS.usage",
+    "UsageInfo": "DATASETS.usage",
+    "get_usage": "DATASETS.usage",
+    "normalize": "DATASETS.stats",
+    "CLASS_NAMES": "DATASETS.synthetic",
+    "GroundTruthTrigger": "DATASETS.triggers",
+    "InvertedTrigger": "DATASETS.triggers",
+    "load_trigger": "DATASETS.triggers",
+    "save_ground_truth_trigger": "DATASETS.triggers",
+    "stamp": "DATASETS.triggers",
+    "white_square_trigger": "DATASETS.triggers",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

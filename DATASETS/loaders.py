@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,12 +16,11 @@ from PIL import Image
 from torch import Tensor
 
 from DATASETS import tv_layout
+from DATASETS.names import DATASET_NAMES, NUM_CLASSES
 from UTILS.errors import fail
 from UTILS.io import load_npz
 from UTILS.runtime import progress
 
-DATASET_NAMES = ("cifar10", "stl10", "svhn", "gtsrb", "synthetic", "synthetic_down")
-NUM_CLASSES = {"cifar10": 10, "stl10": 10, "svhn": 10, "gtsrb": 43, "synthetic": 10, "synthetic_down": 10}
 SPLITS = ("train", "test")
 
 
@@ -71,7 +71,7 @@ def _read_npz(path: Path, flag: str) -> tuple[np.ndarray, np.ndarray]:
     if not np.issubdtype(y.dtype, np.integer):
         if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
             fail(f"{flag} {path}: 'y' must hold integer labels, found dtype {y.dtype}")
-    return x, y.astype(np.int64)
+    return x, y  # cast to int64 once the labels are known to lie in range (a large uint64 would wrap)
 
 
 def _tv_roots(name: str, data_dir: Path) -> list[Path]:
@@ -95,11 +95,18 @@ def _locate(name: str, split: str, data_dir: Path) -> tuple[str, Path]:
 
 def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
     if y.size and (y.min() < 0 or y.max() >= num_classes):
-        fail(f"{where}: labels must lie in [0, {num_classes}), found [{y.min()}, {y.max()}]")
+        fail(f"{where}: labels must lie in [0, {num_classes}), found [{int(y.min())}, {int(y.max())}]")
 
 
-def load_split(name: str, split: str, data_dir: str | Path, size: int = 32, flag: str = "--dataset") -> ImageSet:
-    """Load ``split`` ('train' | 'test') of dataset ``name`` as uint8 (N, size, size, 3) images."""
+def load_split(name: str, split: str, data_dir: str | Path, size: int = 32, flag: str = "--dataset",
+               ratio: float | None = None, ratio_flag: str = "--data_ratio",
+               keep: Callable[[np.ndarray], np.ndarray] | None = None) -> ImageSet:
+    """Load ``split`` ('train' | 'test') of dataset ``name`` as uint8 (N, size, size, 3) images.
+
+    ``ratio`` keeps the first int(N * ratio) images (:func:`take_ratio`) and ``keep`` (labels (N,) ->
+    indices) the images it picks; both choose before resizing, so only the images used are resized
+    (224x224 for an ImageNet encoder costs time and memory).
+    """
     key = str(name).strip().lower()
     if key not in DATASET_NAMES:
         fail(f"{flag} {name}: unknown dataset; expected one of {', '.join(DATASET_NAMES)}")
@@ -118,12 +125,28 @@ def load_split(name: str, split: str, data_dir: str | Path, size: int = 32, flag
     else:
         images, y = tv_layout.READERS[key](path, split)
     _check_labels(y, NUM_CLASSES[key], f"{flag} {key}: {path}")
+    y = y.astype(np.int64)
+    if ratio is not None:
+        if len(y) == 0:
+            fail(f"{flag} {key}: the {split} split at {path} holds no image")
+        n = ratio_count(len(y), ratio, f"{key} {split}", ratio_flag)
+        images, y = images[:n], y[:n]
+    if keep is not None:
+        idx = np.asarray(keep(y), dtype=np.int64)
+        images, y = _subset(images, idx), y[idx]
     x = resize_images(images, int(size))
     return ImageSet(x=x, y=y, num_classes=NUM_CLASSES[key], name=key, split=split)
 
 
-def take_ratio(ds: ImageSet, ratio: float, flag: str = "--data_ratio") -> ImageSet:
-    """Keep the first ``int(N * ratio)`` samples, as the original's ``Subset(arange(int(len * ratio)))``.
+def _subset(images: np.ndarray | list[np.ndarray], idx: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    """``images[idx]`` for an (N,H,W,3) array or a list of (H,W,3) arrays of mixed sizes."""
+    if isinstance(images, np.ndarray):
+        return images[idx]
+    return [images[i] for i in idx]
+
+
+def ratio_count(n: int, ratio: float, what: str, flag: str = "--data_ratio") -> int:
+    """``int(n * ratio)``, as the original's ``Subset(arange(int(len * ratio)))``; fails when it keeps nothing.
 
     The float product is truncated as is, like the original: 100 * 0.29 = 28.999... keeps 28.
     """
@@ -133,9 +156,15 @@ def take_ratio(ds: ImageSet, ratio: float, flag: str = "--data_ratio") -> ImageS
         fail(f"{flag} {ratio}: expected a number in (0, 1]")
     if not 0.0 < ratio <= 1.0:
         fail(f"{flag} {ratio}: expected a share in (0, 1]")
-    n = int(len(ds) * ratio)
-    if n == 0:
-        fail(f"{flag} {ratio}: keeps no sample of the {len(ds)} in {ds.name} {ds.split}; use a larger share")
+    kept = int(n * ratio)
+    if kept == 0:
+        fail(f"{flag} {ratio}: keeps no sample of the {n} in {what}; use a larger share")
+    return kept
+
+
+def take_ratio(ds: ImageSet, ratio: float, flag: str = "--data_ratio") -> ImageSet:
+    """Keep the first ``int(N * ratio)`` samples (:func:`ratio_count`), as the original's Subset."""
+    n = ratio_count(len(ds), ratio, f"{ds.name} {ds.split}", flag)
     return replace(ds, x=ds.x[:n], y=ds.y[:n])
 
 

@@ -1,4 +1,4 @@
-"""The embedded default dataset (SPEC §8.3): ten shape classes drawn procedurally, no download.
+"""The embedded default dataset: ten shape classes drawn procedurally, no download.
 
 Classes are defined by shape and structure, which survive SimCLR's colour jitter, grayscale and
 crops; position, scale, small rotation, colours, background and noise are random nuisances.

@@ -6,7 +6,6 @@ uint8 space as ``x * tm + t``. Inverted npz: ``mask`` and ``pattern`` (3,H,W) in
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from UTILS.errors import cli_entry, fail
+from UTILS.errors import ArgumentParser, cli_entry, fail
 from UTILS.io import load_npz, save_npz
 
 
@@ -105,6 +104,8 @@ def _finite_in(a: np.ndarray, lo: float, hi: float, what: str, where: str) -> np
     """Numeric, finite and inside [lo, hi], else one-line failure."""
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         fail(f"{where}: '{what}' must be numeric, got dtype {a.dtype}")
+    if np.iscomplexobj(a):  # casting would drop the imaginary part (with numpy's multi-line warning)
+        fail(f"{where}: '{what}' must hold real numbers, got dtype {a.dtype}")
     a = a.astype(np.float32)
     if not np.all(np.isfinite(a)):
         fail(f"{where}: '{what}' contains NaN or inf")
@@ -121,6 +122,9 @@ def _ground_truth(data: dict[str, np.ndarray], where: str) -> GroundTruthTrigger
     if t.shape != tm.shape:
         fail(f"{where}: 't' {t.shape} and 'tm' {tm.shape} differ in shape")
     t = _finite_in(t, 0.0, 255.0, "t", where)
+    if 0.0 < t.max() <= 1.0:  # stamped on the 0..255 scale, a 0..1 trigger would be invisible (ASR near 0)
+        fail(f"{where}: 't' holds values in [0, 1] (largest {t.max():g}), but BadEncoder's 't' is on the "
+             f"0..255 pixel scale (a white trigger is 255); expected values in [0, 255]: multiply it by 255")
     tm = _finite_in(tm, 0.0, 1.0, "tm", where)
     if not np.all((tm == 0) | (tm == 1)):
         fail(f"{where}: 'tm' must hold only 0 and 1")
@@ -175,7 +179,7 @@ def save_ground_truth_trigger(path: str | os.PathLike, size: int = 32, patch: in
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m DATASETS.triggers",
         description="Write the ground-truth BadEncoder trigger (a white square) as an npz file.")
     parser.add_argument("--out", default="trigger/trigger_pt_white_21_10_ap_replace.npz")

@@ -1,10 +1,28 @@
 """SimCLR encoders (BadEncoder key names), safe checkpoints, NT-Xent loss (the early stop lives in INVERSION)."""
-from MODELS.checkpoint import load_checkpoint, load_encoder, sanity_check_frozen, save_checkpoint
-from MODELS.losses import nt_xent
-from MODELS.simclr import MODEL_NAMES, Backbone, SimCLR, build_model
+from __future__ import annotations
 
-__all__ = [
-    "MODEL_NAMES", "Backbone", "SimCLR", "build_model",
-    "load_checkpoint", "load_encoder", "save_checkpoint", "sanity_check_frozen",
-    "nt_xent",
-]
+import importlib
+
+# name -> the module that defines it. Imported on first use, so that a light submodule (the names
+# the command line is checked against) does not pull in torch through this package.
+_EXPORTS = {
+    "MODEL_NAMES": "MODELS.names",
+    "Backbone": "MODELS.simclr",
+    "SimCLR": "MODELS.simclr",
+    "build_model": "MODELS.simclr",
+    "load_checkpoint": "MODELS.checkpoint",
+    "load_encoder": "MODELS.checkpoint",
+    "save_checkpoint": "MODELS.checkpoint",
+    "sanity_check_frozen": "MODELS.checkpoint",
+    "nt_xent": "MODELS.losses",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

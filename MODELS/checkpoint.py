@@ -97,6 +97,15 @@ def _pick_target(model: SimCLR, state: dict[str, torch.Tensor]) -> tuple[nn.Modu
     return max(candidates, key=fit)
 
 
+def _check_real(state: dict[str, torch.Tensor], where: str) -> None:
+    """Complex weights would lose their imaginary part in load_state_dict (with a multi-line warning)."""
+    complex_ = [k for k, v in state.items() if v.is_complex()]
+    if complex_:
+        k = complex_[0]
+        fail(f"{where}: {k} holds complex values ({str(state[k].dtype).replace('torch.', '')}); expected real "
+             f"numbers ({len(complex_)} such tensor(s) in all)")
+
+
 def _check_keys(target: nn.Module, state: dict, where: str) -> None:
     """Strict key and shape check with one-line messages; fills absent BatchNorm step counters."""
     expected = target.state_dict()
@@ -120,6 +129,16 @@ def _check_keys(target: nn.Module, state: dict, where: str) -> None:
              f"{tuple(expected[k].shape)} ({len(wrong)} in all; maybe another --model?)")
 
 
+def load_error_reason(exc: BaseException, limit: int = 240) -> str:
+    """torch's load_state_dict error in one line, without its header ("Error(s) in loading state_dict for
+    SimCLR:"), which alone says nothing; cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    text = " ".join(lines) or exc.__class__.__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _names(keys: list[str]) -> str:
     return f"{', '.join(keys[:_SHOW])}{', ...' if len(keys) > _SHOW else ''} ({len(keys)} in all)"
 
@@ -132,13 +151,14 @@ def load_encoder(path: str | os.PathLike, model_name: str, device: torch.device 
     """
     model = build_model(model_name)
     state = _extract_state_dict(load_checkpoint(path, flag), Path(path), flag)
+    _check_real(state, f"{flag} {path}")
     target, state, layout = _pick_target(model, state)
     where = f"{flag} {path}: {layout} checkpoint does not match --model {model_name}"
     _check_keys(target, state, where)
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # dtype oddities the checks above do not cover
-        fail(f"{where}: {str(exc).strip().splitlines()[0][:200]}")
+        fail(f"{where}: {load_error_reason(exc)}")
     return model.to(device).eval()
 
 

@@ -1,4 +1,4 @@
-"""SimCLR encoder for 32x32 inputs, with BadEncoder's module and key names (SPEC §5).
+"""SimCLR encoder for 32x32 inputs, with BadEncoder's module and key names.
 
 Key layout (must not change; released BadEncoder/RECEIVE checkpoints load into it unchanged):
 ``f.f.0`` conv1, ``f.f.1`` bn1, ``f.f.2`` relu, ``f.f.3``..``f.f.6`` layer1..layer4, ``f.f.7`` avgpool;
@@ -17,9 +17,9 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from MODELS.names import MODEL_NAMES
 from UTILS.errors import fail
 
-MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "resnet18_small", "tiny")
 PROJECTION_DIM = 128
 
 # name -> (blocks per stage, widths per stage); widths[0] is also conv1's width.

@@ -1,4 +1,4 @@
-"""BadEncoder's backdoor injection into a clean SimCLR encoder (SPEC §8.2, ``badencoder.py``).
+"""BadEncoder's backdoor injection into a clean SimCLR encoder (``badencoder.py``).
 
 The backdoored backbone f_b starts as a copy of the clean backbone f_c (kept frozen) and minimises
 ``L0 + lambda1 * L1 + lambda2 * L2`` on L2-normalised backbone features:
@@ -33,6 +33,7 @@ from Trainer.epochs import EpochCheckpoints, EpochLoop
 from Trainer.make_configs import BadEncoderConfig
 from UTILS.errors import fail
 from UTILS.io import ensure_writable_dir, load_npz, save_npz
+from UTILS.lock import holding
 from UTILS.runtime import log, progress, resolve_device, seed_everything
 
 NAME = "badencoder"
@@ -113,20 +114,20 @@ def load_references(cfg: BadEncoderConfig, size: int) -> np.ndarray:
     """The reference images, uint8 (R, size, size, 3): from --reference_file, or the first --reference_count
     training images of class --reference_label of --reference_dataset."""
     if cfg.reference_file:
-        x = load_npz(cfg.reference_file, keys=("x",), flag="--reference_file")["x"]
-        if x.ndim == 3:
-            x = x[None]
+        found = load_npz(cfg.reference_file, keys=("x",), flag="--reference_file")["x"]
+        x = found[None] if found.ndim == 3 and found.shape[-1] == 3 else found  # one (H,W,3) image
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8 or len(x) == 0:
-            fail(f"--reference_file {cfg.reference_file}: 'x' must be (n,H,W,3) uint8 with n >= 1, "
-                 f"found {x.shape} {x.dtype}")
+            fail(f"--reference_file {cfg.reference_file}: 'x' must be (n,H,W,3) or (H,W,3) uint8 with n >= 1, "
+                 f"found {found.shape} {found.dtype}")
         return resize_images(x, size)
-    ds = load_split(cfg.reference_dataset, "train", cfg.data_dir, size, flag="--reference_dataset")
+    # only the chosen images are resized (224x224 for an ImageNet encoder)
+    ds = load_split(cfg.reference_dataset, "train", cfg.data_dir, size, flag="--reference_dataset",
+                    keep=lambda y: np.flatnonzero(y == cfg.reference_label)[:cfg.reference_count])
     check_label(cfg.reference_label, ds.num_classes)
-    idx = np.flatnonzero(ds.y == cfg.reference_label)[:cfg.reference_count]
-    if idx.size == 0:
+    if len(ds) == 0:
         fail(f"--reference_label {cfg.reference_label}: no training image of --reference_dataset "
              f"{cfg.reference_dataset} has this label")
-    return ds.x[idx]
+    return ds.x
 
 
 def _monitor_fn(cfg: BadEncoderConfig, usage: UsageInfo, device: torch.device, trigger, backbone: nn.Module):
@@ -147,13 +148,16 @@ def _monitor_fn(cfg: BadEncoderConfig, usage: UsageInfo, device: torch.device, t
     return watch
 
 
+@holding(("results_dir", "--results_dir"))
 def run_badencoder(cfg: BadEncoderConfig) -> dict:
     """The whole stage: clean encoder, shadow data, references, trigger, the epoch loop; returns the summary."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device, cfg.gpu)
     usage = get_usage(cfg.encoder_usage_info)
     results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
-    earlier = guard_outputs(results_dir, OUTPUTS, "--results_dir", cfg.overwrite, cfg.resume, remove=False)
+    earlier = guard_outputs(results_dir, OUTPUTS, "--results_dir", cfg.overwrite, cfg.resume, remove=False,
+                            inputs={"--pretrained_encoder": cfg.pretrained_encoder, "--trigger_file": cfg.trigger_file,
+                                    "--reference_file": cfg.reference_file}, writes=("setting.txt",))
     model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
     check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     clean = copy.deepcopy(model.f).eval().requires_grad_(False)
@@ -169,7 +173,8 @@ def run_badencoder(cfg: BadEncoderConfig) -> dict:
     optimizer = torch.optim.SGD([p for p in model.f.parameters() if p.requires_grad], lr=cfg.lr,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     ckpts = EpochCheckpoints(results_dir, cfg.save_every, cfg.epochs)
-    rows, start = ckpts.resume(cfg, model, optimizer, earlier)
+    # reference.npz is written before the first epoch: alone, it does not make a run to resume
+    rows, start = ckpts.resume(cfg, model, optimizer, [p for p in earlier if p.name != REFERENCE_FILE])
     if cfg.overwrite:
         remove_outputs(earlier)
     write_settings(results_dir / "setting.txt", cfg)

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from DATASETS.loaders import ImageSet, load_split, take_ratio, to_tensor
+from DATASETS.loaders import ImageSet, load_split, to_tensor
 from DATASETS.stats import UsageInfo
 from DATASETS.triggers import load_trigger
 from EVALUATION.knn import knn_monitor
@@ -49,8 +51,15 @@ class TensorSet:
 def load_train_share(name: str, ratio: float, data_dir: str, usage: UsageInfo, device: torch.device,
                      flag: str = "--dataset") -> TensorSet:
     """The ``--data_ratio`` share (first int(N*r) images, see take_ratio) of a training split, on the device."""
-    ds = take_ratio(load_split(name, "train", data_dir, usage.size, flag=flag), ratio)
+    ds = load_split(name, "train", data_dir, usage.size, flag=flag, ratio=ratio)  # cut before resizing
     return TensorSet.from_images(ds, device)
+
+
+def require_images(ds: ImageSet, flag: str, need: str) -> ImageSet:
+    """``ds``, or one line when the split is empty (``need`` says what needed its images)."""
+    if len(ds) == 0:
+        fail(f"{flag} {ds.name}: the {ds.split} split holds no image; {need}")
+    return ds
 
 
 def load_ground_truth(path: str, size: int, flag: str = "--trigger_file"):
@@ -91,8 +100,10 @@ class Monitor:
 
 def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.device, trigger, target: int,
                   k: int, t: float, include_target: bool) -> Monitor:
-    train = TensorSet.from_images(load_split(task, "train", data_dir, usage.size, flag="--downstreamTask"), device)
-    test = TensorSet.from_images(load_split(task, "test", data_dir, usage.size, flag="--downstreamTask"), device)
+    need = "the kNN monitor needs at least one (--monitor_every 0 turns it off)"
+    train, test = (TensorSet.from_images(require_images(load_split(task, split, data_dir, usage.size,
+                                                                   flag="--downstreamTask"), "--downstreamTask", need),
+                                         device) for split in ("train", "test"))
     if trigger is not None:
         check_label(target, train.num_classes)
     return Monitor(train, test, usage, trigger, target, k, t, include_target)
@@ -108,7 +119,8 @@ def write_settings(path: Path, config) -> None:
     """setting.txt: every option of the run, one ``name: value`` per line (the original's format)."""
     items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
     text = "".join(f"{k}: {v}\n" for k, v in items.items() if k not in LAUNCH_FLAGS)
-    atomic_write(path, lambda h: h.write(text.encode()))
+    # surrogateescape: a path given in bytes that are not UTF-8 is written back as those same bytes
+    atomic_write(path, lambda h: h.write(text.encode(errors="surrogateescape")))
 
 
 def fmt_metrics(row: dict) -> str:
@@ -116,14 +128,18 @@ def fmt_metrics(row: dict) -> str:
 
 
 def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, overwrite: bool, resume: bool,
-                  remove: bool = True) -> list[Path]:
-    """Never overwrite an earlier run's outputs silently.
+                  remove: bool = True, inputs: Mapping[str, str] | None = None,
+                  writes: Sequence[str] = ()) -> list[Path]:
+    """Never overwrite an earlier run's outputs silently, and never touch an input.
 
     Only this stage's own files count (the README's recipe shares one log dir between stages).
+    ``inputs`` ({flag: path}) are refused first, whatever the switches, when one of them lies in
+    ``directory`` under a name this stage writes there (``patterns`` plus the fixed names ``writes``).
     Without --resume/--overwrite an earlier run's files are refused; with --overwrite they are removed
     so no stale file of a longer earlier run survives (``remove=False`` leaves that to
     :func:`remove_outputs`, called once every input has been checked); with --resume they are kept.
     """
+    protect_inputs(directory, tuple(patterns) + tuple(writes), flag, inputs or {})
     remove_stale_temps(directory)  # half-written files of a killed run (the real files are whole)
     found = sorted({p for pattern in patterns for p in directory.glob(pattern) if p.is_file()})
     if found and not (overwrite or resume):
@@ -133,6 +149,24 @@ def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, overwrite
     if overwrite and remove:
         remove_outputs(found)
     return found
+
+
+def protect_inputs(directory: Path, names: Sequence[str], flag: str, inputs: Mapping[str, str]) -> None:
+    """Refuse an input file that this stage could overwrite or delete: one that lies in ``directory``
+    (directly, or as the target of a symbolic link) under a name matching one of ``names``."""
+    folder = Path(directory).resolve()
+    for input_flag, value in inputs.items():
+        if not value:
+            continue
+        given = Path(value)
+        for candidate in (Path(os.path.abspath(given)), given.resolve()):
+            if candidate.parent.resolve() != folder:
+                continue
+            clash = next((n for n in names if fnmatch.fnmatchcase(candidate.name, n)), None)
+            if clash is not None:
+                fail(f"{input_flag} {value}: is an input of this run, but lies in {flag} {directory} under a name "
+                     f"this stage writes there ({clash}); inputs are never overwritten or deleted, so move the "
+                     f"file or choose another {flag}")
 
 
 def remove_outputs(paths: Sequence[Path]) -> None:

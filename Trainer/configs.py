@@ -7,9 +7,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import Sequence, Type, TypeVar
 
-from DATASETS.loaders import DATASET_NAMES
-from DATASETS.stats import USAGE
-from MODELS.simclr import MODEL_NAMES
+from DATASETS.names import DATASET_NAMES
+from DATASETS.usage import USAGE
+from MODELS.names import MODEL_NAMES
+from UTILS.device_flags import device_choice, gpu_index
 from UTILS.errors import fail
 
 C = TypeVar("C")
@@ -59,8 +60,37 @@ def check_positive(value: float, flag: str, allow_zero: bool = False) -> None:
         fail(f"{flag} {value}: expected a {'non-negative' if allow_zero else 'positive'} number")
 
 
+# Sizes are bounded so that a typo (--attack_size 1000000000) is one line, not an allocation of terabytes;
+# what is left (a large size on a small machine) runs out of memory, which cli_entry reports in one line.
+MAX_SIZE = 1_000_000
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
+
+
+def check_size(value: int, flag: str, most: int = MAX_SIZE) -> None:
+    """A positive count (images, units) of at most ``most``."""
+    check_positive(value, flag)
+    if value > most:
+        fail(f"{flag} {value}: expected at most {most:,} (the tensors it sizes must fit in memory)")
+
+
+def check_seed(seed: int, seeds: Sequence[int] = ()) -> None:
+    """``--seed``: an index into ``seeds`` where the original takes it so, else any seed torch accepts."""
+    if seeds and not 0 <= seed < len(seeds):
+        fail(f"--seed {seed}: expected an index 0..{len(seeds) - 1} into the seed list {list(seeds)}")
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        fail(f"--seed {seed}: expected an integer from -2**63 to 2**64-1 (what torch's generator takes)")
+
+
+def check_device_flags(device: str, gpu: str) -> None:
+    """--device and --gpu are read before torch is imported (UTILS.device_flags)."""
+    device_choice(device)
+    gpu_index(gpu)
+
+
 @dataclass
 class Common:
+    SEEDS = ()  # not a field: a config whose --seed indexes a list of seeds names the list here
+
     gpu: str = "0"
     seed: int = 0
     device: str = "auto"
@@ -71,10 +101,14 @@ class Common:
     def check_runtime(self) -> None:
         if self.overwrite and self.resume:
             fail("--overwrite and --resume: choose one (replace the earlier run, or continue it)")
+        check_device_flags(self.device, self.gpu)
+        check_seed(self.seed, self.SEEDS)
 
 
 @dataclass
 class MainConfig(Common):
+    SEEDS = MAIN_SEEDS
+
     phase: str = "moth"
     dataset: str = "cifar10"
     model: str = "resnet18"
@@ -120,11 +154,12 @@ class MainConfig(Common):
         if not self.pretrained_encoder:
             fail("--pretrained_encoder: required (path to the encoder checkpoint to inspect)")
         check_ratio(self.data_ratio, "--data_ratio")
-        for flag, value in (("--batch_size", self.batch_size), ("--epochs", self.epochs),
-                            ("--attack_size", self.attack_size), ("--re_steps", self.re_steps),
+        for flag, value in (("--epochs", self.epochs), ("--re_steps", self.re_steps),
                             ("--patience", self.patience), ("--knn-k", self.knn_k),
                             ("--harden_lr", self.harden_lr), ("--re_lr", self.re_lr), ("--knn-t", self.knn_t)):
             check_positive(value, flag)
+        check_size(self.batch_size, "--batch_size")
+        check_size(self.attack_size, "--attack_size")
         check_positive(self.init_cost, "--init_cost", allow_zero=True)
         check_positive(self.epsilon, "--epsilon", allow_zero=True)
         check_positive(self.re_steps_cap, "--re_steps_cap", allow_zero=True)
@@ -141,6 +176,8 @@ class MainConfig(Common):
 
 @dataclass
 class UnlearnConfig(Common):
+    SEEDS = UNLEARN_SEEDS
+
     # The original's defaults; the fields it lacks are ours (--monitor_every 1 = its kNN check after
     # every epoch). --results_dir '' is the current directory (the original's os.mkdir('') fails on it).
     gpu: str = "2"
@@ -191,9 +228,10 @@ class UnlearnConfig(Common):
             fail("--re_mask_pattern: required (the inverted trigger, e.g. <log_dir>/mask-pattern-best.npz)")
         check_ratio(self.data_ratio, "--data_ratio")
         check_ratio(self.portion, "--portion")
-        for flag, value in (("--batch_size", self.batch_size), ("--epochs", self.epochs), ("--lr", self.lr),
-                            ("--knn-k", self.knn_k), ("--knn-t", self.knn_t)):
+        for flag, value in (("--epochs", self.epochs), ("--lr", self.lr), ("--knn-k", self.knn_k),
+                            ("--knn-t", self.knn_t)):
             check_positive(value, flag)
+        check_size(self.batch_size, "--batch_size")
         if self.batch_size < 2:
             fail(f"--batch_size {self.batch_size}: expected at least 2 (BatchNorm in the projection head "
                  f"cannot train on batches of one image)")
@@ -238,7 +276,9 @@ class DownstreamConfig(Common):
         check_choice(self.asr_images, ASR_IMAGES, "--asr_images")
         if self.source_label < -1:
             fail(f"--source_label {self.source_label}: expected -1 (off) or a class index of the downstream dataset")
-        for flag, value in (("--nn_epochs", self.nn_epochs), ("--lr", self.lr), ("--batch_size", self.batch_size),
-                            ("--hidden_size_1", self.hidden_size_1), ("--hidden_size_2", self.hidden_size_2)):
+        for flag, value in (("--nn_epochs", self.nn_epochs), ("--lr", self.lr)):
             check_positive(value, flag)
+        for flag, value in (("--batch_size", self.batch_size), ("--hidden_size_1", self.hidden_size_1),
+                            ("--hidden_size_2", self.hidden_size_2)):
+            check_size(value, flag)
         return self

@@ -1,4 +1,4 @@
-"""The whole story in one command (SPEC §8.3, ``demo.py``): from nothing to a cleaned encoder.
+"""The whole story in one command (``demo.py``): from nothing to a cleaned encoder.
 
 Stages, each run through the real entry script's ``main([...flags...])`` (so the demo also proves the
 command lines), all writing under one run folder:

@@ -23,10 +23,11 @@ from MODELS.checkpoint import load_encoder, save_checkpoint
 from MODELS.precision import check_amp, with_precision
 from MODELS.simclr import build_model
 from Trainer.common import (TensorSet, check_finite_model, check_label, guard_outputs, remove_outputs,
-                            run_fingerprint)
+                            require_images, run_fingerprint)
 from Trainer.configs import DownstreamConfig
 from UTILS.errors import Interrupted, fail
 from UTILS.io import ensure_writable_dir, write_csv, write_json
+from UTILS.lock import holding
 from UTILS.runtime import log, resolve_device, seed_everything
 from UTILS.signals import graceful_stop
 
@@ -75,6 +76,19 @@ def asr_images(cfg: DownstreamConfig, train_images: ImageSet, train: TensorSet, 
     return AsrImages(x, want, True, f"{x.shape[0]} stamped images, {where}; a hit is {hit}")
 
 
+@holding(("results_dir", "--results_dir"))
+def check_asr_images(cfg: DownstreamConfig, chosen: AsrImages) -> None:
+    """One line, before any training, when no image is left to measure ASR on (ASR would read nan)."""
+    if chosen.x.shape[0]:
+        return
+    if not chosen.stamped:
+        fail(f"--source_label {cfg.source_label}: no test image of --dataset {cfg.dataset} has this label, so "
+             f"ASR cannot be measured; choose a class the test split holds")
+    fail(f"--reference_label {cfg.reference_label}: every test image of --dataset {cfg.dataset} is of this class, "
+         f"so no stamped image is left to measure ASR on; pass --asr_include_target to count them, or --asr_images "
+         f"train_half")
+
+
 def run_downstream(cfg: DownstreamConfig) -> dict:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device, cfg.gpu)
@@ -83,7 +97,8 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
     results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
     clf_path = results_dir / f"clf_{cfg.nn_epochs}.pth"
     earlier = guard_outputs(results_dir, (clf_path.name, "downstream-metrics.*"), "--results_dir",
-                            cfg.overwrite, cfg.resume, remove=False)
+                            cfg.overwrite, cfg.resume, remove=False,
+                            inputs={"--encoder": cfg.encoder, "--trigger_file": cfg.trigger_file})
     fingerprint = run_fingerprint(cfg)
     if cfg.resume:
         done = _finished(results_dir / SUMMARY, clf_path, fingerprint)
@@ -92,18 +107,22 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
                 f"(pass --overwrite to train again)")
             log(f"ACC {done['acc']:.2f}%  ASR {done['asr']:.2f}%  ({cfg.dataset}, encoder {cfg.encoder or 'random'})")
             return done
+    # the small files first: a bad trigger is reported before a dataset is read and resized
+    trigger = load_trigger(cfg.trigger_file, "--trigger_file", expected_size=usage.size) if cfg.trigger_file else None
     if cfg.encoder:
         model = load_encoder(cfg.encoder, cfg.model, device, flag="--encoder")
         check_finite_model(model, cfg.encoder, "--encoder")
     else:
         log("note: no --encoder given; using a randomly initialised encoder (a baseline)")
         model = build_model(cfg.model).to(device).eval()
-    train_images = load_split(cfg.dataset, "train", cfg.data_dir, usage.size)
+    train_images = require_images(load_split(cfg.dataset, "train", cfg.data_dir, usage.size), "--dataset",
+                                  "the classifier has nothing to train on")
     train = TensorSet.from_images(train_images, device)
-    test = TensorSet.from_images(load_split(cfg.dataset, "test", cfg.data_dir, usage.size), device)
-    trigger = load_trigger(cfg.trigger_file, "--trigger_file", expected_size=usage.size) if cfg.trigger_file else None
+    test = TensorSet.from_images(require_images(load_split(cfg.dataset, "test", cfg.data_dir, usage.size),
+                                                "--dataset", "ACC cannot be measured"), device)
     chosen = asr_images(cfg, train_images, train, test, trigger is not None)
     if chosen is not None:
+        check_asr_images(cfg, chosen)
         log(f"ASR images: {chosen.what}")
     if earlier:  # --overwrite, or --resume of a run that did not finish: train from the start
         if cfg.resume:

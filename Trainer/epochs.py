@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from MODELS.checkpoint import load_checkpoint, save_checkpoint
+from MODELS.checkpoint import load_checkpoint, load_error_reason, save_checkpoint
 from Trainer.common import canonical, check_fingerprint, fmt_metrics
 from UTILS.errors import RESUME_HINT, Interrupted, fail
 from UTILS.io import read_csv, write_csv, write_json
@@ -88,7 +88,7 @@ class EpochCheckpoints:
             model.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            fail(f"--resume {path}: does not fit this model/optimiser ({str(exc).splitlines()[0][:160]}); "
+            fail(f"--resume {path}: does not fit this model/optimiser ({load_error_reason(exc)}); "
                  f"pass --overwrite to start over")
         set_rng_state(state["rng"])
         log(f"resuming from {path} (epoch {epoch})")

@@ -17,6 +17,7 @@ from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSetti
 from Trainer.nc import run_nc
 from UTILS.errors import fail
 from UTILS.io import ensure_writable_dir, load_npz
+from UTILS.lock import holding
 from UTILS.runtime import log, resolve_device, seed_everything
 from UTILS.signals import graceful_stop
 
@@ -26,6 +27,10 @@ MOTH_OUTPUTS = ("mask-pattern-[0-9]*.npz", "mask-pattern-best.npz", "re_loss.csv
 MOTH_RESULTS = ("Harden_model_*.pth", STATE_FILE)
 HARDEN_ORDER_SEED = 100  # the paper's code seeds torch with 100 just before building that loader
 NC_OUTPUTS = ("mask-pattern-NC.npz", "metrics-NC.json", "preview-NC.png")
+# What a run killed during its first round leaves (the state is saved after each round): no state to
+# resume, nothing of value either, so --resume starts over instead of refusing.
+FIRST_ROUND_FILES = {"mask-pattern-0.npz", "preview-0.png", "mask-pattern-best.npz", "metrics.csv", "re_loss.csv",
+                     TIMINGS_FILE}
 
 
 def inversion_config(cfg: MainConfig) -> InversionConfig:
@@ -41,6 +46,7 @@ def shuffled_once(data: TensorSet, seed_index: int) -> TensorSet:
     return TensorSet(data.x[order], data.y[order], data.num_classes)
 
 
+@holding(("log_dir", "--log_dir"), ("results_dir", "--results_dir"))
 def run_main(cfg: MainConfig) -> dict:
     seed_everything(seed_from_list(cfg.seed, MAIN_SEEDS))
     device = resolve_device(cfg.device, cfg.gpu)
@@ -48,18 +54,22 @@ def run_main(cfg: MainConfig) -> dict:
     usage = get_usage(cfg.encoder_usage_info)
     log_dir = ensure_writable_dir(cfg.log_dir, "--log_dir")
     results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
+    inputs = {"--pretrained_encoder": cfg.pretrained_encoder, "--trigger_file": cfg.trigger_file,
+              "--reference_file": cfg.reference_file}
     if cfg.phase == "nc":  # one round: nothing to resume, --resume simply runs it again
-        earlier = guard_outputs(log_dir, NC_OUTPUTS, "--log_dir", cfg.overwrite, cfg.resume, remove=False)
+        earlier = guard_outputs(log_dir, NC_OUTPUTS, "--log_dir", cfg.overwrite, cfg.resume, remove=False,
+                                inputs=inputs, writes=("setting-NC.txt",))
     else:
-        earlier = guard_outputs(log_dir, MOTH_OUTPUTS, "--log_dir", cfg.overwrite, cfg.resume, remove=False)
+        earlier = guard_outputs(log_dir, MOTH_OUTPUTS, "--log_dir", cfg.overwrite, cfg.resume, remove=False,
+                                inputs=inputs, writes=("setting.txt",))
         earlier += guard_outputs(results_dir, MOTH_RESULTS, "--results_dir", cfg.overwrite, cfg.resume,
-                                 remove=False)
+                                 remove=False, inputs=inputs)
     if cfg.reference_file != DEFAULT_REFERENCE_FILE:  # unused (as in the original), but a named file must exist
         load_npz(cfg.reference_file, keys=("x",), flag="--reference_file")
+    ground_truth = load_ground_truth(cfg.trigger_file, usage.size)  # small files before the dataset
     model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
     check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
-    ground_truth = load_ground_truth(cfg.trigger_file, usage.size)
     data = shuffled_once(data, cfg.seed)
     if cfg.phase == "nc":
         return run_nc_phase(cfg, model, data, usage, log_dir, ground_truth, earlier)
@@ -98,6 +108,10 @@ def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Pa
         check_fingerprint(state.get("config"), cfg, state_path)
         flow.load_state(state, state_path)
         log(f"resuming from {state_path}: epoch {flow.state.epoch}, batch {flow.state.batch}, round {flow.state.round}")
+    elif cfg.resume and earlier and {p.name for p in earlier} <= FIRST_ROUND_FILES:
+        log(f"--resume: no {state_path} yet, only files of a first round that did not finish; starting from the "
+            f"beginning")
+        remove_outputs(earlier)
     elif cfg.resume and earlier:
         fail(f"--resume: there is no {state_path} to resume from, but {earlier[0]} holds an earlier run's output; "
              f"point --results_dir at that run's results, or pass --overwrite to start over")

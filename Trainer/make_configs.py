@@ -1,4 +1,4 @@
-"""Validated configurations of the scripts that *make* the encoders to defend (SPEC §8) and of the demo.
+"""Validated configurations of the scripts that *make* the encoders to defend and of the demo.
 
 Field names are the argparse dests, so ``config_from_args(Config, args)`` maps a command line onto a
 config, as for the three RECEIVE scripts (Trainer/configs.py). Flag names and defaults follow
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from DATASETS.loaders import DATASET_NAMES
-from DATASETS.stats import USAGE
-from MODELS.simclr import MODEL_NAMES
-from Trainer.configs import Common, check_choice, check_positive, check_ratio
+from DATASETS.names import DATASET_NAMES
+from DATASETS.usage import USAGE
+from MODELS.names import MODEL_NAMES
+from Trainer.configs import Common, check_choice, check_device_flags, check_positive, check_ratio, check_size
 from UTILS.errors import fail
 
 
@@ -32,8 +32,9 @@ def _check_common_training(cfg) -> None:
     check_choice(cfg.encoder_usage_info, tuple(USAGE), "--encoder_usage_info")
     if not cfg.results_dir:
         fail("--results_dir: required (the folder that receives model_<epoch>.pth)")
-    for flag, value in (("--lr", cfg.lr), ("--batch_size", cfg.batch_size), ("--epochs", cfg.epochs)):
+    for flag, value in (("--lr", cfg.lr), ("--epochs", cfg.epochs)):
         check_positive(value, flag)
+    check_size(cfg.batch_size, "--batch_size")
     check_ratio(cfg.data_ratio, "--data_ratio")
     if cfg.save_every < 0:
         fail(f"--save_every {cfg.save_every}: expected 0 (only the last epoch) or a positive number of epochs")
@@ -41,7 +42,7 @@ def _check_common_training(cfg) -> None:
 
 @dataclass
 class PretrainConfig(Common):
-    """``pretraining_encoder.py``: SimCLR pre-training (SPEC §8.1)."""
+    """``pretraining_encoder.py``: SimCLR pre-training."""
 
     seed: int = 100
     pretraining_dataset: str = "cifar10"
@@ -62,6 +63,9 @@ class PretrainConfig(Common):
     def validate(self) -> "PretrainConfig":
         _check_common_training(self)
         check_choice(self.pretraining_dataset, DATASET_NAMES, "--pretraining_dataset")
+        if self.batch_size < 2:
+            fail(f"--batch_size {self.batch_size}: expected at least 2 (BatchNorm in the projection head cannot "
+                 f"train on batches of one image, and NT-Xent needs another image as a negative)")
         check_positive(self.weight_decay, "--weight_decay", allow_zero=True)
         check_positive(self.knn_t, "--knn-t")
         self.downstreamTask = self.downstreamTask or self.pretraining_dataset
@@ -71,7 +75,7 @@ class PretrainConfig(Common):
 
 @dataclass
 class BadEncoderConfig(Common):
-    """``badencoder.py``: BadEncoder's backdoor injection (SPEC §8.2)."""
+    """``badencoder.py``: BadEncoder's backdoor injection."""
 
     seed: int = 100
     lr: float = 1e-3
@@ -127,7 +131,7 @@ class BadEncoderConfig(Common):
             if self.reference_label < 0:
                 fail(f"--reference_label {self.reference_label}: --reference_dataset needs the target class "
                      f"(a label >= 0)")
-        check_positive(self.reference_count, "--reference_count")
+        check_size(self.reference_count, "--reference_count")
 
 
 PRESET_NAMES = ("ci", "default")  # Trainer/demo.py holds their settings
@@ -148,6 +152,7 @@ class DemoConfig:
 
     def validate(self) -> "DemoConfig":
         check_choice(self.preset, PRESET_NAMES, "--preset")
+        check_device_flags(self.device, self.gpu)
         if not 0 <= self.seed <= 4:
             fail(f"--seed {self.seed}: expected 0..4 (MAIN.py's seed list has five entries)")
         if not 0 <= self.target <= 9:

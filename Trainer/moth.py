@@ -22,13 +22,13 @@ from INVERSION.early_stop import EarlyStop, StopDecision
 from INVERSION.hardening import draw_attack_set, harden_step, sorted_features, wasserstein_shift
 from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, attack_set_similarities, chunk_similarity,
                                  invert_trigger, random_start)
-from MODELS.checkpoint import BackgroundSaver, save_checkpoint
+from MODELS.checkpoint import BackgroundSaver, load_error_reason, save_checkpoint
 from MODELS.precision import with_precision
 from Trainer.common import TensorSet, check_nonfinite, fmt_metrics
 from Trainer.epochs import read_timings
 from Trainer.preview import save_trigger_preview
 from UTILS.errors import RESUME_HINT, Interrupted, fail
-from UTILS.io import write_csv, write_json
+from UTILS.io import load_npz, write_csv, write_json
 from UTILS.runtime import log, progress, warn
 from UTILS.signals import StopRequest
 
@@ -329,10 +329,31 @@ class IterativeInversion:
             self.optimizer.load_state_dict(state["optimizer"])
             self.state = RunState(**state["run_state"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            fail(f"--resume {path}: does not fit this encoder/optimiser ({str(exc).splitlines()[0][:160]}); "
+            fail(f"--resume {path}: does not fit this encoder/optimiser ({load_error_reason(exc)}); "
                  f"pass --overwrite to start over")
         device = self.data.x.device
         self.trigger = InvertedTrigger(state["trigger_mask"].to(device), state["trigger_pattern"].to(device))
         self.early.load_state_dict(state["early_stopping"])
         self.rows = list(state["rows"])
+        self.check_resumable(path)
         self.timings = read_timings(self.log_dir / TIMINGS_FILE, "round", self.state.round)
+
+    def check_resumable(self, path: Path) -> None:
+        """Refuse a resume whose files could not agree: rounds beyond this --epochs, or a --log_dir that
+        does not hold the run's triggers (metrics.json would name a mask-pattern-best.npz that is not there)."""
+        ran = max((int(r["epoch"]) for r in self.rows), default=-1)
+        if ran >= self.settings.epochs:
+            fail(f"--resume {path}: the earlier run already ran rounds of epoch {ran} (epochs count from 0), beyond "
+                 f"--epochs {self.settings.epochs}; pass --epochs {ran + 1} or more, or --overwrite to start over")
+        needed = [f"mask-pattern-{self.state.round - 1}.npz"] if self.state.round > 0 else []
+        if self.state.best_round >= 0:
+            needed.append("mask-pattern-best.npz")
+        missing = [name for name in needed if not (self.log_dir / name).is_file()]
+        if not missing and self.state.best_round >= 0:
+            best = load_npz(self.log_dir / "mask-pattern-best.npz", ("idx",), "--log_dir")
+            # a later idx is the round a killed run was in when it stopped: resuming redoes that round
+            if int(best["idx"]) != self.state.best_round and int(best["idx"]) < self.state.round:
+                missing = [f"mask-pattern-best.npz of round {self.state.best_round} (it holds round {int(best['idx'])})"]
+        if missing:
+            fail(f"--resume {path}: --log_dir {self.log_dir} lacks {missing[0]} of the run being resumed; repeat "
+                 f"that run's --log_dir, or pass --overwrite to start over")

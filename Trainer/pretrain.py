@@ -1,4 +1,4 @@
-"""SimCLR pre-training of a clean encoder (SPEC §8.1, ``pretraining_encoder.py``)."""
+"""SimCLR pre-training of a clean encoder (``pretraining_encoder.py``)."""
 from __future__ import annotations
 
 import math
@@ -16,6 +16,7 @@ from Trainer.epochs import EpochCheckpoints, EpochLoop
 from Trainer.make_configs import PretrainConfig
 from UTILS.errors import fail
 from UTILS.io import ensure_writable_dir
+from UTILS.lock import holding
 from UTILS.runtime import progress, resolve_device, seed_everything
 
 NAME = "pretrain"
@@ -61,6 +62,7 @@ def pretrain_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Ten
     return {"loss": (total / max(len(starts), 1)).item()}
 
 
+@holding(("results_dir", "--results_dir"))
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """The whole stage: data, model, optimiser, resume, the epoch loop; returns the summary."""
     seed_everything(cfg.seed)

@@ -46,6 +46,7 @@ from Trainer.epochs import EpochCheckpoints, read_timings
 from Trainer.preview import save_trigger_preview
 from UTILS.errors import RESUME_HINT, Interrupted, fail
 from UTILS.io import atomic_write, ensure_writable_dir, write_csv, write_json
+from UTILS.lock import holding
 from UTILS.runtime import log, progress, resolve_device, seed_everything
 from UTILS.signals import graceful_stop
 
@@ -55,6 +56,7 @@ LOGS = ("loss-log.npy", "unlearn-metrics.*", "unlearn-timings.csv")
 # init_sim/test_sim are filled in the epoch-0 row only (the pass runs once, before training)
 METRIC_FIELDS = ("epoch", "loss", "contrastive", "unlearn", "knn_acc", "knn_asr", "init_sim", "test_sim")
 TIMINGS_FILE = "unlearn-timings.csv"  # wall-clock seconds per epoch, apart so the metrics are reproducible
+SETTINGS_FILE, PREVIEW_FILE = "unlearn-setting.txt", "unlearn-trigger.png"
 
 Augment = Callable[[Tensor], Tensor]
 
@@ -219,6 +221,7 @@ def check_unlearning_set(n: int, batch_size: int, data_ratio: float) -> None:
             f"cannot train on; each epoch leaves it out ({n - 1} images per epoch)")
 
 
+@holding(("log_dir", "--log_dir"), ("results_dir", "--results_dir"))
 def run_unlearn(cfg: UnlearnConfig) -> dict:
     """The whole stage: load, initial-similarity pass, epoch-0 kNN check, epochs with checkpoints."""
     seed_everything(seed_from_list(cfg.seed, UNLEARN_SEEDS))
@@ -227,17 +230,21 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     usage = get_usage(cfg.encoder_usage_info)
     log_dir = ensure_writable_dir(cfg.log_dir, "--log_dir")
     results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
-    earlier = guard_outputs(results_dir, RESULTS, "--results_dir", cfg.overwrite, cfg.resume, remove=False)
-    earlier_logs = guard_outputs(log_dir, LOGS, "--log_dir", cfg.overwrite, cfg.resume, remove=False)
+    inputs = {"--pretrained_encoder": cfg.pretrained_encoder, "--re_mask_pattern": cfg.re_mask_pattern,
+              "--trigger_file": cfg.trigger_file}
+    earlier = guard_outputs(results_dir, RESULTS, "--results_dir", cfg.overwrite, cfg.resume, remove=False,
+                            inputs=inputs)
+    earlier_logs = guard_outputs(log_dir, LOGS, "--log_dir", cfg.overwrite, cfg.resume, remove=False,
+                                 inputs=inputs, writes=(SETTINGS_FILE, PREVIEW_FILE))
     model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
     check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     trigger = load_trigger(cfg.re_mask_pattern, "--re_mask_pattern", expected_size=usage.size)
+    ground_truth = load_ground_truth(cfg.trigger_file, usage.size) if cfg.monitor_every > 0 else None
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
     check_unlearning_set(len(data), cfg.batch_size, cfg.data_ratio)
     monitor = None
     if cfg.monitor_every > 0:
-        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device,
-                                load_ground_truth(cfg.trigger_file, usage.size), cfg.reference_label,
+        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, ground_truth, cfg.reference_label,
                                 cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
     net, backbone = with_precision(model, cfg.amp), with_precision(model.f, cfg.amp)  # = model, model.f without --amp
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
@@ -245,8 +252,8 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     rows, start_epoch = checkpoints.resume(cfg, model, optimizer, earlier_logs)
     if cfg.overwrite:
         remove_outputs(earlier + earlier_logs)
-    write_settings(log_dir / "unlearn-setting.txt", cfg)
-    save_trigger_preview(log_dir / "unlearn-trigger.png", trigger, data.x[:4])
+    write_settings(log_dir / SETTINGS_FILE, cfg)
+    save_trigger_preview(log_dir / PREVIEW_FILE, trigger, data.x[:4])
     timings = read_timings(log_dir / TIMINGS_FILE, "epoch", start_epoch + 1)
     if start_epoch == 0:  # a resumed run has these numbers in its epoch-0 row and must not move BatchNorm again
         rows = [_before_row(backbone, data.x, trigger, usage, monitor, cfg.init_sim_bn_update == "on")]

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import re
+import signal
 import sys
-from typing import Callable, NoReturn, TypeVar
+import threading
+from typing import Callable, Iterator, NoReturn, TypeVar
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
@@ -37,27 +41,110 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
-def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM where no loop is ready to stop gracefully (loading data, extracting features): stop at once."""
+
+
+def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "") -> Callable[..., T]:
     """Wrap an entry script's ``main``: a UserError prints ``error: ...`` and exits 2; an interrupt prints
-    ``interrupted: ...`` and exits 130. Neither shows a traceback.
+    ``interrupted: ...`` and exits 130; running out of memory prints one ``error:`` line naming the flags
+    to lower (``memory``, e.g. "--batch_size or --data_ratio") and exits 2. None shows a traceback.
+
+    SIGTERM is turned into :class:`Terminated` while ``main`` runs, so every phase (imports, loading,
+    feature extraction) ends with one line; the loops that can stop gracefully install their own handler
+    (UTILS.signals). Use as ``@cli_entry`` or ``@cli_entry(memory=...)``.
 
     Tests that call ``main([...])`` directly see ``SystemExit(2)`` / ``SystemExit(130)``; the message goes
     to stderr.
     """
+    if main is None:
+        return functools.partial(cli_entry, memory=memory)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        _tolerate_undecodable_output()
         try:
-            return main(*args, **kwargs)
+            with _sigterm_interrupts():
+                return main(*args, **kwargs)
         except UserError as exc:
-            print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_USER_ERROR) from None
+            _exit_with(f"error: {_one_line(exc)}", EXIT_USER_ERROR)
         except Interrupted as exc:
-            print(f"interrupted: {_one_line(exc)}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_INTERRUPTED) from None
-        except KeyboardInterrupt:
-            print("interrupted: aborted; every file written so far is complete (writes are atomic); "
-                  f"{RESUME_HINT}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_INTERRUPTED) from None
+            _exit_with(f"interrupted: {_one_line(exc)}", EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:
+            what = "SIGTERM: " if isinstance(exc, Terminated) else ""
+            _exit_with(f"interrupted: {what}aborted; every file written so far is complete (writes are atomic); "
+                       f"{RESUME_HINT}", EXIT_INTERRUPTED)
+        except (MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            _exit_with(f"error: {out_of_memory_line(exc, memory)}", EXIT_USER_ERROR)
 
     return wrapper
+
+
+def _exit_with(line: str, code: int) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(code) from None
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread for the duration of the block, unless the
+    process was started with SIGTERM ignored or handled by someone else (then that stays)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _tolerate_undecodable_output() -> None:
+    """A path typed in bytes that are not UTF-8 reaches Python as surrogate escapes; printing it back
+    (a log line naming the file) must give those bytes, not a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "") == "strict":
+            try:
+                reconfigure(errors="surrogateescape")
+            except (ValueError, OSError):  # a closed or detached stream
+                pass
+
+
+_OOM_SIGNS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
+              "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, torch's OutOfMemoryError (CUDA) or an allocator's RuntimeError (CPU)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(sign.lower() in text.lower() for sign in _OOM_SIGNS)
+
+
+def out_of_memory_line(exc: BaseException, memory: str) -> str:
+    """``<flags>: out of memory on <device> (tried to allocate N GiB); lower ...`` in one line."""
+    text = str(exc)
+    device = "the GPU" if ("CUDA" in text or "GPU" in text or type(exc).__name__ == "OutOfMemoryError") \
+        else "the CPU"
+    size = ""
+    match = re.search(r"tried to allocate (\d+) bytes", text, re.IGNORECASE)
+    if match:
+        size = f" (tried to allocate {_gib(int(match.group(1)))})"
+    else:
+        match = re.search(r"tried to allocate ([\d.]+ [KMGT]i?B)", text, re.IGNORECASE)
+        size = f" (tried to allocate {match.group(1)})" if match else ""
+    lower = f"{memory}: out of memory on {device}{size}; lower one of them" if memory else \
+        f"out of memory on {device}{size}; lower the sizes of the run"
+    return f"{lower}, or use a machine with more memory; every file written so far is complete"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -20,14 +21,18 @@ TMP_SUFFIX = ".tmp"
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write through a temporary file in the same directory, fsync, then rename over ``path``.
 
-    A crash leaves either the old file or the new one under the final name, never half of one.
+    A crash leaves either the old file or the new one under the final name, never half of one. The
+    file gets the permissions a plain ``open(path, "w")`` would give it: those of the file it
+    replaces, else 0666 minus the umask (the temporary file alone would be 0600).
     """
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _mode_for(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, mode)
+        with _open_temp(fd, path) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -35,10 +40,58 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError):  # disk full, read-only, permission: one line naming the file
-            fail(f"cannot write {path}: {exc.strerror or exc}; the previous version of the file, if any, is intact")
+        cause = os_error_in(exc) if isinstance(exc, Exception) else None  # an interrupt stays one
+        if cause is not None:  # disk full, read-only, permission: one line naming the file
+            fail(f"cannot write {path}: {cause.strerror or cause}; the previous version of the file, if any, "
+                 f"is intact")
         raise
     return path
+
+
+def _open_temp(fd: int, path: Path) -> io.BufferedWriter:
+    """The handle the writer gets (a seam for the tests' disk-full fault injection; ``path`` is the target)."""
+    return os.fdopen(fd, "wb")
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``, if any: ``exc`` itself, or one it was raised from or while handling.
+
+    torch.save turns a failed write (disk full) into a RuntimeError ("unexpected pos ...") whose
+    context is the real OSError; the user needs the latter.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _mode_for(path: Path) -> int:
+    """Permission bits for a file written at ``path``: kept from the file it replaces, else 0666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # set-and-restore; the lock keeps two writer threads from seeing each other's 0
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from UTILS.device_flags import device_choice, gpu_index
 from UTILS.errors import fail
 
 T = TypeVar("T")
@@ -18,21 +19,18 @@ T = TypeVar("T")
 
 def resolve_device(device: str = "auto", gpu: int | str = 0, verbose: bool = True) -> torch.device:
     """Turn ``--device`` (auto, cpu, cuda, cuda:N) and the original ``--gpu`` index into a device."""
-    choice = (device or "auto").strip().lower()
+    choice, index = device_choice(device), gpu_index(str(gpu))
     if choice == "auto":
-        choice = f"cuda:{int(gpu)}" if torch.cuda.is_available() else "cpu"
-        if choice.startswith("cuda") and int(gpu) >= torch.cuda.device_count():
+        choice = f"cuda:{index}" if torch.cuda.is_available() else "cpu"
+        if choice.startswith("cuda") and index >= torch.cuda.device_count():
             choice = "cuda:0"
     elif choice == "cuda":
-        choice = f"cuda:{int(gpu)}"
+        choice = f"cuda:{index}"
     if choice.startswith("cuda"):
         if not torch.cuda.is_available():
             fail(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
-        index = int(choice.split(":", 1)[1]) if ":" in choice else 0
-        if index >= torch.cuda.device_count():
+        if int(choice.split(":", 1)[1]) >= torch.cuda.device_count():
             fail(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif choice != "cpu":
-        fail(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     dev = torch.device(choice)
     if verbose:
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"

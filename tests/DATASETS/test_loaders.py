@@ -220,3 +220,24 @@ def test_resize_is_torchvisions_resize_on_pil_images():
     np.testing.assert_array_equal(resize_images(mixed, 32), torchvision_resize(mixed, 32))
     np.testing.assert_array_equal(resize_images(x96[:2], 224), torchvision_resize(x96[:2], 224))  # upscaling too
     assert resize_images(x96, 32).dtype == np.uint8
+
+
+def test_ratio_and_keep_choose_before_resizing(tmp_path, monkeypatch):
+    """Only the images a run uses are resized (224x224 for ImageNet encoders), with the same result."""
+    import DATASETS.loaders as loaders
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "cifar10").mkdir()
+    x, y = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 10
+    np.savez(tmp_path / "cifar10" / "train.npz", x=x, y=y)
+    full = load_split("cifar10", "train", tmp_path, size=64)
+    resized = []
+    monkeypatch.setattr(loaders, "_resize_one", lambda img, size: resized.append(1) or np.asarray(
+        Image.fromarray(img).resize((size, size), Image.BILINEAR)))
+    share = load_split("cifar10", "train", tmp_path, size=64, ratio=0.25)
+    assert len(resized) == 10 and np.array_equal(share.x, take_ratio(full, 0.25).x)
+    picked = load_split("cifar10", "train", tmp_path, size=64, keep=lambda labels: np.flatnonzero(labels == 3)[:2])
+    assert len(resized) == 12 and np.array_equal(picked.x, full.x[[3, 13]]) and list(picked.y) == [3, 3]
+    np.savez(tmp_path / "cifar10" / "train.npz", x=x[:0], y=y[:0])
+    with pytest.raises(UserError, match="--dataset cifar10: the train split at .* holds no image"):
+        load_split("cifar10", "train", tmp_path, ratio=0.5)

@@ -1,4 +1,4 @@
-"""Normalisation statistics (SPEC §3) and normalize()."""
+"""Normalisation statistics and normalize()."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Trigger stamping in both formats against slow per-pixel references written from SPEC §4."""
+"""Trigger stamping in both formats against slow per-pixel references written from the format's definition."""
 from __future__ import annotations
 
 import subprocess
@@ -23,7 +23,7 @@ def _images(n: int = 3, side: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def _reference_ground_truth(x: np.ndarray, t: np.ndarray, tm: np.ndarray) -> np.ndarray:
-    """SPEC §4 literally: in uint8 space stamped = x * tm + t, clipped, then /255. Per pixel."""
+    """The format's definition, literally: in uint8 space stamped = x * tm + t, clipped, then /255. Per pixel."""
     out = np.zeros((x.shape[0], 3, x.shape[1], x.shape[2]))
     for b in range(x.shape[0]):
         for i in range(x.shape[1]):

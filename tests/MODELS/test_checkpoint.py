@@ -225,3 +225,12 @@ def test_background_saver_close_warns_instead_of_raising(tmp_path, capsys):
     saver.save(tmp_path / "blocker" / "state.pth", build_model("tiny"), 1)
     saver.close()  # e.g. while a NaN stop or Ctrl-C is already on its way out
     assert "warning: the last background write failed too: cannot write" in capsys.readouterr().err
+
+
+def test_load_errors_keep_their_reason_on_one_line():
+    from MODELS.checkpoint import load_error_reason
+
+    exc = RuntimeError('Error(s) in loading state_dict for SimCLR:\n\tsize mismatch for g.3.weight: copying a param '
+                       'with shape torch.Size([128, 64]) from checkpoint, the shape in current model is torch.Size([2]).')
+    assert load_error_reason(exc).startswith("size mismatch for g.3.weight: copying a param with shape")
+    assert "\n" not in load_error_reason(exc) and len(load_error_reason(RuntimeError("x" * 999))) == 240

@@ -1,4 +1,4 @@
-"""BadEncoder injection (SPEC §8.2): the three loss terms against a slow reference, frozen BatchNorm, the
+"""BadEncoder injection: the three loss terms against a slow reference, frozen BatchNorm, the
 reference images from both sources, and the CLI."""
 import copy
 import importlib.util

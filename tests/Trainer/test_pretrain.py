@@ -1,4 +1,4 @@
-"""SimCLR pre-training (SPEC §8.1): the loss against a slow reference, the step, the epoch, the CLI with resume."""
+"""SimCLR pre-training: the loss against a slow reference, the step, the epoch, the CLI with resume."""
 import copy
 import importlib.util
 import json

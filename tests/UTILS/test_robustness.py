@@ -95,3 +95,97 @@ def test_first_signal_asks_to_stop_second_aborts(sig, capsys):
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), sig)
     assert signal.getsignal(sig) is previous
+
+
+def test_atomic_writes_follow_the_umask_and_keep_an_existing_files_mode(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_npz(tmp_path / "new.npz", x=np.zeros(1))
+        os.umask(0o002)
+        save_npz(tmp_path / "group.npz", x=np.zeros(1))
+        (tmp_path / "new.npz").chmod(0o600)
+        save_npz(tmp_path / "new.npz", x=np.ones(1))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "group.npz").stat().st_mode & 0o777 == 0o664
+    assert (tmp_path / "new.npz").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_write_error_hidden_inside_another_exception_is_one_line(tmp_path):
+    """torch.save reports a full disk as a RuntimeError whose context is the OSError."""
+    import errno
+
+    def writer(handle):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    with pytest.raises(UserError, match="cannot write .*a.pth: No space left on device"):
+        atomic_write(tmp_path / "a.pth", writer)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_folder_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
+    from UTILS.lock import LOCK_NAME, hold_folders
+
+    with hold_folders([(tmp_path, "--log_dir"), (tmp_path / ".", "--results_dir")]):  # one folder, locked once
+        holder = (tmp_path / LOCK_NAME).read_text().split()[0]
+        assert holder == str(os.getpid())
+        child = os.fork()
+        if child == 0:  # another process: refused with the holder's pid
+            try:
+                with hold_folders([(tmp_path, "--log_dir")]):
+                    os._exit(1)
+            except UserError as exc:
+                os._exit(0 if f"pid {holder}" in str(exc) else 3)
+            os._exit(4)
+        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+    assert not (tmp_path / LOCK_NAME).exists()
+    (tmp_path / LOCK_NAME).write_text("999999999 MAIN.py\n")  # left by a killed run: no flock holds it
+    with hold_folders([(tmp_path, "--log_dir")]):
+        assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+
+
+def test_device_flags_accept_what_the_original_accepted():
+    from UTILS.device_flags import device_choice, gpu_index
+
+    assert gpu_index("1") == 1 and gpu_index("2,0") == 2 and gpu_index(" 3 ") == 3
+    for bad in ("abc", "-1", "", "0,,1", "1.5", "²"):
+        with pytest.raises(UserError, match="--gpu"):
+            gpu_index(bad)
+    assert device_choice("CUDA:01") == "cuda:1" and device_choice("") == "auto"
+    for bad in ("cuda:-1", "cuda:abc", "tpu", "cuda:"):
+        with pytest.raises(UserError, match="--device"):
+            device_choice(bad)
+
+
+def test_out_of_memory_becomes_one_line_naming_the_flags(capsys):
+    @cli_entry(memory="--batch_size or --data_ratio")
+    def main():
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3221225472 bytes.")
+
+    @cli_entry
+    def other():
+        raise RuntimeError("a bug, not memory")
+
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == EXIT_USER_ERROR
+    assert capsys.readouterr().err.startswith("error: --batch_size or --data_ratio: out of memory on the CPU "
+                                              "(tried to allocate 3.0 GiB); lower one of them")
+    with pytest.raises(RuntimeError, match="a bug"):
+        other()
+
+
+def test_sigterm_outside_a_graceful_loop_aborts_with_one_line(capsys):
+    @cli_entry
+    def loading():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    with pytest.raises(SystemExit) as exc:
+        loading()
+    assert exc.value.code == EXIT_INTERRUPTED
+    assert capsys.readouterr().err.startswith("interrupted: SIGTERM: aborted")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -43,3 +43,141 @@ def ctrl_c_in_downstream_epoch_2() -> None:
         return original(*args, on_epoch=hook, **kwargs)
 
     Trainer.downstream.train_downstream = train
+
+
+class _FullDisk:
+    """A file that takes ``room`` bytes, then fails every write as a full disk does (ENOSPC)."""
+
+    def __init__(self, handle, room: int) -> None:
+        self.handle, self.room = handle, room
+
+    def write(self, data) -> int:
+        import errno
+
+        size = len(memoryview(data).cast("B"))
+        if size > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= size
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+
+def disk_full_for_checkpoints() -> None:
+    """Every ``.pth`` file written through UTILS.io.atomic_write hits a full disk after 100 bytes (inside
+    torch.save, which turns the OSError into a RuntimeError); other files are written normally."""
+    import UTILS.io
+
+    original = UTILS.io._open_temp
+
+    def open_temp(fd, path):
+        handle = original(fd, path)
+        return _FullDisk(handle, 100) if str(path).endswith(".pth") else handle
+
+    UTILS.io._open_temp = open_temp
+
+
+def cpu_out_of_memory_in_first_round() -> None:
+    """The first inversion round fails to allocate, as torch's CPU allocator reports it."""
+    import Trainer.moth
+
+    def invert(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 12884901888 bytes. Error code 12 (Cannot allocate memory)")
+
+    Trainer.moth.invert_trigger = invert
+
+
+def cuda_out_of_memory_in_features() -> None:
+    """Feature extraction runs out of GPU memory, as torch reports it (a multi-line OutOfMemoryError)."""
+    import Trainer.downstream
+
+    def extract(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity "
+                                     "of 79.25 GiB of which 1.2 GiB is free.\nOf the allocated memory ...")
+
+    Trainer.downstream.extract_features = extract
+
+
+def _signal_self(sig: int, times: int = 1) -> None:
+    """Deliver ``sig`` to this process now (the handler runs before the next Python line)."""
+    import os
+
+    for _ in range(times):
+        os.kill(os.getpid(), sig)
+
+
+def sigterm_while_loading_data() -> None:
+    """SIGTERM reaches the process while it reads a dataset split (before any loop can stop gracefully)."""
+    import signal
+
+    import Trainer.common
+
+    original = Trainer.common.load_split
+
+    def load(*args, **kwargs):
+        _signal_self(signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    Trainer.common.load_split = load
+
+
+def sigterm_while_extracting_features() -> None:
+    """SIGTERM reaches the downstream classifier while it extracts the encoder's features."""
+    import signal
+
+    import Trainer.downstream
+
+    original = Trainer.downstream.extract_features
+
+    def extract(*args, **kwargs):
+        _signal_self(signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    Trainer.downstream.extract_features = extract
+
+
+def double_ctrl_c_in_first_round() -> None:
+    """Ctrl-C twice while round 0 hardens (its trigger file is written, its state is not): abort at once."""
+    import signal
+
+    import Trainer.moth
+
+    original = Trainer.moth.IterativeInversion.harden
+
+    def harden(self, *args, **kwargs):
+        if self.state.round == 0:
+            _signal_self(signal.SIGINT, times=2)
+        return original(self, *args, **kwargs)
+
+    Trainer.moth.IterativeInversion.harden = harden
+
+
+def double_ctrl_c_in_badencoder_epoch_1() -> None:
+    """Ctrl-C twice during BadEncoder's first epoch (reference.npz is written, no checkpoint yet)."""
+    import signal
+
+    import Trainer.badencoder
+
+    original = Trainer.badencoder.badencoder_epoch
+
+    def epoch(*args, **kwargs):
+        if kwargs.get("desc", "").startswith("badencoder epoch 1/"):
+            _signal_self(signal.SIGINT, times=2)
+        return original(*args, **kwargs)
+
+    Trainer.badencoder.badencoder_epoch = epoch
+
+
+def umask_027() -> None:
+    """Run with umask 027 (group may read, others nothing), as on a shared machine."""
+    import os
+
+    os.umask(0o027)

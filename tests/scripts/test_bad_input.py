@@ -66,7 +66,22 @@ def clf_args(case: str, **changes) -> list[str]:
     return flags(base, **changes)
 
 
+def pretrain_args(case: str, **changes) -> list[str]:
+    base = ["--pretraining_dataset", "cifar10", "--model", "tiny", "--batch_size", "8", "--epochs", "1",
+            "--monitor_every", "0", "--device", "cpu", "--results_dir", f"out/{case}"]
+    return flags(base, **changes)
+
+
+def badencoder_args(case: str, **changes) -> list[str]:
+    base = ["--pretrained_encoder", "encoder.pth", "--model", "tiny", "--shadow_dataset", "cifar10",
+            "--reference_dataset", "stl10", "--reference_label", "9", "--batch_size", "8", "--epochs", "1",
+            "--monitor_every", "0", "--device", "cpu", "--results_dir", f"out/{case}"]
+    return flags(base, **changes)
+
+
 M, U, D = "MAIN.py", "Unlearn-trigger.py", "training_downstream_classifier.py"
+P, B, R = "pretraining_encoder.py", "badencoder.py", "report.py"
+INSIDE = "files/inside"  # a folder holding inputs under the names the stages write (see _write_bad_files)
 
 # (id, what the user did wrong, script, argv, substrings the one error line must contain)
 CASES = [
@@ -185,6 +200,72 @@ CASES = [
      ["--monitor_every -1", "non-negative"]),
     ("main-resume-and-overwrite", "--resume together with --overwrite", M, main_args("x", resume=True, overwrite=True),
      ["--overwrite and --resume"]),
+    ("main-trigger-scale-0-1", "ground-truth trigger saved with t in 0..1 instead of 0..255", M,
+     main_args("x", trigger_file="files/gt01.npz"), ["--trigger_file files/gt01.npz", "'t' holds values in [0, 1]",
+                                                     "0..255"]),
+    ("clf-trigger-scale-0-1", "ground-truth trigger saved with t in 0..1 instead of 0..255", D,
+     clf_args("x", trigger_file="files/gt01.npz"), ["--trigger_file files/gt01.npz", "multiply it by 255"]),
+    ("main-complex-encoder", "encoder weights of a complex dtype", M,
+     main_args("x", pretrained_encoder="files/complex.pth"), ["files/complex.pth", "complex values", "real"]),
+    ("unlearn-complex-mask", "mask of a complex dtype", U,
+     unlearn_args("x", re_mask_pattern="files/complex_mask.npz"), ["'mask' must hold real numbers"]),
+    ("main-uint64-label", "dataset label 2**64-1 stored as uint64", M, main_args("x", data_dir="data_uint64"),
+     ["labels must lie in [0, 10)", "18446744073709551615"]),
+    ("badencoder-reference-2d", "a (2,32,32) --reference_file", B,
+     badencoder_args("x", reference_dataset=None, reference_file="files/ref2d.npz"),
+     ["--reference_file files/ref2d.npz", "found (2, 32, 32) uint8"]),
+    ("main-imagenet-trigger-size", "32x32 trigger for an ImageNet (224x224) encoder: named before any resize", M,
+     main_args("x", encoder_usage_info="imagenet", trigger_file=GT), [f"--trigger_file {GT}", "expects 224x224"]),
+    # --- data with nothing to measure ---
+    ("main-monitor-empty-test-split", "kNN monitor on a dataset whose test split is empty", M,
+     main_args("x", data_dir="data_empty_test", monitor_every=1), ["--downstreamTask stl10",
+                                                                    "test split holds no image"]),
+    ("clf-empty-test-split", "downstream dataset whose test split is empty", D,
+     clf_args("x", data_dir="data_empty_test"), ["--dataset stl10", "test split holds no image"]),
+    ("clf-no-image-for-asr", "every test label equals --reference_label: no image left for ASR", D,
+     clf_args("x", data_dir="data_one_class"), ["--reference_label 9", "no stamped image is left",
+                                                "--asr_include_target"]),
+    ("clf-source-label-absent", "--source_label of a class the test split lacks", D,
+     clf_args("x", data_dir="data_one_class", source_label=3), ["--source_label 3", "no test image"]),
+    # --- devices, seeds and sizes ---
+    ("main-gpu-not-a-number", "--gpu abc", M, main_args("x", gpu="abc"), ["--gpu abc", "device index"]),
+    ("main-gpu-negative", "--gpu -1", M, main_args("x", gpu="-1"), ["--gpu -1", "--device cpu"]),
+    ("unlearn-device-negative-index", "--device cuda:-1", U, unlearn_args("x", device="cuda:-1"),
+     ["--device cuda:-1", "cuda:N"]),
+    ("clf-device-not-a-number", "--device cuda:abc", D, clf_args("x", device="cuda:abc"), ["--device cuda:abc"]),
+    ("pretrain-seed-beyond-64-bits", "--seed 2**70", P, pretrain_args("x", seed=2**70),
+     [f"--seed {2**70}", "2**64-1"]),
+    ("clf-seed-negative-beyond-64-bits", "--seed -2**70", D, clf_args("x", seed=-2**70), [f"--seed {-2**70}"]),
+    ("main-attack-size-huge", "--attack_size 10**9", M, main_args("x", attack_size=10**9),
+     ["--attack_size 1000000000", "at most 1,000,000"]),
+    ("clf-hidden-size-huge", "--hidden_size_1 10**9", D, clf_args("x", hidden_size_1=10**9),
+     ["--hidden_size_1 1000000000", "at most"]),
+    ("pretrain-batch-size-1", "--batch_size 1 (BatchNorm cannot train on one image)", P,
+     pretrain_args("x", batch_size=1), ["--batch_size 1", "at least 2"]),
+    # --- inputs lying where the stage writes: refused whatever the switches, never deleted ---
+    ("main-overwrite-input-in-results-dir", "--overwrite with --pretrained_encoder inside --results_dir", M,
+     main_args("x", pretrained_encoder=f"{INSIDE}/Harden_model_1.pth", results_dir=INSIDE, overwrite=True),
+     [f"--pretrained_encoder {INSIDE}/Harden_model_1.pth", "is an input", "never overwritten or deleted"]),
+    ("main-trigger-input-in-log-dir", "--trigger_file inside --log_dir under an output's name (no --overwrite)", M,
+     main_args("x", trigger_file=f"{INSIDE}/mask-pattern-best.npz", log_dir=INSIDE),
+     [f"--trigger_file {INSIDE}/mask-pattern-best.npz", "is an input", f"--log_dir {INSIDE}"]),
+    ("unlearn-overwrite-input-in-results-dir", "--overwrite with --pretrained_encoder inside --results_dir", U,
+     unlearn_args("x", pretrained_encoder=f"{INSIDE}/Harden_Unlearn_model_1.pth", results_dir=INSIDE,
+                  overwrite=True), ["is an input", "Harden_Unlearn_model_*.pth"]),
+    ("badencoder-overwrite-input-in-results-dir", "--overwrite with --pretrained_encoder inside --results_dir", B,
+     badencoder_args("x", pretrained_encoder=f"{INSIDE}/model_1.pth", results_dir=INSIDE, overwrite=True),
+     [f"--pretrained_encoder {INSIDE}/model_1.pth", "is an input", "model_*.pth"]),
+    ("clf-overwrite-encoder-in-results-dir", "--overwrite with --encoder inside --results_dir", D,
+     clf_args("x", encoder=f"{INSIDE}/clf_1.pth", results_dir=INSIDE, overwrite=True),
+     [f"--encoder {INSIDE}/clf_1.pth", "is an input"]),
+    # --- report.py ---
+    ("report-truncated-metrics", "a truncated metrics.json", R, ["--moth_log", "files/report_moth", "--out", "out/x"],
+     ["--moth_log files/report_moth: metrics.json", "not readable JSON"]),
+    ("report-table-not-an-object", "--table holding a JSON list", R, ["--table", "files/table_list.json",
+                                                                     "--out", "out/x"],
+     ["--table files/table_list.json", "expected a JSON object"]),
+    ("report-run-without-summary", "--run of a folder that is not a demo run", R, ["--run", "files/not_a_run"],
+     ["--run files/not_a_run (its summary.json)", "file not found"]),
     # --- where outputs would go ---
     ("main-log-dir-is-a-file", "--log_dir is an existing file", M, main_args("x", log_dir="files/garbage.pth"),
      ["--log_dir files/garbage.pth", "exists and is not a directory"]),
@@ -228,6 +309,7 @@ def _write_bad_files(ws: Path) -> None:
     m64 = np.zeros((3, 64, 64), np.float32)
     np.savez(files / "trigger64.npz", mask=m64, pattern=m64)
     save_ground_truth_trigger(files / "gt64.npz", size=64)
+    _write_second_round_files(ws)
     (ws / "empty").mkdir()
     (ws / "data_nokeys" / "cifar10").mkdir(parents=True)
     np.savez(ws / "data_nokeys" / "cifar10" / "train.npz", x=np.zeros((4, 32, 32, 3), np.uint8))
@@ -236,6 +318,38 @@ def _write_bad_files(ws: Path) -> None:
     import pickle
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (evil / name).write_bytes(pickle.dumps({"data": Evil(), "labels": [0]}))
+
+
+def _write_second_round_files(ws: Path) -> None:
+    """The inputs of the issue-11 cases: odd scales, dtypes and shapes, empty splits, inputs in output dirs."""
+    files = ws / "files"
+    gt = np.load(ws / GT)
+    np.savez(files / "gt01.npz", t=gt["t"] / 255.0, tm=gt["tm"])
+    state = torch.load(ws / "encoder.pth", weights_only=True)
+    first = next(iter(state["state_dict"]))
+    state["state_dict"][first] = state["state_dict"][first].to(torch.complex64)
+    torch.save(state, files / "complex.pth")
+    np.savez(files / "complex_mask.npz", mask=np.zeros((3, 32, 32), np.complex64),
+             pattern=np.zeros((3, 32, 32), np.float32))
+    np.savez(files / "ref2d.npz", x=np.zeros((2, 32, 32), np.uint8))
+    data = ws / "data"
+    for name, test_y in (("data_empty_test", np.zeros(0, np.int64)), ("data_one_class", np.full(5, 9, np.int64))):
+        shutil.copytree(data / "cifar10", ws / name / "cifar10")
+        (ws / name / "stl10").mkdir(parents=True)
+        shutil.copy(data / "stl10" / "train.npz", ws / name / "stl10" / "train.npz")
+        np.savez(ws / name / "stl10" / "test.npz", x=np.zeros((len(test_y), 32, 32, 3), np.uint8), y=test_y)
+    (ws / "data_uint64" / "cifar10").mkdir(parents=True)
+    np.savez(ws / "data_uint64" / "cifar10" / "train.npz", x=np.zeros((64, 32, 32, 3), np.uint8),
+             y=np.array([0] * 63 + [2**64 - 1], np.uint64))
+    inside = ws / INSIDE
+    inside.mkdir()
+    for name in ("Harden_model_1.pth", "Harden_Unlearn_model_1.pth", "model_1.pth", "clf_1.pth"):
+        shutil.copy(ws / "encoder.pth", inside / name)
+    shutil.copy(files / "trigger.npz", inside / "mask-pattern-best.npz")
+    (files / "report_moth").mkdir()
+    (files / "report_moth" / "metrics.json").write_text('{"best_round": 3, "stopped_ea')
+    (files / "table_list.json").write_text("[1, 2]\n")
+    (files / "not_a_run").mkdir()
 
 
 @pytest.fixture(scope="module")
@@ -264,9 +378,11 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, needles) -> str:
 def test_bad_input_gives_one_line_and_exit_2(bad_ws, case):
     name, _, script, argv, needles = case
     argv = [a.replace("out/x", f"out/{name}") for a in argv]
+    inside = {p.name: p.read_bytes() for p in (bad_ws / INSIDE).iterdir()}
     proc = run_fast(script, argv, bad_ws)
     assert_one_error_line(proc, needles)
     assert not (bad_ws / "PWNED").exists(), "a pickled payload was executed"
+    assert {p.name: p.read_bytes() for p in (bad_ws / INSIDE).iterdir()} == inside, "an input was touched"
 
 
 def test_fast_runner_matches_a_real_interpreter(bad_ws):
