@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from Trainer.configs import UnlearnConfig, add_amp_flag, add_runtime_flags, config_from_args
-from UTILS.errors import ArgumentParser, cli_entry
+from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 D = UnlearnConfig()
 
@@ -52,9 +52,10 @@ def build_parser() -> ArgumentParser:
 @cli_entry(memory="--batch_size or --data_ratio")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(UnlearnConfig, build_parser().parse_args(argv)).validate()
-    # torch and the project's heavy modules are imported once the command line is known to be good:
-    # --help and a bad flag answer at once
-    from Trainer.unlearn import run_unlearn
+    # torch and the project's heavy modules are imported once the command line is known to be good
+    # (--help and a bad flag answer at once), with Ctrl-C held until the import is whole
+    with interrupts_deferred():
+        from Trainer.unlearn import run_unlearn
 
     return run_unlearn(cfg)
 

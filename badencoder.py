@@ -12,7 +12,7 @@ import argparse
 
 from Trainer.configs import add_runtime_flags, config_from_args
 from Trainer.make_configs import BadEncoderConfig
-from UTILS.errors import ArgumentParser, cli_entry
+from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 D = BadEncoderConfig()
 
@@ -56,9 +56,10 @@ def build_parser() -> ArgumentParser:
 @cli_entry(memory="--batch_size, --data_ratio or --reference_count")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(BadEncoderConfig, build_parser().parse_args(argv)).validate()
-    # torch and the project's heavy modules are imported once the command line is known to be good:
-    # --help and a bad flag answer at once
-    from Trainer.badencoder import run_badencoder
+    # torch and the project's heavy modules are imported once the command line is known to be good
+    # (--help and a bad flag answer at once), with Ctrl-C held until the import is whole
+    with interrupts_deferred():
+        from Trainer.badencoder import run_badencoder
 
     return run_badencoder(cfg)
 

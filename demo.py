@@ -17,7 +17,7 @@ import argparse
 
 from Trainer.configs import config_from_args
 from Trainer.make_configs import PRESET_NAMES, DemoConfig
-from UTILS.errors import ArgumentParser, cli_entry
+from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 D = DemoConfig()
 
@@ -40,8 +40,9 @@ def build_parser() -> ArgumentParser:
 @cli_entry(memory="the --preset's sizes")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(DemoConfig, build_parser().parse_args(argv)).validate()
-    # torch and the stages are imported once the command line is known to be good
-    from Trainer.demo import run_demo
+    # torch and the stages are imported once the command line is known to be good, whole (Ctrl-C held)
+    with interrupts_deferred():
+        from Trainer.demo import run_demo
 
     return run_demo(cfg)
 

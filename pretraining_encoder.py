@@ -11,7 +11,7 @@ import argparse
 
 from Trainer.configs import add_runtime_flags, config_from_args
 from Trainer.make_configs import PretrainConfig
-from UTILS.errors import ArgumentParser, cli_entry
+from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 D = PretrainConfig()
 
@@ -43,9 +43,10 @@ def build_parser() -> ArgumentParser:
 @cli_entry(memory="--batch_size or --data_ratio")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(PretrainConfig, build_parser().parse_args(argv)).validate()
-    # torch and the project's heavy modules are imported once the command line is known to be good:
-    # --help and a bad flag answer at once
-    from Trainer.pretrain import run_pretrain
+    # torch and the project's heavy modules are imported once the command line is known to be good
+    # (--help and a bad flag answer at once), with Ctrl-C held until the import is whole
+    with interrupts_deferred():
+        from Trainer.pretrain import run_pretrain
 
     return run_pretrain(cfg)
 

@@ -14,7 +14,7 @@ import argparse
 
 from Trainer.configs import config_from_args
 from Trainer.make_configs import ReportConfig
-from UTILS.errors import ArgumentParser, cli_entry
+from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
 def build_parser() -> ArgumentParser:
@@ -33,9 +33,10 @@ def build_parser() -> ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(ReportConfig, build_parser().parse_args(argv)).validate()
-    # matplotlib and torch are imported once the command line is known to be good
-    from Trainer.report import run_report
-    from Trainer.report_inputs import check_report_inputs
+    # matplotlib and torch are imported once the command line is known to be good, whole (Ctrl-C held)
+    with interrupts_deferred():
+        from Trainer.report import run_report
+        from Trainer.report_inputs import check_report_inputs
 
     check_report_inputs(cfg)  # every file it reads, named by the flag the user passed
     return run_report(cfg)

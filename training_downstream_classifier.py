@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from Trainer.configs import ASR_IMAGES, MODES, DownstreamConfig, add_amp_flag, add_runtime_flags, config_from_args
-from UTILS.errors import ArgumentParser, cli_entry
+from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 D = DownstreamConfig()
 
@@ -45,9 +45,10 @@ def build_parser() -> ArgumentParser:
 @cli_entry(memory="--hidden_size_1, --hidden_size_2 or --batch_size")
 def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(DownstreamConfig, build_parser().parse_args(argv)).validate()
-    # torch and the project's heavy modules are imported once the command line is known to be good:
-    # --help and a bad flag answer at once
-    from Trainer.downstream import run_downstream
+    # torch and the project's heavy modules are imported once the command line is known to be good
+    # (--help and a bad flag answer at once), with Ctrl-C held until the import is whole
+    with interrupts_deferred():
+        from Trainer.downstream import run_downstream
 
     return run_downstream(cfg)
 

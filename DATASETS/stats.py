@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from DATASETS.usage import USAGE, UsageInfo, get_usage  # noqa: F401 - the statistics live there, torch-free
+from DATASETS.usage import USAGE, UsageInfo, get_usage  # the statistics live there, torch-free
+
+__all__ = ["USAGE", "UsageInfo", "get_usage", "normalize"]
 
 
 def normalize(x: Tensor, usage: UsageInfo) -> Tensor:

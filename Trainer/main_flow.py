@@ -27,10 +27,11 @@ MOTH_OUTPUTS = ("mask-pattern-[0-9]*.npz", "mask-pattern-best.npz", "re_loss.csv
 MOTH_RESULTS = ("Harden_model_*.pth", STATE_FILE)
 HARDEN_ORDER_SEED = 100  # the paper's code seeds torch with 100 just before building that loader
 NC_OUTPUTS = ("mask-pattern-NC.npz", "metrics-NC.json", "preview-NC.png")
-# What a run killed during its first round leaves (the state is saved after each round): no state to
-# resume, nothing of value either, so --resume starts over instead of refusing.
-FIRST_ROUND_FILES = {"mask-pattern-0.npz", "preview-0.png", "mask-pattern-best.npz", "metrics.csv", "re_loss.csv",
-                     TIMINGS_FILE}
+# What a run killed before its first state reached the disk leaves: the state of a round is written in the
+# background while the next round runs, so rounds 0 and 1 may have files and no state. Nothing to resume,
+# nothing of value either: --resume starts over instead of refusing.
+UNSAVED_START_FILES = {"mask-pattern-0.npz", "mask-pattern-1.npz", "preview-0.png", "preview-1.png",
+                       "mask-pattern-best.npz", "metrics.csv", "re_loss.csv", TIMINGS_FILE}
 
 
 def inversion_config(cfg: MainConfig) -> InversionConfig:
@@ -108,9 +109,9 @@ def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Pa
         check_fingerprint(state.get("config"), cfg, state_path)
         flow.load_state(state, state_path)
         log(f"resuming from {state_path}: epoch {flow.state.epoch}, batch {flow.state.batch}, round {flow.state.round}")
-    elif cfg.resume and earlier and {p.name for p in earlier} <= FIRST_ROUND_FILES:
-        log(f"--resume: no {state_path} yet, only files of a first round that did not finish; starting from the "
-            f"beginning")
+    elif cfg.resume and earlier and {p.name for p in earlier} <= UNSAVED_START_FILES:
+        log(f"--resume: no {state_path} yet, only files of the first rounds, written before any state was saved; "
+            f"starting from the beginning")
         remove_outputs(earlier)
     elif cfg.resume and earlier:
         fail(f"--resume: there is no {state_path} to resume from, but {earlier[0]} holds an earlier run's output; "

@@ -146,19 +146,20 @@ def initial_similarity(backbone: nn.Module, images: Tensor, trigger: Callable[[T
     In train mode each pass moves BatchNorm's running statistics, which the epoch-0 kNN check and
     training then start from; ``update_bn=False`` restores them afterwards (same reported numbers).
     Training itself normalises on batch statistics, so only eval-mode uses (the kNN monitor, the
-    saved encoder's running statistics) can see the difference. Memory grows with N, as in the
-    original (its recipe's --data_ratio 0.01 of STL-10 is 50 images).
+    saved encoder's running statistics) can see the difference. A set larger than ``INIT_SIM_CHUNK``
+    images goes through each pass in chunks of that size (each chunk then updates the running
+    statistics once): the original's single batch of a whole large set does not fit in memory.
     """
     inner = unwrap(backbone)
     saved = None if update_bn else {k: v.clone() for k, v in inner.named_buffers()}
     was_training = inner.training
     backbone.train()
     try:
-        raw = backbone(images).float()  # (N, D)
-        stamped = backbone(normalize(trigger(images), usage)).float()
+        raw = _chunked(backbone, images)  # (N, D)
+        stamped = _chunked(backbone, normalize(trigger(images), usage))
         init_sim = _mean_cos(stamped, raw)
         view1, view2 = augment(images), augment(images)
-        test_sim = _mean_cos(backbone(normalize(view1, usage)).float(), backbone(normalize(view2, usage)).float())
+        test_sim = _mean_cos(_chunked(backbone, normalize(view1, usage)), _chunked(backbone, normalize(view2, usage)))
     finally:
         backbone.train(was_training)
         if saved is not None:
@@ -166,6 +167,14 @@ def initial_similarity(backbone: nn.Module, images: Tensor, trigger: Callable[[T
             for k, v in saved.items():
                 buffers[k].copy_(v)
     return {"init_sim": init_sim, "test_sim": test_sim}
+
+
+INIT_SIM_CHUNK = 4096  # images per forward pass of the initial-similarity check (one batch below that)
+
+
+def _chunked(backbone: nn.Module, x: Tensor) -> Tensor:
+    """backbone(x) as float32 (N, D), in chunks of INIT_SIM_CHUNK images."""
+    return torch.cat([backbone(x[s:s + INIT_SIM_CHUNK]).float() for s in range(0, x.shape[0], INIT_SIM_CHUNK)])
 
 
 def _mean_cos(a: Tensor, b: Tensor) -> float:

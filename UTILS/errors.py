@@ -105,6 +105,32 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then stop as they asked (:class:`KeyboardInterrupt`,
+    :class:`Terminated`). For the import of torch: an import cut in half leaves a module half initialised
+    (numpy without its functions), and the run would go on to fail later with a misleading error."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum, frame):
+        caught.append(signum)
+
+    held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) != signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, hold) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if signal.SIGTERM in caught:
+        raise Terminated
+    if caught:
+        raise KeyboardInterrupt
+
+
 def _tolerate_undecodable_output() -> None:
     """A path typed in bytes that are not UTF-8 reaches Python as surrogate escapes; printing it back
     (a log line naming the file) must give those bytes, not a UnicodeEncodeError."""
