@@ -1,4 +1,4 @@
-"""Trigger formats (SPEC §4): the one place where images get stamped.
+"""Trigger formats (README, "Data"): the one place where images get stamped.
 
 Ground truth (BadEncoder) npz: ``t`` (1,H,W,3) in 0..255 and ``tm`` (1,H,W,3) of 0/1, stamped in
 uint8 space as ``x * tm + t``. Inverted npz: ``mask`` and ``pattern`` (3,H,W) in [0,1], stamped in
