@@ -25,10 +25,11 @@ from torch import Tensor, nn
 from DATASETS.augment import color_jitter, hflip, random_grayscale
 from DATASETS.loaders import load_split, resize_images, to_tensor
 from DATASETS.stats import UsageInfo, get_usage, normalize
+from DATASETS.tensors import TensorSet, check_label, load_train_share
 from DATASETS.triggers import load_trigger
+from EVALUATION.monitor import build_monitor
 from MODELS.checkpoint import load_encoder
-from Trainer.common import (TensorSet, build_monitor, check_finite_model, check_label, guard_outputs,
-                            load_train_share, remove_outputs, run_fingerprint, write_settings)
+from Trainer.common import check_finite_model, guard_outputs, remove_outputs, run_fingerprint, write_settings
 from Trainer.epochs import EpochCheckpoints, EpochLoop
 from Trainer.make_configs import BadEncoderConfig
 from UTILS.errors import fail

@@ -1,4 +1,4 @@
-"""Pieces every flow shares: seeds, data on the device, the kNN monitor's data, settings files."""
+"""What every run shares: seeds, the ground-truth trigger, settings files, output guards, resume fingerprints."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,17 +7,12 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-from torch import Tensor
 
-from DATASETS.loaders import ImageSet, load_split, to_tensor
-from DATASETS.stats import UsageInfo
 from DATASETS.triggers import load_trigger
-from EVALUATION.knn import knn_monitor
 from UTILS.errors import fail
 from UTILS.io import atomic_write, remove_stale_temps
 from UTILS.runtime import log
@@ -32,36 +27,6 @@ def seed_from_list(index: int, seeds: Sequence[int], flag: str = "--seed") -> in
     return seeds[index]
 
 
-@dataclass
-class TensorSet:
-    """A dataset split on the device: x (N, 3, H, W) float in [0, 1], y (N,) long."""
-
-    x: Tensor
-    y: Tensor
-    num_classes: int
-
-    @classmethod
-    def from_images(cls, ds: ImageSet, device: torch.device) -> "TensorSet":
-        return cls(to_tensor(ds.x, device), torch.as_tensor(ds.y, dtype=torch.long, device=device), ds.num_classes)
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-
-def load_train_share(name: str, ratio: float, data_dir: str, usage: UsageInfo, device: torch.device,
-                     flag: str = "--dataset") -> TensorSet:
-    """The ``--data_ratio`` share (first int(N*r) images, see take_ratio) of a training split, on the device."""
-    ds = load_split(name, "train", data_dir, usage.size, flag=flag, ratio=ratio)  # cut before resizing
-    return TensorSet.from_images(ds, device)
-
-
-def require_images(ds: ImageSet, flag: str, need: str) -> ImageSet:
-    """``ds``, or one line when the split is empty (``need`` says what needed its images)."""
-    if len(ds) == 0:
-        fail(f"{flag} {ds.name}: the {ds.split} split holds no image; {need}")
-    return ds
-
-
 def load_ground_truth(path: str, size: int, flag: str = "--trigger_file"):
     """The injected trigger, used for monitoring only. A missing *default* file just turns ASR off;
     a path the user named that is missing is an error."""
@@ -72,41 +37,6 @@ def load_ground_truth(path: str, size: int, flag: str = "--trigger_file"):
             f"(create it with: python -m DATASETS.triggers --out {DEFAULT_TRIGGER})")
         return None
     return load_trigger(path, flag, expected_size=size)
-
-
-def check_label(label: int, num_classes: int, flag: str = "--reference_label") -> int:
-    if not 0 <= label < num_classes:
-        fail(f"{flag} {label}: expected a class index 0..{num_classes - 1} of the downstream dataset")
-    return label
-
-
-@dataclass
-class Monitor:
-    """The kNN monitor bound to a downstream task, a trigger and a target label."""
-
-    train: TensorSet
-    test: TensorSet
-    usage: UsageInfo
-    trigger: object
-    target: int
-    k: int
-    t: float
-    include_target: bool = False
-
-    def __call__(self, backbone) -> dict:
-        return knn_monitor(backbone, self.train.x, self.train.y, self.test.x, self.test.y, self.train.num_classes,
-                           self.usage, self.trigger, self.target, self.k, self.t, self.include_target)
-
-
-def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.device, trigger, target: int,
-                  k: int, t: float, include_target: bool) -> Monitor:
-    need = "the kNN monitor needs at least one (--monitor_every 0 turns it off)"
-    train, test = (TensorSet.from_images(require_images(load_split(task, split, data_dir, usage.size,
-                                                                   flag="--downstreamTask"), "--downstreamTask", need),
-                                         device) for split in ("train", "test"))
-    if trigger is not None:
-        check_label(target, train.num_classes)
-    return Monitor(train, test, usage, trigger, target, k, t, include_target)
 
 
 # How a run was launched, not what it computes: left out of setting.txt (so a resumed run writes the

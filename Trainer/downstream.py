@@ -15,6 +15,7 @@ from torch import Tensor
 
 from DATASETS.loaders import ImageSet, load_split, take_ratio
 from DATASETS.stats import get_usage
+from DATASETS.tensors import TensorSet, check_label, require_images
 from DATASETS.triggers import load_trigger
 from EVALUATION.downstream import train_downstream
 from EVALUATION.features import extract_features
@@ -22,8 +23,7 @@ from EVALUATION.metrics import asr_selection
 from MODELS.checkpoint import load_encoder, save_checkpoint
 from MODELS.precision import check_amp, with_precision
 from MODELS.simclr import build_model
-from Trainer.common import (TensorSet, check_finite_model, check_label, guard_outputs, remove_outputs,
-                            require_images, run_fingerprint)
+from Trainer.common import check_finite_model, guard_outputs, remove_outputs, run_fingerprint
 from Trainer.configs import DownstreamConfig
 from UTILS.errors import Interrupted, fail
 from UTILS.io import ensure_writable_dir, write_csv, write_json

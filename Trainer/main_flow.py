@@ -6,12 +6,13 @@ from pathlib import Path
 import torch
 
 from DATASETS.stats import get_usage
+from DATASETS.tensors import TensorSet, load_train_share
+from EVALUATION.monitor import build_monitor
 from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
 from MODELS.checkpoint import load_checkpoint, load_encoder
 from MODELS.precision import check_amp
-from Trainer.common import (TensorSet, build_monitor, canonical, check_fingerprint, check_finite_model,
-                            guard_outputs, load_ground_truth, load_train_share, remove_outputs, run_fingerprint,
-                            seed_from_list, write_settings)
+from Trainer.common import (canonical, check_fingerprint, check_finite_model, guard_outputs, load_ground_truth,
+                            remove_outputs, run_fingerprint, seed_from_list, write_settings)
 from Trainer.configs import DEFAULT_REFERENCE_FILE, MAIN_SEEDS, MainConfig
 from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings, seed_offset
 from Trainer.nc import run_nc

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from DATASETS.stats import UsageInfo
+from DATASETS.tensors import TensorSet
 from DATASETS.triggers import InvertedTrigger
 from INVERSION.early_stop import EarlyStop, StopDecision
 from INVERSION.hardening import draw_attack_set, harden_step, sorted_features, wasserstein_shift
@@ -24,7 +25,7 @@ from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, attack_set_si
                                  invert_trigger, random_start)
 from MODELS.checkpoint import BackgroundSaver, load_error_reason, save_checkpoint
 from MODELS.precision import with_precision
-from Trainer.common import TensorSet, check_nonfinite, fmt_metrics
+from Trainer.common import check_nonfinite, fmt_metrics
 from Trainer.epochs import read_timings
 from Trainer.preview import save_trigger_preview
 from UTILS.errors import RESUME_HINT, Interrupted, fail

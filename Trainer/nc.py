@@ -8,10 +8,11 @@ import numpy as np
 from torch import nn
 
 from DATASETS.stats import UsageInfo
+from DATASETS.tensors import TensorSet
 from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, attack_set_similarities, chunk_similarity,
                                  invert_trigger, random_start)
 from MODELS.precision import with_precision
-from Trainer.common import TensorSet, check_nonfinite, fmt_metrics
+from Trainer.common import check_nonfinite, fmt_metrics
 from Trainer.moth import FIRST_ROUND_LR
 from Trainer.preview import save_trigger_preview
 from UTILS.io import write_json

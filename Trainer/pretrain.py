@@ -8,10 +8,11 @@ from torch import Tensor, nn
 
 from DATASETS.augment import simclr_views
 from DATASETS.stats import UsageInfo, get_usage, normalize
+from DATASETS.tensors import TensorSet, load_train_share
+from EVALUATION.monitor import build_monitor
 from MODELS.losses import nt_xent
 from MODELS.simclr import build_model
-from Trainer.common import (TensorSet, build_monitor, guard_outputs, load_train_share, remove_outputs,
-                            run_fingerprint, write_settings)
+from Trainer.common import guard_outputs, remove_outputs, run_fingerprint, write_settings
 from Trainer.epochs import EpochCheckpoints, EpochLoop
 from Trainer.make_configs import PretrainConfig
 from UTILS.errors import fail

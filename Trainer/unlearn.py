@@ -34,13 +34,14 @@ from torch import Tensor, nn
 
 from DATASETS.augment import unlearn_view
 from DATASETS.stats import UsageInfo, get_usage, normalize
+from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import load_trigger
+from EVALUATION.monitor import build_monitor
 from MODELS.checkpoint import load_encoder
 from MODELS.losses import nt_xent
 from MODELS.precision import check_amp, unwrap, with_precision
-from Trainer.common import (TensorSet, build_monitor, check_finite_model, fmt_metrics, guard_outputs,
-                            load_ground_truth, load_train_share, remove_outputs, run_fingerprint, seed_from_list,
-                            write_settings)
+from Trainer.common import (check_finite_model, fmt_metrics, guard_outputs, load_ground_truth, remove_outputs,
+                            run_fingerprint, seed_from_list, write_settings)
 from Trainer.configs import UNLEARN_SEEDS, UnlearnConfig
 from Trainer.epochs import EpochCheckpoints, read_timings
 from Trainer.preview import save_trigger_preview

@@ -39,11 +39,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from DATASETS.stats import get_usage, normalize  # noqa: E402
+from DATASETS.tensors import load_train_share  # noqa: E402
 from DATASETS.triggers import InvertedTrigger  # noqa: E402
 from INVERSION.inversion import InversionConfig, chunk_similarity, invert_trigger, random_start  # noqa: E402
 from MODELS.checkpoint import load_encoder  # noqa: E402
 from MODELS.precision import with_precision  # noqa: E402
-from Trainer.common import load_train_share  # noqa: E402
 from Trainer.configs import MAIN_SEEDS  # noqa: E402
 from Trainer.demo import flag_value, receive_commands  # noqa: E402
 from bench import device_name  # noqa: E402  (bench/bench.py, this script's neighbour)

@@ -58,6 +58,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from DATASETS.loaders import ImageSet, take_ratio  # noqa: E402
 from DATASETS.stats import get_usage, normalize  # noqa: E402
+from DATASETS.tensors import TensorSet  # noqa: E402
 from DATASETS.triggers import GroundTruthTrigger, InvertedTrigger, white_square_trigger  # noqa: E402
 from EVALUATION.downstream import DownstreamMLP, adam, train_downstream  # noqa: E402
 from EVALUATION.features import extract_features  # noqa: E402
@@ -66,7 +67,6 @@ from INVERSION.inversion import InversionConfig, frozen, invert_trigger  # noqa:
 from MODELS.checkpoint import BackgroundSaver, save_checkpoint  # noqa: E402
 from MODELS.precision import with_precision  # noqa: E402
 from MODELS.simclr import build_model  # noqa: E402
-from Trainer.common import TensorSet  # noqa: E402
 from INVERSION.hardening import sorted_features, wasserstein_shift  # noqa: E402
 from Trainer.unlearn import epoch_batches, unlearn_epoch  # noqa: E402
 from UTILS.errors import UserError  # noqa: E402

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from DATASETS.stats import get_usage
+from DATASETS.tensors import TensorSet
 from DATASETS.triggers import InvertedTrigger
 from INVERSION.early_stop import EarlyStop
 from INVERSION.inversion import InversionConfig
 from MODELS.simclr import build_model
-from Trainer.common import TensorSet
 from Trainer.moth import METRIC_FIELDS, IterativeInversion, MothSettings
 
 

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from DATASETS import synthetic
 from DATASETS.stats import get_usage, normalize
+from DATASETS.tensors import TensorSet
 from DATASETS.triggers import GroundTruthTrigger, save_ground_truth_trigger, white_square_trigger
 from MODELS.checkpoint import load_checkpoint, save_checkpoint
 from MODELS.simclr import build_model
 from Trainer.badencoder import (badencoder_epoch, badencoder_loss, freeze_batchnorm, load_references,
                                 reference_view)
-from Trainer.common import TensorSet
 from Trainer.make_configs import BadEncoderConfig
 from UTILS.errors import UserError
 

@@ -2,9 +2,9 @@
 import torch
 
 from DATASETS.stats import get_usage
+from DATASETS.tensors import TensorSet
 from INVERSION.inversion import InversionConfig
 from MODELS.simclr import build_model
-from Trainer.common import TensorSet
 from Trainer.moth import IterativeInversion, MothSettings, seed_offset
 
 

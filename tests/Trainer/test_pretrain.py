@@ -10,10 +10,10 @@ import torch
 from DATASETS import synthetic
 from DATASETS.augment import simclr_views
 from DATASETS.stats import get_usage, normalize
+from DATASETS.tensors import TensorSet
 from MODELS.checkpoint import load_checkpoint, load_encoder
 from MODELS.simclr import build_model
 from Trainer import pretrain
-from Trainer.common import TensorSet
 from Trainer.pretrain import pretrain_epoch, simclr_loss, simclr_step
 from tests.MODELS.test_losses import slow_nt_xent
 

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from DATASETS import synthetic
 from DATASETS.augment import unlearn_augmentation, unlearn_view
 from DATASETS.stats import get_usage, normalize
+from DATASETS.tensors import TensorSet
 from DATASETS.triggers import InvertedTrigger
 from MODELS import nt_xent
 from MODELS.checkpoint import save_checkpoint
 from MODELS.simclr import build_model
 from Trainer import unlearn as U
-from Trainer.common import TensorSet
 from Trainer.configs import UnlearnConfig
 from UTILS.errors import UserError
 from tests.MODELS.test_losses import slow_nt_xent

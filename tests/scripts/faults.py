@@ -118,15 +118,15 @@ def sigterm_while_loading_data() -> None:
     """SIGTERM reaches the process while it reads a dataset split (before any loop can stop gracefully)."""
     import signal
 
-    import Trainer.common
+    import DATASETS.tensors
 
-    original = Trainer.common.load_split
+    original = DATASETS.tensors.load_split
 
     def load(*args, **kwargs):
         _signal_self(signal.SIGTERM)
         return original(*args, **kwargs)
 
-    Trainer.common.load_split = load
+    DATASETS.tensors.load_split = load
 
 
 def sigterm_while_extracting_features() -> None:

@@ -1,0 +1,40 @@
+"""The kNN monitor bound to a downstream task, a trigger and a target label (used by every training flow)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from DATASETS.loaders import load_split
+from DATASETS.stats import UsageInfo
+from DATASETS.tensors import TensorSet, check_label, require_images
+from EVALUATION.knn import knn_monitor
+
+
+@dataclass
+class Monitor:
+    """The kNN monitor bound to a downstream task, a trigger and a target label."""
+
+    train: TensorSet
+    test: TensorSet
+    usage: UsageInfo
+    trigger: object
+    target: int
+    k: int
+    t: float
+    include_target: bool = False
+
+    def __call__(self, backbone) -> dict:
+        return knn_monitor(backbone, self.train.x, self.train.y, self.test.x, self.test.y, self.train.num_classes,
+                           self.usage, self.trigger, self.target, self.k, self.t, self.include_target)
+
+
+def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.device, trigger, target: int,
+                  k: int, t: float, include_target: bool) -> Monitor:
+    need = "the kNN monitor needs at least one (--monitor_every 0 turns it off)"
+    train, test = (TensorSet.from_images(require_images(load_split(task, split, data_dir, usage.size,
+                                                                   flag="--downstreamTask"), "--downstreamTask", need),
+                                         device) for split in ("train", "test"))
+    if trigger is not None:
+        check_label(target, train.num_classes)
+    return Monitor(train, test, usage, trigger, target, k, t, include_target)
