@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import MainConfig, add_amp_flag, add_runtime_flags, config_from_args
+from Trainer.configs import MainConfig, add_amp_flag, add_asr_flag, add_runtime_flags, config_from_args
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 D = MainConfig()
@@ -52,8 +52,7 @@ def build_parser() -> ArgumentParser:
                         "code's (B-1)/B^3 * sum of all B^2 cosines of a 32-image chunk (what its thresholds were "
                         "tuned on); pairs = the mean cosine over pairs i != j")
     p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor after every N-th batch of an epoch, and once before the first round (0: off)")
-    p.add_argument("--asr_include_target", action="store_true",
-                   help="count target-class images in ASR, as BadEncoder's published figures do")
+    add_asr_flag(p)
     add_amp_flag(p)
     return p
 

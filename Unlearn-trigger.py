@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import UnlearnConfig, add_amp_flag, add_runtime_flags, config_from_args
+from Trainer.configs import UnlearnConfig, add_amp_flag, add_asr_flag, add_runtime_flags, config_from_args
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 D = UnlearnConfig()
@@ -43,8 +43,7 @@ def build_parser() -> ArgumentParser:
                         "unlearning set, which moves BatchNorm's running statistics as the original's does (on); "
                         "off restores them afterwards (the same similarities are reported); on or off")
     p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor every N epochs (0: off)")
-    p.add_argument("--asr_include_target", action="store_true",
-                   help="count target-class images in ASR, as BadEncoder's published figures do")
+    add_asr_flag(p)
     add_amp_flag(p)
     return p
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import add_runtime_flags, config_from_args
+from Trainer.configs import add_asr_flag, add_runtime_flags, config_from_args
 from Trainer.make_configs import BadEncoderConfig
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
@@ -48,8 +48,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor every N epochs (0: off)")
     p.add_argument("--save_every", type=int, default=D.save_every,
                    help="keep model_<epoch>.pth every N epochs (0: only the last); the newest is always kept")
-    p.add_argument("--asr_include_target", action="store_true",
-                   help="count target-class images in the monitor's ASR, as BadEncoder's published figures do")
+    add_asr_flag(p, "kNN monitor: ")
     return p
 
 

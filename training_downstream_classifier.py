@@ -2,7 +2,8 @@
 """Stage 3: train a downstream classifier on a frozen encoder and print ACC and ASR (BadEncoder style)."""
 from __future__ import annotations
 
-from Trainer.configs import ASR_IMAGES, MODES, DownstreamConfig, add_amp_flag, add_runtime_flags, config_from_args
+from Trainer.configs import (ASR_IMAGES, MODES, DownstreamConfig, add_amp_flag, add_asr_flag, add_runtime_flags,
+                             config_from_args)
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 D = DownstreamConfig()
@@ -35,9 +36,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--asr_images", default=D.asr_images, choices=ASR_IMAGES,
                    help="images stamped for ASR: test = the test split (BadEncoder's); train_half = the first "
                         "half of the train split, every class, as the original measured it")
-    p.add_argument("--asr_include_target", action="store_true",
-                   help="with --asr_images test: count target-class images in ASR, as BadEncoder's published "
-                        "figures do (train_half and --mode targeted always count every image)")
+    add_asr_flag(p, "with --asr_images test (train_half and --mode targeted always count every image): ")
     add_amp_flag(p)
     return p
 

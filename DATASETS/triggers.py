@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from DATASETS.names import DEFAULT_TRIGGER
 from UTILS.errors import ArgumentParser, cli_entry, fail
 from UTILS.io import load_npz, save_npz
 
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = ArgumentParser(
         prog="python -m DATASETS.triggers",
         description="Write the ground-truth BadEncoder trigger (a white square) as an npz file.")
-    parser.add_argument("--out", default="trigger/trigger_pt_white_21_10_ap_replace.npz")
+    parser.add_argument("--out", default=DEFAULT_TRIGGER)
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--patch", type=int, default=10, help="side of the white square")
     parser.add_argument("--start", type=int, default=21, help="first row/column of the square")

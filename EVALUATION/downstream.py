@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from EVALUATION.metrics import percent
 from UTILS.runtime import log, progress
 
 _EVAL_CHUNK = 4096  # rows per forward pass when scoring, to bound memory on large test sets
@@ -38,10 +39,6 @@ def _predict(net: nn.Module, feats: torch.Tensor) -> torch.Tensor:
     net.eval()
     chunks = [net(feats[i:i + _EVAL_CHUNK]).argmax(dim=1) for i in range(0, feats.shape[0], _EVAL_CHUNK)]
     return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.long, device=feats.device)
-
-
-def _percent(hits: torch.Tensor) -> float:
-    return 100.0 * hits.float().mean().item() if hits.numel() else float("nan")
 
 
 def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -113,8 +110,8 @@ def train_downstream(train_feat: torch.Tensor, train_y: torch.Tensor, test_feat:
     history: list[dict] = []
     for epoch in progress(range(1, epochs + 1), desc="downstream", total=epochs):
         loss = _train_epoch(net, opt, train_feat, train_y, order, batch_size)
-        acc = _percent(_predict(net, test_feat) == test_y)
-        asr = _percent(_predict(net, bd_feat) == bd_target)
+        acc = percent(_predict(net, test_feat) == test_y)
+        asr = percent(_predict(net, bd_feat) == bd_target)
         row = {"epoch": epoch, "acc": acc, "asr": asr, "loss": loss}
         history.append(row)
         _print_metrics(row, clean)

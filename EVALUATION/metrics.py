@@ -32,7 +32,7 @@ def asr_selection(labels: torch.Tensor, target: int, mode: str = "non-targeted",
     return backdoor_subset(labels, target, include_target), torch.full_like(labels, int(target))
 
 
-def _percent(hits: torch.Tensor) -> float:
+def percent(hits: torch.Tensor) -> float:
     """Share of True in a bool tensor, in percent; NaN when there is nothing to count."""
     if hits.numel() == 0:
         return float("nan")
@@ -44,7 +44,7 @@ def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
     preds, labels = torch.as_tensor(preds), torch.as_tensor(labels).to(torch.as_tensor(preds).device)
     if preds.shape != labels.shape:
         raise ValueError(f"accuracy: preds {tuple(preds.shape)} and labels {tuple(labels.shape)} differ")
-    return _percent(preds == labels)
+    return percent(preds == labels)
 
 
 def attack_success_rate(preds_on_stamped: torch.Tensor, true_labels: torch.Tensor, target: int,
@@ -56,4 +56,4 @@ def attack_success_rate(preds_on_stamped: torch.Tensor, true_labels: torch.Tenso
         raise ValueError(f"attack_success_rate: preds {tuple(preds.shape)} "
                          f"and labels {tuple(labels.shape)} differ")
     keep = backdoor_subset(labels, target, include_target)
-    return _percent(preds[keep] == int(target))
+    return percent(preds[keep] == int(target))

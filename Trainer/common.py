@@ -13,11 +13,11 @@ from typing import Mapping, Sequence
 import torch
 
 from DATASETS.triggers import load_trigger
+from Trainer.filenames import DEFAULT_TRIGGER
 from UTILS.errors import fail
 from UTILS.io import atomic_write, remove_stale_temps
 from UTILS.runtime import log
 
-DEFAULT_TRIGGER = "trigger/trigger_pt_white_21_10_ap_replace.npz"
 
 
 def seed_from_list(index: int, seeds: Sequence[int], flag: str = "--seed") -> int:

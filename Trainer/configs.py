@@ -10,6 +10,7 @@ from typing import Sequence, Type, TypeVar
 from DATASETS.names import DATASET_NAMES
 from DATASETS.usage import USAGE
 from MODELS.names import MODEL_NAMES
+from Trainer.filenames import DEFAULT_TRIGGER
 from UTILS.device_flags import device_choice, gpu_index
 from UTILS.errors import fail
 
@@ -30,6 +31,12 @@ def add_runtime_flags(parser: argparse.ArgumentParser, gpu: str, seed: int) -> N
     parser.add_argument("--data_dir", default="data", help="where datasets live (torchvision or BadEncoder npz layout)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run in the same dirs")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+
+
+def add_asr_flag(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """``--asr_include_target`` (ours): BadEncoder's ASR convention, target-class images counted."""
+    parser.add_argument("--asr_include_target", action="store_true",
+                        help=f"{note}count target-class images in ASR, as BadEncoder's published figures do")
 
 
 def add_amp_flag(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +141,7 @@ class MainConfig(Common):
     epsilon: float = 1e-3
     patience: int = 7
     reference_label: int = 9
-    trigger_file: str = "trigger/trigger_pt_white_21_10_ap_replace.npz"
+    trigger_file: str = DEFAULT_TRIGGER
     reference_file: str = DEFAULT_REFERENCE_FILE
     source_label: int = -1
     psim: str = "original"
@@ -195,7 +202,7 @@ class UnlearnConfig(Common):
     encoder_usage_info: str = "cifar10"
     log_dir: str = "MSE-test-loss"
     reference_label: int = 0
-    trigger_file: str = "trigger/trigger_pt_white_21_10_ap_replace.npz"
+    trigger_file: str = DEFAULT_TRIGGER
     re_mask_pattern: str = ""
     knn_t: float = 0.5
     knn_k: int = 200

@@ -25,6 +25,7 @@ from typing import Callable
 
 from DATASETS import synthetic
 from DATASETS.triggers import load_trigger, save_ground_truth_trigger
+from Trainer.filenames import BEST_TRIGGER, DEFAULT_TRIGGER, NC_TRIGGER
 from Trainer.make_configs import DemoConfig
 from Trainer.report import RunFiles, build_report
 from Trainer.unlearn import CKPT as UNLEARNED
@@ -33,7 +34,7 @@ from UTILS.io import ensure_writable_dir, write_csv, write_json
 from UTILS.runtime import log
 
 ROOT = Path(__file__).resolve().parents[1]
-TRIGGER = "trigger/trigger_pt_white_21_10_ap_replace.npz"
+TRIGGER = DEFAULT_TRIGGER  # the run folder keeps the ground truth where the original looked for it
 USAGE = "synthetic"  # normalisation statistics of the embedded pre-training set
 PRETRAIN_SET, DOWNSTREAM_SET = "synthetic", "synthetic_down"
 EVAL_DIRS = {"clean": "clean", "backdoored": "backdoored", "RECEIVE": "receive", "NC baseline": "nc"}  # <run>/eval/<dir>
@@ -234,10 +235,10 @@ class DemoRun:
         backdoored = self.inject(clean)
         results = {"clean": self.evaluate("clean", clean), "backdoored": self.evaluate("backdoored", backdoored)}
         moth = self.invert("moth")
-        receive = self.unlearn("moth", self.layout.moth_log / "mask-pattern-best.npz")
+        receive = self.unlearn("moth", self.layout.moth_log / BEST_TRIGGER)
         results["RECEIVE"] = self.evaluate("RECEIVE", receive)
         nc = self.invert("nc")
-        baseline = self.unlearn("nc", self.layout.nc_log / "mask-pattern-NC.npz")
+        baseline = self.unlearn("nc", self.layout.nc_log / NC_TRIGGER)
         results["NC baseline"] = self.evaluate("NC baseline", baseline)
         return self.stage("summary and report", lambda: self.finish(results, moth, nc))
 
@@ -290,7 +291,7 @@ def receive_commands(run: str | Path) -> dict[str, list[str]]:
         # both unlearnings run --phase moth (the only phase Unlearn-trigger.py has); RECEIVE's is the one
         # that unlearns MAIN.py --phase moth's trigger, the baseline's unlearns mask-pattern-NC.npz
         trigger = Path(flag_value(words, "--re_mask_pattern")).name
-        if words[0] == "Unlearn-trigger.py" and trigger == "mask-pattern-best.npz":
+        if words[0] == "Unlearn-trigger.py" and trigger == BEST_TRIGGER:
             found["unlearn"] = words
     if "unlearn" in found:
         unlearn = found["unlearn"]

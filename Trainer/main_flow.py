@@ -14,6 +14,7 @@ from MODELS.precision import check_amp
 from Trainer.common import (canonical, check_fingerprint, check_finite_model, guard_outputs, load_ground_truth,
                             remove_outputs, run_fingerprint, seed_from_list, write_settings)
 from Trainer.configs import DEFAULT_REFERENCE_FILE, MAIN_SEEDS, MainConfig
+from Trainer.filenames import BEST_TRIGGER, NC_METRICS, NC_TRIGGER
 from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings, seed_offset
 from Trainer.nc import run_nc
 from UTILS.errors import fail
@@ -23,16 +24,16 @@ from UTILS.runtime import log, resolve_device, seed_everything
 from UTILS.signals import graceful_stop
 
 # This stage's own files (the README's recipe shares one log dir between stages and phases).
-MOTH_OUTPUTS = ("mask-pattern-[0-9]*.npz", "mask-pattern-best.npz", "re_loss.csv", "metrics.csv", "metrics.json",
+MOTH_OUTPUTS = ("mask-pattern-[0-9]*.npz", BEST_TRIGGER, "re_loss.csv", "metrics.csv", "metrics.json",
                 TIMINGS_FILE, "preview-[0-9]*.png")
 MOTH_RESULTS = ("Harden_model_*.pth", STATE_FILE)
 HARDEN_ORDER_SEED = 100  # the paper's code seeds torch with 100 just before building that loader
-NC_OUTPUTS = ("mask-pattern-NC.npz", "metrics-NC.json", "preview-NC.png")
+NC_OUTPUTS = (NC_TRIGGER, NC_METRICS, "preview-NC.png")
 # What a run killed before its first state reached the disk leaves: the state of a round is written in the
 # background while the next round runs, so rounds 0 and 1 may have files and no state. Nothing to resume,
 # nothing of value either: --resume starts over instead of refusing.
 UNSAVED_START_FILES = {"mask-pattern-0.npz", "mask-pattern-1.npz", "preview-0.png", "preview-1.png",
-                       "mask-pattern-best.npz", "metrics.csv", "re_loss.csv", TIMINGS_FILE}
+                       BEST_TRIGGER, "metrics.csv", "re_loss.csv", TIMINGS_FILE}
 
 
 def inversion_config(cfg: MainConfig) -> InversionConfig:

@@ -12,6 +12,7 @@ from DATASETS.names import DATASET_NAMES
 from DATASETS.usage import USAGE
 from MODELS.names import MODEL_NAMES
 from Trainer.configs import Common, check_choice, check_device_flags, check_positive, check_ratio, check_size
+from Trainer.filenames import DEFAULT_TRIGGER
 from UTILS.errors import fail
 
 
@@ -84,7 +85,7 @@ class BadEncoderConfig(Common):
     lambda2: float = 1.0
     epochs: int = 200
     reference_file: str = ""
-    trigger_file: str = "trigger/trigger_pt_white_21_10_ap_replace.npz"
+    trigger_file: str = DEFAULT_TRIGGER
     shadow_dataset: str = "cifar10"
     pretrained_encoder: str = ""
     encoder_usage_info: str = "cifar10"

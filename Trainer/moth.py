@@ -27,6 +27,7 @@ from MODELS.checkpoint import BackgroundSaver, load_error_reason, save_checkpoin
 from MODELS.precision import with_precision
 from Trainer.common import check_nonfinite, fmt_metrics
 from Trainer.epochs import read_timings
+from Trainer.filenames import BEST_TRIGGER
 from Trainer.preview import save_trigger_preview
 from UTILS.errors import RESUME_HINT, Interrupted, fail
 from UTILS.io import load_npz, write_csv, write_json
@@ -194,7 +195,7 @@ class IterativeInversion:
         k = self.state.round
         decision = self.early.step(row["distance"])
         if decision.improved or decision.converged:  # the paper's code writes the best file in both cases
-            trigger.save(self.log_dir / "mask-pattern-best.npz", idx=k)
+            trigger.save(self.log_dir / BEST_TRIGGER, idx=k)
             self.state.best_round = k
         if decision.converged:
             self.state.converged_rounds.append(k)
@@ -291,7 +292,7 @@ class IterativeInversion:
                    "best_round": best["round"], "best_l1": best["l1"], "best_distance": best["distance"],
                    "best_psim": best["psim"], "best_reached_threshold": bool(best["reached"]),
                    "rounds_below_threshold": below, "initial_knn": s.initial_knn,
-                   "best_trigger": str(self.log_dir / "mask-pattern-best.npz"), "hardened_encoder": str(ckpt),
+                   "best_trigger": str(self.log_dir / BEST_TRIGGER), "hardened_encoder": str(ckpt),
                    "l1_per_round": [r["l1"] for r in self.rows], "distance_per_round": [r["distance"] for r in self.rows]}
         write_json(self.log_dir / "metrics.json", summary)
         if not best["reached"]:
@@ -348,10 +349,10 @@ class IterativeInversion:
                  f"--epochs {self.settings.epochs}; pass --epochs {ran + 1} or more, or --overwrite to start over")
         needed = [f"mask-pattern-{self.state.round - 1}.npz"] if self.state.round > 0 else []
         if self.state.best_round >= 0:
-            needed.append("mask-pattern-best.npz")
+            needed.append(BEST_TRIGGER)
         missing = [name for name in needed if not (self.log_dir / name).is_file()]
         if not missing and self.state.best_round >= 0:
-            best = load_npz(self.log_dir / "mask-pattern-best.npz", ("idx",), "--log_dir")
+            best = load_npz(self.log_dir / BEST_TRIGGER, ("idx",), "--log_dir")
             # a later idx is the round a killed run was in when it stopped: resuming redoes that round
             if int(best["idx"]) != self.state.best_round and int(best["idx"]) < self.state.round:
                 missing = [f"mask-pattern-best.npz of round {self.state.best_round} (it holds round {int(best['idx'])})"]

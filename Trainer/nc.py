@@ -13,6 +13,7 @@ from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, attack_set_si
                                  invert_trigger, random_start)
 from MODELS.precision import with_precision
 from Trainer.common import check_nonfinite, fmt_metrics
+from Trainer.filenames import NC_METRICS, NC_TRIGGER
 from Trainer.moth import FIRST_ROUND_LR
 from Trainer.preview import save_trigger_preview
 from UTILS.io import write_json
@@ -38,13 +39,13 @@ def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inversio
         warn(f"NC inversion: no trigger reached --similarity_threshold {config.threshold} within the cap of "
              f"{config.cap} steps (--re_steps_cap); saved the last trigger (psim {psim:.4f}, "
              f"reached_threshold false in metrics-NC.json)")
-    trigger.save(log_dir / "mask-pattern-NC.npz")
+    trigger.save(log_dir / NC_TRIGGER)
     save_trigger_preview(log_dir / "preview-NC.png", trigger, data.x[:4])
     reference = attack_set_similarities(backbone, data.x, usage, ground_truth, config.psim, config.chunk_size)
     summary = {"l1": result.l1, "psim": psim, "reached_threshold": result.reached, "steps": result.steps,
                "loss": result.loss, "loss_sim": -result.loss_sim, "loss_reg": result.loss_reg, "cost": result.cost,
-               **reference, "trigger": str(log_dir / "mask-pattern-NC.npz")}
-    write_json(log_dir / "metrics-NC.json", summary)
+               **reference, "trigger": str(log_dir / NC_TRIGGER)}
+    write_json(log_dir / NC_METRICS, summary)
     log("[NC] " + fmt_metrics({k: summary[k] for k in ("l1", "psim", "reached_threshold", "steps", "clean_psim",
                                                        "gt_psim")}))
     return summary

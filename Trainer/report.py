@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from DATASETS.triggers import load_trigger  # noqa: E402
+from Trainer.filenames import BEST_TRIGGER, NC_METRICS, NC_TRIGGER
 from UTILS.errors import fail  # noqa: E402
 from UTILS.io import atomic_write, ensure_writable_dir, read_csv  # noqa: E402
 from UTILS.runtime import log  # noqa: E402
@@ -79,7 +80,7 @@ class RunFiles:
         return read_json(self.moth_log / "metrics.json") if self.moth_log else {}
 
     def nc_summary(self) -> dict:
-        return read_json(self.nc_log / "metrics-NC.json") if self.nc_log else {}
+        return read_json(self.nc_log / NC_METRICS) if self.nc_log else {}
 
     def unlearn_rows(self, nc: bool = False) -> list[dict[str, float]]:
         folder = self.nc_unlearn_log if nc else self.unlearn_log
@@ -97,8 +98,8 @@ class RunFiles:
 
     def best_round(self) -> Optional[int]:
         best = self.moth_summary().get("best_round")
-        if best is None and self.moth_log and (self.moth_log / "mask-pattern-best.npz").is_file():
-            with np.load(self.moth_log / "mask-pattern-best.npz", allow_pickle=False) as z:
+        if best is None and self.moth_log and (self.moth_log / BEST_TRIGGER).is_file():
+            with np.load(self.moth_log / BEST_TRIGGER, allow_pickle=False) as z:
                 best = int(z["idx"]) if "idx" in z.files else None
         return None if best is None else int(best)
 
@@ -148,7 +149,7 @@ def plot_triggers(files: RunFiles, out: Path) -> Optional[Path]:
         trig = trigger_arrays(rounds[k])
         label = f"{'chosen: ' if k == best else ''}round {k}\nL1 {trig[0].sum():.1f}"
         columns.append((trig, label, k == best))
-    nc = trigger_arrays(files.nc_log / "mask-pattern-NC.npz") if files.nc_log else None
+    nc = trigger_arrays(files.nc_log / NC_TRIGGER) if files.nc_log else None
     if nc is not None:
         columns.append((nc, f"NC (one round)\nL1 {nc[0].sum():.1f}", False))
     if not columns:

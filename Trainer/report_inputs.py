@@ -15,15 +15,16 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from Trainer.filenames import NC_METRICS, NC_TRIGGER
 from Trainer.make_configs import ReportConfig
 from UTILS.errors import fail
 
 FOLDERS = {"moth_log": "--moth_log", "unlearn_log": "--unlearn_log", "nc_log": "--nc_log",
            "nc_unlearn_log": "--nc_unlearn_log"}
-JSON_FILES = {"moth_log": ("metrics.json",), "nc_log": ("metrics-NC.json",)}
+JSON_FILES = {"moth_log": ("metrics.json",), "nc_log": (NC_METRICS,)}
 CSV_FILES = {"moth_log": ("metrics.csv",), "unlearn_log": ("unlearn-metrics.csv",),
              "nc_unlearn_log": ("unlearn-metrics.csv",)}
-TRIGGER_FILES = {"moth_log": "mask-pattern-*.npz", "nc_log": "mask-pattern-NC.npz"}
+TRIGGER_FILES = {"moth_log": "mask-pattern-*.npz", "nc_log": NC_TRIGGER}
 SUMMARY_LISTS = ("table", "targets", "stage_times")  # lists of objects the report walks through
 
 

@@ -47,6 +47,7 @@ from MODELS.precision import with_precision  # noqa: E402
 from Trainer.configs import MAIN_SEEDS  # noqa: E402
 from Trainer.demo import flag_value, receive_commands  # noqa: E402
 from bench import device_name  # noqa: E402  (bench/bench.py, this script's neighbour)
+from Trainer.filenames import BEST_TRIGGER  # noqa: E402
 from Trainer.moth import FIRST_ROUND_LR  # noqa: E402
 from Trainer.unlearn import CKPT as UNLEARNED  # noqa: E402
 from UTILS.errors import UserError  # noqa: E402
@@ -137,7 +138,7 @@ def whole_defence(cmds: dict[str, list[str]], seeds: list[int], out: Path, devic
                               results_dir=str(base / "hardened"), device=device) + ["--overwrite", *extra]
             unlearn = with_flags(cmds["unlearn"], seed=str(seed), log_dir=str(base / "unlearn-log"),
                                  results_dir=str(base / "unlearned"), device=device,
-                                 re_mask_pattern=str(base / "log" / "mask-pattern-best.npz")) + ["--overwrite", *extra]
+                                 re_mask_pattern=str(base / "log" / BEST_TRIGGER)) + ["--overwrite", *extra]
             epochs = flag_value(cmds["unlearn"], "--epochs")
             # the evaluator is the measuring instrument: float32 for both arms
             downstream = with_flags(cmds["downstream"], results_dir=str(base / "eval"), device=device,
