@@ -2,7 +2,7 @@
 and batched tensor augmentations. See docs/DESIGN.md for the conventions."""
 from __future__ import annotations
 
-import importlib
+from UTILS.lazy import lazy_exports
 
 # name -> the module that defines it. Imported on first use, so that a light submodule (the names
 # the command line is checked against) does not pull in torch through this package.
@@ -42,10 +42,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

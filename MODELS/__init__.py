@@ -1,7 +1,7 @@
 """SimCLR encoders (BadEncoder key names), safe checkpoints, NT-Xent loss (the early stop lives in INVERSION)."""
 from __future__ import annotations
 
-import importlib
+from UTILS.lazy import lazy_exports
 
 # name -> the module that defines it. Imported on first use, so that a light submodule (the names
 # the command line is checked against) does not pull in torch through this package.
@@ -19,10 +19,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -103,7 +103,7 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     removed = []
     for tmp in Path(directory).glob(f".*{TMP_SUFFIX}"):
         parts = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
-        if len(parts) != 3 or not parts[1].isdigit() or _alive(int(parts[1])):
+        if len(parts) != 3 or not parts[1].isdigit() or pid_alive(int(parts[1])):
             continue
         try:
             tmp.unlink()
@@ -113,7 +113,8 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this process counts; another user's counts too)."""
     if pid == os.getpid():
         return True
     try:

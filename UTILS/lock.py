@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from UTILS.errors import fail
+from UTILS.io import pid_alive
 
 LOCK_NAME = ".receive.lock"
 T = TypeVar("T")
@@ -62,7 +63,7 @@ class FolderLock:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
         pid = _pid(_read(fd))  # no flock here (some network file systems): trust the pid in the file
-        return pid is None or pid == os.getpid() or not _alive(pid)
+        return pid is None or pid == os.getpid() or not pid_alive(pid)
 
     def release(self) -> None:
         """Remove the lock file (while still holding it, so no third run can slip in) and let go."""
@@ -104,16 +105,6 @@ def _same_file(fd: int, path: Path) -> bool:
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
