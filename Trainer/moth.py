@@ -308,12 +308,9 @@ class IterativeInversion:
         the background (:class:`MODELS.checkpoint.BackgroundSaver`)."""
         s = self.state
         self.saver.save(self.state_path, self.model, s.epoch, self.optimizer, run_state=vars(s).copy(),
-                        trigger_mask=self.trigger_values()[0], trigger_pattern=self.trigger_values()[1],
+                        trigger_mask=self.trigger.mask[0], trigger_pattern=self.trigger.pattern,  # copied to the CPU
                         early_stopping=self.early.state_dict(), rows=self.rows,
                         inversion_set_size=len(self.data), config=self.fingerprint)
-
-    def trigger_values(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.trigger.mask[0].cpu(), self.trigger.pattern.cpu()
 
     def load_state(self, state: dict, path: Path) -> None:
         """Inverse of :meth:`save_state`."""

@@ -118,10 +118,7 @@ def unlearn_loss(model: nn.Module, images: Tensor, trigger: Callable[[Tensor], T
     _, z2 = model(normalize(second, usage))
     injected, clean = injected.to(z1.device), clean.to(z1.device)
     contrastive = nt_xent(z1[clean], z2[clean], temperature) if clean.numel() else z1.new_zeros(())
-    if injected.numel():
-        unlearn = -(F.normalize(z1[injected], dim=1) * F.normalize(z2[injected], dim=1)).sum(dim=1).mean()
-    else:
-        unlearn = z1.new_zeros(())
+    unlearn = -mean_cos(z1[injected], z2[injected]) if injected.numel() else z1.new_zeros(())
     return contrastive + beta * unlearn, {"contrastive": contrastive.detach(), "unlearn": unlearn.detach()}
 
 
@@ -158,9 +155,10 @@ def initial_similarity(backbone: nn.Module, images: Tensor, trigger: Callable[[T
     try:
         raw = _chunked(backbone, images)  # (N, D)
         stamped = _chunked(backbone, normalize(trigger(images), usage))
-        init_sim = _mean_cos(stamped, raw)
+        init_sim = mean_cos(stamped, raw).item()
         view1, view2 = augment(images), augment(images)
-        test_sim = _mean_cos(_chunked(backbone, normalize(view1, usage)), _chunked(backbone, normalize(view2, usage)))
+        test_sim = mean_cos(_chunked(backbone, normalize(view1, usage)),
+                            _chunked(backbone, normalize(view2, usage))).item()
     finally:
         backbone.train(was_training)
         if saved is not None:
@@ -178,9 +176,9 @@ def _chunked(backbone: nn.Module, x: Tensor) -> Tensor:
     return torch.cat([backbone(x[s:s + INIT_SIM_CHUNK]).float() for s in range(0, x.shape[0], INIT_SIM_CHUNK)])
 
 
-def _mean_cos(a: Tensor, b: Tensor) -> float:
-    """Mean over rows of cos(a_i, b_i); a, b: (N, D)."""
-    return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=-1).mean().item()
+def mean_cos(a: Tensor, b: Tensor) -> Tensor:
+    """Mean over rows of cos(a_i, b_i): (N, D), (N, D) -> scalar (the original's negated loss_similarity)."""
+    return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=-1).mean()
 
 
 def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, batch_size: int,

@@ -1,6 +1,5 @@
 """SimCLR pre-training: the loss against a slow reference, the step, the epoch, the CLI with resume."""
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from DATASETS.tensors import TensorSet
 from MODELS.checkpoint import load_checkpoint, load_encoder
 from MODELS.simclr import build_model
 from Trainer import pretrain
+from Trainer.demo import load_script
 from Trainer.pretrain import pretrain_epoch, simclr_loss, simclr_step
 from tests.MODELS.test_losses import slow_nt_xent
 
@@ -66,12 +66,6 @@ def test_epoch_uses_full_batches_only(monkeypatch):
     row = pretrain_epoch(None, None, data, 4, USAGE, 0.5)
     assert seen == [4, 4] and row["loss"] == pytest.approx(1.5)  # BadEncoder drops the last partial batch
 
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), ROOT / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ description; then the script on a tiny synthetic set."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -24,6 +23,7 @@ from MODELS.checkpoint import save_checkpoint
 from MODELS.simclr import build_model
 from Trainer import unlearn as U
 from Trainer.configs import UnlearnConfig
+from Trainer.demo import load_script
 from UTILS.errors import UserError
 from tests.MODELS.test_losses import slow_nt_xent
 
@@ -318,12 +318,6 @@ def test_defaults_are_the_originals():
 
 
 # ---------------------------------------------------------------- the script
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py").replace("-", "_"), ROOT / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -114,34 +114,29 @@ def _signal_self(sig: int, times: int = 1) -> None:
         os.kill(os.getpid(), sig)
 
 
-def sigterm_while_loading_data() -> None:
-    """SIGTERM reaches the process while it reads a dataset split (before any loop can stop gracefully)."""
+def _sigterm_on_call(module: str, name: str) -> None:
+    """Make ``module.name`` send this process SIGTERM each time it is called, then do its work."""
+    import importlib
     import signal
 
-    import DATASETS.tensors
+    owner = importlib.import_module(module)
+    original = getattr(owner, name)
 
-    original = DATASETS.tensors.load_split
-
-    def load(*args, **kwargs):
+    def wrapped(*args, **kwargs):
         _signal_self(signal.SIGTERM)
         return original(*args, **kwargs)
 
-    DATASETS.tensors.load_split = load
+    setattr(owner, name, wrapped)
+
+
+def sigterm_while_loading_data() -> None:
+    """SIGTERM reaches the process while it reads a dataset split (before any loop can stop gracefully)."""
+    _sigterm_on_call("DATASETS.tensors", "load_split")
 
 
 def sigterm_while_extracting_features() -> None:
     """SIGTERM reaches the downstream classifier while it extracts the encoder's features."""
-    import signal
-
-    import Trainer.downstream
-
-    original = Trainer.downstream.extract_features
-
-    def extract(*args, **kwargs):
-        _signal_self(signal.SIGTERM)
-        return original(*args, **kwargs)
-
-    Trainer.downstream.extract_features = extract
+    _sigterm_on_call("Trainer.downstream", "extract_features")
 
 
 def double_ctrl_c_in_first_round() -> None:
