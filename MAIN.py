@@ -3,6 +3,7 @@
 
 --phase moth: iterative inversion + hardening + Wasserstein early stop -> <log_dir>/mask-pattern-best.npz
 --phase nc:   one-round baseline                                       -> <log_dir>/mask-pattern-NC.npz
+--phase detect: is the encoder backdoored at all? (DECREE-style verdict)  -> <log_dir>/detect.json, detect.png
 """
 from __future__ import annotations
 
@@ -11,47 +12,56 @@ import argparse
 from Trainer.configs import MainConfig, add_amp_flag, add_asr_flag, add_runtime_flags, config_from_args
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
-D = MainConfig()
-
 
 def build_parser() -> ArgumentParser:
+    d = MainConfig()  # each flag's default is its config field's
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_flags(p, gpu="2", seed=0)
-    p.add_argument("--phase", default=D.phase, help="moth (iterative, ours) or nc (one round, baseline)")
-    p.add_argument("--dataset", default=D.dataset, help="data used for inversion and hardening")
-    p.add_argument("--model", default=D.model)
-    p.add_argument("--batch_size", type=int, default=D.batch_size, help="images per round (hardening batch)")
-    p.add_argument("--epochs", type=int, default=D.epochs)
-    p.add_argument("--log_dir", default=D.log_dir)
-    p.add_argument("--results_dir", default=D.results_dir)
-    p.add_argument("--knn-t", dest="knn_t", type=float, default=D.knn_t)
-    p.add_argument("--knn-k", dest="knn_k", type=int, default=D.knn_k)
-    p.add_argument("--pretrained_encoder", default=D.pretrained_encoder)
-    p.add_argument("--harden_lr", type=float, default=D.harden_lr)
-    p.add_argument("--re_lr", type=float, default=D.re_lr, help="inversion lr after the first round (0.5)")
-    p.add_argument("--data_ratio", type=float, default=D.data_ratio)
-    p.add_argument("--encoder_usage_info", default=D.encoder_usage_info, help="normalisation statistics")
-    p.add_argument("--attack_threshold", type=float, default=D.attack_threshold, help="accepted, unused")
-    p.add_argument("--similarity_threshold", type=float, default=D.similarity_threshold)
-    p.add_argument("--init_cost", type=float, default=D.init_cost)
-    p.add_argument("--pair", default=D.pair, help="accepted, unused")
-    p.add_argument("--attack_size", type=int, default=D.attack_size,
+    p.add_argument("--phase", default=d.phase,
+                   help="moth (iterative, RECEIVE), nc (one round, baseline) or detect (verdict, no removal)")
+    p.add_argument("--dataset", default=d.dataset, help="data used for inversion and hardening")
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--batch_size", type=int, default=d.batch_size, help="images per round (hardening batch)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--log_dir", default=d.log_dir)
+    p.add_argument("--results_dir", default=d.results_dir)
+    p.add_argument("--knn-t", dest="knn_t", type=float, default=d.knn_t)
+    p.add_argument("--knn-k", dest="knn_k", type=int, default=d.knn_k)
+    p.add_argument("--pretrained_encoder", default=d.pretrained_encoder)
+    p.add_argument("--harden_lr", type=float, default=d.harden_lr)
+    p.add_argument("--re_lr", type=float, default=d.re_lr, help="inversion lr after the first round (0.5)")
+    p.add_argument("--data_ratio", type=float, default=d.data_ratio)
+    p.add_argument("--encoder_usage_info", default=d.encoder_usage_info, help="normalisation statistics")
+    p.add_argument("--attack_threshold", type=float, default=d.attack_threshold, help="accepted, unused")
+    p.add_argument("--similarity_threshold", type=float, default=d.similarity_threshold)
+    p.add_argument("--init_cost", type=float, default=d.init_cost)
+    p.add_argument("--pair", default=d.pair, help="accepted, unused")
+    p.add_argument("--attack_size", type=int, default=d.attack_size,
                    help="images drawn (with replacement) for each round; inverted in chunks of 32")
-    p.add_argument("--re_steps", type=int, default=D.re_steps)
-    p.add_argument("--re_steps_cap", type=int, default=D.re_steps_cap,
+    p.add_argument("--re_steps", type=int, default=d.re_steps)
+    p.add_argument("--re_steps_cap", type=int, default=d.re_steps_cap,
                    help="hard cap on steps of a round when no trigger reaches the threshold (0: 3 x re_steps)")
-    p.add_argument("--downstreamTask", default=D.downstreamTask, help="dataset of the kNN monitor")
-    p.add_argument("--epsilon", type=float, default=D.epsilon)
-    p.add_argument("--patience", type=int, default=D.patience)
-    p.add_argument("--reference_label", type=int, default=D.reference_label, help="target class (monitor only)")
-    p.add_argument("--trigger_file", default=D.trigger_file, help="ground-truth trigger, monitoring only")
-    p.add_argument("--reference_file", default=D.reference_file, help="accepted, unused (as in the original)")
-    p.add_argument("--source_label", type=int, default=D.source_label, help="accepted, unused (as in the original)")
-    p.add_argument("--psim", default=D.psim, choices=("original", "pairs"),
+    p.add_argument("--micro_batch", type=int, default=d.micro_batch,
+                   help="images per forward/backward inside a 32-image chunk (same gradient, less memory: "
+                        "for 224-pixel encoders on small GPUs); 0 = the whole chunk at once")
+    p.add_argument("--downstreamTask", default=d.downstreamTask, help="dataset of the kNN monitor")
+    p.add_argument("--epsilon", type=float, default=d.epsilon)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--reference_label", type=int, default=d.reference_label, help="target class (monitor only)")
+    p.add_argument("--trigger_file", default=d.trigger_file, help="ground-truth trigger, monitoring only")
+    p.add_argument("--reference_file", default=d.reference_file, help="accepted, unused (as in the original)")
+    p.add_argument("--source_label", type=int, default=d.source_label, help="accepted, unused (as in the original)")
+    p.add_argument("--psim", default=d.psim, choices=("original", "pairs"),
                    help="the pairwise similarity --similarity_threshold is compared with: original = the paper's "
                         "code's (B-1)/B^3 * sum of all B^2 cosines of a 32-image chunk (what its thresholds were "
                         "tuned on); pairs = the mean cosine over pairs i != j")
-    p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor after every N-th batch of an epoch, and once before the first round (0: off)")
+    p.add_argument("--monitor_every", type=int, default=d.monitor_every, help="kNN monitor after every N-th batch of an epoch, and once before the first round (0: off)")
+    p.add_argument("--detect_psim", type=float, default=d.detect_psim,
+                   help="--phase detect: mean pairwise cosine (over pairs i != j) the stamped images' features "
+                        "must reach, as DECREE")
+    p.add_argument("--detect_pl1", type=float, default=d.detect_pl1,
+                   help="--phase detect: verdict threshold on the trigger's size PL1 = mask L1 / (H*W); "
+                        "smaller means backdoored (default measured by bench/detect.py)")
     add_asr_flag(p)
     add_amp_flag(p)
     return p

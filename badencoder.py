@@ -10,43 +10,41 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import add_asr_flag, add_runtime_flags, config_from_args
-from Trainer.make_configs import BadEncoderConfig
+from Trainer.configs import BadEncoderConfig, add_asr_flag, add_runtime_flags, config_from_args
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
-
-D = BadEncoderConfig()
 
 
 def build_parser() -> ArgumentParser:
+    d = BadEncoderConfig()  # each flag's default is its config field's
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_runtime_flags(p, gpu="0", seed=D.seed)
-    p.add_argument("--lr", type=float, default=D.lr, help="SGD learning rate")
-    p.add_argument("--batch_size", type=int, default=D.batch_size)
-    p.add_argument("--lambda1", type=float, default=D.lambda1, help="weight of L1 (the reference keeps its meaning)")
-    p.add_argument("--lambda2", type=float, default=D.lambda2, help="weight of L2 (utility)")
-    p.add_argument("--epochs", type=int, default=D.epochs)
-    p.add_argument("--reference_file", default=D.reference_file, help="npz with x: (n,32,32,3) uint8 reference images")
-    p.add_argument("--trigger_file", default=D.trigger_file, help="the trigger to inject (BadEncoder's t/tm npz)")
-    p.add_argument("--shadow_dataset", default=D.shadow_dataset, help="shadow data (training split)")
-    p.add_argument("--pretrained_encoder", default=D.pretrained_encoder, help="the clean encoder")
-    p.add_argument("--encoder_usage_info", default=D.encoder_usage_info, help="normalisation statistics")
-    p.add_argument("--results_dir", default=D.results_dir, help="receives model_<epoch>.pth and the metrics")
-    p.add_argument("--model", default=D.model)
-    p.add_argument("--data_ratio", type=float, default=D.data_ratio, help="share of the shadow training split used")
-    p.add_argument("--reference_label", type=int, default=D.reference_label,
+    add_runtime_flags(p, gpu="0", seed=d.seed)
+    p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate")
+    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--lambda1", type=float, default=d.lambda1, help="weight of L1 (the reference keeps its meaning)")
+    p.add_argument("--lambda2", type=float, default=d.lambda2, help="weight of L2 (utility)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--reference_file", default=d.reference_file, help="npz with x: (n,32,32,3) uint8 reference images")
+    p.add_argument("--trigger_file", default=d.trigger_file, help="the trigger to inject (BadEncoder's t/tm npz)")
+    p.add_argument("--shadow_dataset", default=d.shadow_dataset, help="shadow data (training split)")
+    p.add_argument("--pretrained_encoder", default=d.pretrained_encoder, help="the clean encoder")
+    p.add_argument("--encoder_usage_info", default=d.encoder_usage_info, help="normalisation statistics")
+    p.add_argument("--results_dir", default=d.results_dir, help="receives model_<epoch>.pth and the metrics")
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--data_ratio", type=float, default=d.data_ratio, help="share of the shadow training split used")
+    p.add_argument("--reference_label", type=int, default=d.reference_label,
                    help="target class: drawn from with --reference_dataset; the kNN monitor's ASR target")
-    p.add_argument("--reference_dataset", default=D.reference_dataset,
+    p.add_argument("--reference_dataset", default=d.reference_dataset,
                    help="draw the reference images from this dataset's class --reference_label")
-    p.add_argument("--reference_count", type=int, default=D.reference_count,
+    p.add_argument("--reference_count", type=int, default=d.reference_count,
                    help="how many reference images --reference_dataset gives")
-    p.add_argument("--momentum", type=float, default=D.momentum)
-    p.add_argument("--weight_decay", type=float, default=D.weight_decay)
-    p.add_argument("--knn-t", dest="knn_t", type=float, default=D.knn_t)
-    p.add_argument("--knn-k", dest="knn_k", type=int, default=D.knn_k)
-    p.add_argument("--downstreamTask", default=D.downstreamTask,
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight_decay", type=float, default=d.weight_decay)
+    p.add_argument("--knn-t", dest="knn_t", type=float, default=d.knn_t)
+    p.add_argument("--knn-k", dest="knn_k", type=int, default=d.knn_k)
+    p.add_argument("--downstreamTask", default=d.downstreamTask,
                    help="dataset of the kNN monitor (default: --reference_dataset, else --shadow_dataset)")
-    p.add_argument("--monitor_every", type=int, default=D.monitor_every, help="kNN monitor every N epochs (0: off)")
-    p.add_argument("--save_every", type=int, default=D.save_every,
+    p.add_argument("--monitor_every", type=int, default=d.monitor_every, help="kNN monitor every N epochs (0: off)")
+    p.add_argument("--save_every", type=int, default=d.save_every,
                    help="keep model_<epoch>.pth every N epochs (0: only the last); the newest is always kept")
     add_asr_flag(p, "kNN monitor: ")
     return p

@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import config_from_args
-from Trainer.make_configs import PRESET_NAMES, DemoConfig
+from Trainer.configs import PRESET_NAMES, DemoConfig, config_from_args
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
-
-D = DemoConfig()
 
 
 def build_parser() -> ArgumentParser:
+    d = DemoConfig()  # each flag's default is its config field's
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=D.out, help="run folder (default: demo_runs/<timestamp>)")
-    p.add_argument("--preset", default=D.preset, help=f"one of {', '.join(PRESET_NAMES)} (ci: tiny settings for tests)")
-    p.add_argument("--device", default=D.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--gpu", default=D.gpu, help="CUDA device index used by --device auto")
-    p.add_argument("--data_dir", default=D.data_dir, help="where the embedded datasets are generated (once)")
-    p.add_argument("--target", type=int, default=D.target, help="target class of the backdoor (0..9 of synthetic_down)")
-    p.add_argument("--seed", type=int, default=D.seed,
+    p.add_argument("--out", default=d.out, help="run folder (default: demo_runs/<timestamp>)")
+    p.add_argument("--preset", default=d.preset, help=f"one of {', '.join(PRESET_NAMES)} (ci: tiny settings for tests)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--gpu", default=d.gpu, help="CUDA device index used by --device auto")
+    p.add_argument("--data_dir", default=d.data_dir, help="where the embedded datasets are generated (once)")
+    p.add_argument("--target", type=int, default=d.target, help="target class of the backdoor (0..9 of synthetic_down)")
+    p.add_argument("--seed", type=int, default=d.seed,
                    help="0..4: seeds every stage (pre-training and injection 100+seed, MAIN.py --seed seed, "
                         "Unlearn-trigger.py --seed seed mod 3, classifier 100+seed); 0 is the README's run")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing each stage's outputs")
@@ -42,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(DemoConfig, build_parser().parse_args(argv)).validate()
     # torch and the stages are imported once the command line is known to be good, whole (Ctrl-C held)
     with interrupts_deferred():
-        from Trainer.demo import run_demo
+        from DEMO.demo import run_demo
 
     return run_demo(cfg)
 

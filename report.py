@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import config_from_args
-from Trainer.make_configs import ReportConfig
+from Trainer.configs import ReportConfig, config_from_args
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
@@ -35,8 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_args(ReportConfig, build_parser().parse_args(argv)).validate()
     # matplotlib and torch are imported once the command line is known to be good, whole (Ctrl-C held)
     with interrupts_deferred():
-        from Trainer.report import run_report
-        from Trainer.report_inputs import check_report_inputs
+        from DEMO.report import run_report
+        from DEMO.report_inputs import check_report_inputs
 
     check_report_inputs(cfg)  # every file it reads, named by the flag the user passed
     return run_report(cfg)

@@ -1,7 +1,7 @@
 """Load a dataset split from ``--data_dir`` in either supported layout.
 
-Layouts, detected per split: BadEncoder's npz (``<data_dir>/<name>/{train,test}.npz``, preferred)
-and torchvision's own files, looked for directly under ``data_dir`` and under ``data_dir/<name>``.
+Layouts, detected per split: BadEncoder's npz (``<data_dir>/<name>/{train,test}.npz``, preferred; at
+224 pixels its ``{train,test}_224.npz`` first) and torchvision's own files, looked for directly under ``data_dir`` and under ``data_dir/<name>``.
 Every split comes back as uint8 (N, size, size, 3) images and int64 labels.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from UTILS.io import load_npz
 from UTILS.runtime import progress
 
 SPLITS = ("train", "test")
+BADENCODER_224 = 224  # BadEncoder ships <split>_224.npz copies of its datasets for 224-pixel encoders
 
 
 @dataclass
@@ -55,8 +56,12 @@ def resize_images(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarra
     return out
 
 
-def _npz_path(name: str, split: str, data_dir: Path) -> Path:
-    return data_dir / name / f"{split}.npz"
+def _npz_path(name: str, split: str, data_dir: Path, size: int = 32) -> Path:
+    """BadEncoder's file for a split: ``<split>.npz``, or ``<split>_224.npz`` (its 224-pixel copies,
+    which it reads for ImageNet and CLIP encoders) when the images are wanted at 224 and it exists."""
+    plain = data_dir / name / f"{split}.npz"
+    big = data_dir / name / f"{split}_{BADENCODER_224}.npz"
+    return big if int(size) == BADENCODER_224 and big.is_file() else plain
 
 
 def _read_npz(path: Path, flag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +83,9 @@ def _tv_roots(name: str, data_dir: Path) -> list[Path]:
     return [data_dir, data_dir / name]
 
 
-def _locate(name: str, split: str, data_dir: Path) -> tuple[str, Path]:
+def _locate(name: str, split: str, data_dir: Path, size: int = 32) -> tuple[str, Path]:
     """('npz', file) or ('torchvision', root) for the first layout present; fails listing all paths."""
-    npz = _npz_path(name, split, data_dir)
+    npz = _npz_path(name, split, data_dir, size)
     if npz.is_file():
         return "npz", npz
     looked = []
@@ -89,6 +94,8 @@ def _locate(name: str, split: str, data_dir: Path) -> tuple[str, Path]:
         if all(p.exists() for p in needed):
             return "torchvision", root
         looked.append(" + ".join(str(p) for p in needed))
+    if int(size) == BADENCODER_224:
+        npz = f"{npz.with_name(f'{split}_{BADENCODER_224}.npz')} or {npz}"
     fail(f"--data_dir {data_dir}: {name} {split} split not found; looked for BadEncoder's npz layout at "
          f"{npz} and torchvision's layout at {' or at '.join(looked)}")
 
@@ -119,7 +126,7 @@ def load_split(name: str, split: str, data_dir: str | Path, size: int = 32, flag
         from DATASETS import synthetic
 
         synthetic.ensure_cached(key, data_dir)
-    layout, path = _locate(key, split, data_dir)
+    layout, path = _locate(key, split, data_dir, int(size))
     if layout == "npz":
         images, y = _read_npz(path, flag)
     else:

@@ -1,14 +1,15 @@
 """Trigger formats (README, "Data"): the one place where images get stamped.
 
 Ground truth (BadEncoder) npz: ``t`` (1,H,W,3) in 0..255 and ``tm`` (1,H,W,3) of 0/1, stamped in
-uint8 space as ``x * tm + t``. Inverted npz: ``mask`` and ``pattern`` (3,H,W) in [0,1], stamped in
+uint8 space as ``x * tm + t`` (DECREE stores its 224-pixel triggers without the leading axis,
+``(H,W,3)``: read alike). Inverted npz: ``mask`` and ``pattern`` (3,H,W) in [0,1], stamped in
 [0,1] space as ``(1 - mask) * x + mask * pattern``. Both act on [0,1] images before normalisation.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +36,14 @@ def stamp(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
     """
     m = _mask3(mask)
     return (1 - m) * x + m * pattern
+
+
+class Trigger(Protocol):
+    """What every consumer of a trigger needs: ``trigger(x)`` stamps a batch, x (B, 3, H, W) in [0, 1] ->
+    stamped (B, 3, H, W) in [0, 1]. Both file formats below are Triggers (they also carry ``mask`` and
+    ``pattern`` (3, H, W), which the previews draw); so is any function of that shape, e.g. in a test."""
+
+    def __call__(self, x: Tensor) -> Tensor: ...
 
 
 class GroundTruthTrigger:
@@ -116,10 +125,11 @@ def _finite_in(a: np.ndarray, lo: float, hi: float, what: str, where: str) -> np
 
 
 def _ground_truth(data: dict[str, np.ndarray], where: str) -> GroundTruthTrigger:
-    t, tm = data["t"], data["tm"]
+    # DECREE's files leave out BadEncoder's leading axis of one trigger: (H,W,3) reads as (1,H,W,3)
+    t, tm = (a[None] if a.ndim == 3 else a for a in (data["t"], data["tm"]))
     for key, arr in (("t", t), ("tm", tm)):
         if arr.ndim != 4 or arr.shape[0] != 1 or arr.shape[3] != 3 or arr.shape[1] != arr.shape[2]:
-            fail(f"{where}: '{key}' must have shape (1,H,H,3), got {arr.shape}")
+            fail(f"{where}: '{key}' must have shape (1,H,H,3) or (H,H,3), got {data[key].shape}")
     if t.shape != tm.shape:
         fail(f"{where}: 't' {t.shape} and 'tm' {tm.shape} differ in shape")
     t = _finite_in(t, 0.0, 255.0, "t", where)
@@ -157,25 +167,34 @@ def load_trigger(path: str | os.PathLike, flag: str,
         fail(f"{where}: expected keys t/tm (ground-truth trigger) or mask/pattern (inverted trigger), "
              f"found {sorted(data)}")
     if expected_size is not None and trigger.size != int(expected_size):
+        hint = ("; BadEncoder's 224-pixel trigger is made with: python -m DATASETS.triggers --size 224 "
+                "--patch 50 --start 173 --out trigger/trigger_pt_white_173_50_ap_replace.npz"
+                if int(expected_size) == 224 else "")
         fail(f"{where}: trigger is {trigger.size}x{trigger.size} but the encoder expects "
-             f"{expected_size}x{expected_size}")
+             f"{expected_size}x{expected_size}{hint}")
     return trigger
 
 
-def white_square_trigger(size: int = 32, patch: int = 10, start: int = 21) -> dict[str, np.ndarray]:
-    """The standard BadEncoder trigger: a white ``patch``-square on rows/cols start..start+patch-1."""
+def white_square_trigger(size: int = 32, patch: int = 10, start: int = 21,
+                         batch_axis: bool = True) -> dict[str, np.ndarray]:
+    """The standard BadEncoder trigger: a white ``patch``-square on rows/cols start..start+patch-1.
+
+    ``t``/``tm`` are (1, size, size, 3) as BadEncoder stores them, or (size, size, 3) with
+    ``batch_axis=False`` (DECREE's layout of its 24x24 trigger at 224 pixels).
+    """
     if size < 1 or patch < 1 or start < 0 or start + patch > size:
         fail(f"--size/--patch/--start: the square {start}..{start + patch - 1} must lie inside 0..{size - 1}")
     t = np.zeros((1, size, size, 3), dtype=np.float32)
     tm = np.ones((1, size, size, 3), dtype=np.float32)
     t[:, start:start + patch, start:start + patch, :] = 255.0
     tm[:, start:start + patch, start:start + patch, :] = 0.0
-    return {"t": t, "tm": tm}
+    return {"t": t, "tm": tm} if batch_axis else {"t": t[0], "tm": tm[0]}
 
 
-def save_ground_truth_trigger(path: str | os.PathLike, size: int = 32, patch: int = 10, start: int = 21) -> Path:
-    """Write the white-square trigger npz (BadEncoder format) atomically; returns the path."""
-    return save_npz(path, **white_square_trigger(size, patch, start))
+def save_ground_truth_trigger(path: str | os.PathLike, size: int = 32, patch: int = 10, start: int = 21,
+                              batch_axis: bool = True) -> Path:
+    """Write the white-square trigger npz (BadEncoder format, or DECREE's without the leading axis) atomically."""
+    return save_npz(path, **white_square_trigger(size, patch, start, batch_axis))
 
 
 @cli_entry
@@ -187,8 +206,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--patch", type=int, default=10, help="side of the white square")
     parser.add_argument("--start", type=int, default=21, help="first row/column of the square")
+    parser.add_argument("--no_batch_axis", action="store_true",
+                        help="store t/tm as (size,size,3), DECREE's layout, instead of BadEncoder's (1,size,size,3)")
     args = parser.parse_args(argv)
-    path = save_ground_truth_trigger(args.out, args.size, args.patch, args.start)
+    path = save_ground_truth_trigger(args.out, args.size, args.patch, args.start, not args.no_batch_axis)
     print(f"wrote {path} ({args.patch}x{args.patch} white square at rows/cols "
           f"{args.start}..{args.start + args.patch - 1} of {args.size}x{args.size})")
     return path

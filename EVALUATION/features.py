@@ -1,16 +1,17 @@
 """Backbone features of an image tensor, batched, with an optional trigger stamped first."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from DATASETS.stats import UsageInfo, normalize
+from DATASETS.triggers import Trigger
+from UTILS.distributed import gather_to_all, shard_bounds, world_size
 from UTILS.runtime import progress
 
-Trigger = Callable[[torch.Tensor], torch.Tensor]
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -51,3 +52,18 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, usage: UsageInfo
     if not chunks:
         raise ValueError("extract_features: no images")
     return torch.cat(chunks, dim=0)
+
+
+def extract_features_sharded(backbone: nn.Module, images: torch.Tensor, usage: UsageInfo,
+                             trigger: Optional[Trigger] = None, batch_size: int = 512,
+                             desc: str = "features") -> torch.Tensor:
+    """:func:`extract_features` with the images split across the ranks of a torchrun run: (N, D) on every rank.
+
+    Each rank extracts its contiguous share (``UTILS.distributed.shard_bounds``) and the shares are
+    gathered in order; in eval mode an image's feature does not depend on the others, so this is the
+    one-process result (to float rounding). On one process it *is* ``extract_features``.
+    """
+    if world_size() == 1 or images.shape[0] < world_size():  # fewer images than ranks: each extracts all
+        return extract_features(backbone, images, usage, trigger, batch_size, desc)
+    lo, hi = shard_bounds(images.shape[0])
+    return gather_to_all(extract_features(backbone, images[lo:hi], usage, trigger, batch_size, desc))

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from DATASETS.stats import UsageInfo
-from EVALUATION.features import Trigger, extract_features
+from DATASETS.triggers import Trigger
+from EVALUATION.features import extract_features
 from EVALUATION.metrics import accuracy, attack_success_rate, backdoor_subset
 
 

@@ -1,6 +1,8 @@
 """ACC and ASR in percent, and which images count for ASR."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 
@@ -57,3 +59,24 @@ def attack_success_rate(preds_on_stamped: torch.Tensor, true_labels: torch.Tenso
                          f"and labels {tuple(labels.shape)} differ")
     keep = backdoor_subset(labels, target, include_target)
     return percent(preds[keep] == int(target))
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """Area under the ROC curve of a score that should be higher for ``positive`` than ``negative`` cases.
+
+    Mann-Whitney form: the share of (positive, negative) pairs ranked correctly, ties counting a half;
+    nan when either side is empty. O((P + N) log(P + N)) through ranks.
+    """
+    pos = torch.as_tensor(list(positive), dtype=torch.float64)
+    neg = torch.as_tensor(list(negative), dtype=torch.float64)
+    if pos.numel() == 0 or neg.numel() == 0:
+        return float("nan")
+    scores = torch.cat([pos, neg])
+    order = torch.argsort(scores, stable=True)
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
+    for value in torch.unique(scores):  # tied scores share their mean rank
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    u = ranks[: pos.numel()].sum() - pos.numel() * (pos.numel() + 1) / 2
+    return (u / (pos.numel() * neg.numel())).item()

@@ -1,13 +1,16 @@
 """The kNN monitor bound to a downstream task, a trigger and a target label (used by every training flow)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from DATASETS.loaders import load_split
 from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet, check_label, require_images
+from DATASETS.triggers import Trigger
 from EVALUATION.knn import knn_monitor
 
 
@@ -29,8 +32,8 @@ class Monitor:
                            self.usage, self.trigger, self.target, self.k, self.t, self.include_target)
 
 
-def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.device, trigger, target: int,
-                  k: int, t: float, include_target: bool) -> Monitor:
+def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.device, trigger: Optional[Trigger],
+                  target: int, k: int, t: float, include_target: bool) -> Monitor:
     need = "the kNN monitor needs at least one (--monitor_every 0 turns it off)"
     train, test = (TensorSet.from_images(require_images(load_split(task, split, data_dir, usage.size,
                                                                    flag="--downstreamTask"), "--downstreamTask", need),
@@ -38,3 +41,12 @@ def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.devi
     if trigger is not None:
         check_label(target, train.num_classes)
     return Monitor(train, test, usage, trigger, target, k, t, include_target)
+
+
+def monitor_row(monitor: Monitor | None, backbone, count: int, every: int) -> dict[str, float]:
+    """{"knn_acc", "knn_asr"} of ``monitor`` on ``backbone`` when ``count`` (an epoch, a round's batch) is a
+    multiple of ``every``; NaN when the monitor is off (None, ``every`` <= 0) or not due."""
+    if monitor is None or every <= 0 or count % every:
+        return {"knn_acc": math.nan, "knn_asr": math.nan}
+    result = monitor(backbone)
+    return {"knn_acc": result["acc"], "knn_asr": result["asr"]}

@@ -1,7 +1,7 @@
 """The steps around each inversion round (docs/ALGORITHMS.md §2): the attack set, hardening, the distance."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from DATASETS.stats import UsageInfo, normalize
+from DATASETS.triggers import Trigger
 
 
 def draw_attack_set(n: int, attack_size: int, seed: int) -> tuple[Tensor, np.random.RandomState]:
@@ -25,7 +26,7 @@ def draw_attack_set(n: int, attack_size: int, seed: int) -> tuple[Tensor, np.ran
 
 
 def harden_step(backbone: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
-                trigger: Callable[[Tensor], Tensor], usage: UsageInfo) -> float:
+                trigger: Trigger, usage: UsageInfo) -> float:
     """Equation 3, one SGD step: pull f(stamped batch) onto f(clean batch) (MSE), backbone in train mode.
 
     images: (B, 3, H, W) in [0, 1]. Stamped and clean images go through the backbone as two
@@ -53,7 +54,7 @@ def wasserstein_rows(u_sorted: Tensor, v_sorted: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sorted_features(backbone: nn.Module, images: Tensor, usage: UsageInfo,
-                    trigger: Optional[Callable[[Tensor], Tensor]] = None, batch_size: int = 256) -> Tensor:
+                    trigger: Optional[Trigger] = None, batch_size: int = 256) -> Tensor:
     """Raw backbone features of (N, 3, H, W) images, each row sorted ascending: (N, D)."""
     was_training = backbone.training
     backbone.eval()
@@ -66,7 +67,7 @@ def sorted_features(backbone: nn.Module, images: Tensor, usage: UsageInfo,
     return torch.cat(rows)
 
 
-def wasserstein_shift(backbone: nn.Module, images: Tensor, usage: UsageInfo, trigger: Callable[[Tensor], Tensor],
+def wasserstein_shift(backbone: nn.Module, images: Tensor, usage: UsageInfo, trigger: Trigger,
                       clean_sorted: Tensor, batch_size: int = 256) -> float:
     """The early-stop signal: mean over images of W1(f0(x), f0(x stamped)) on the *reference* encoder f0."""
     stamped_sorted = sorted_features(backbone, images, usage, trigger, batch_size)

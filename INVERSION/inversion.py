@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from DATASETS.stats import UsageInfo, normalize
-from DATASETS.triggers import InvertedTrigger
+from DATASETS.triggers import InvertedTrigger, Trigger
 from UTILS.runtime import progress
 
 EPS = 1e-7
@@ -126,6 +126,7 @@ class InversionConfig:
     patience: int = 5
     step_cap: int = 0           # hard cap on steps when no trigger reaches the threshold; 0 = 3*steps
     restart_noise: float = 0.01
+    micro_batch: int = 0        # --micro_batch: images per forward/backward inside a chunk; 0 = the whole chunk
 
     @property
     def cap(self) -> int:
@@ -210,7 +211,7 @@ def inversion_loss(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, us
 
 @torch.no_grad()
 def chunk_similarity(backbone: nn.Module, images: Tensor, usage: UsageInfo,
-                     trigger: Optional[Callable[[Tensor], Tensor]] = None, kind: str = "original",
+                     trigger: Optional[Trigger] = None, kind: str = "original",
                      chunk_size: int = CHUNK) -> float:
     """Mean over the step's chunks of psim of ``images`` (N, 3, H, W), stamped with ``trigger`` if given.
 
@@ -297,9 +298,13 @@ def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, o
     stats = []
     trigger = None
     for chunk in chunks(images, config.chunk_size):  # (B, 3, H, W)
-        loss, psim, l1, trigger = inversion_loss(backbone, chunk, a, b, usage, cost, config.psim)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if 0 < config.micro_batch < chunk.shape[0]:
+            loss, psim, l1, trigger = micro_batched_backward(backbone, chunk, a, b, usage, cost, config.psim,
+                                                             config.micro_batch)
+        else:
+            loss, psim, l1, trigger = inversion_loss(backbone, chunk, a, b, usage, cost, config.psim)
+            loss.backward()
         opt.step()
         stats.append(torch.stack([loss.detach(), psim.detach(), l1.detach()]))
     means = torch.stack(stats).mean(dim=0).double().cpu().tolist()  # one device sync per step
@@ -307,9 +312,38 @@ def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, o
     return means[0], means[1], means[2], frozen_trigger
 
 
+def micro_batched_backward(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo,
+                           cost: float, psim_kind: str, micro_batch: int
+                           ) -> tuple[Tensor, Tensor, Tensor, InvertedTrigger]:
+    """Equation 2's loss on one chunk (B, 3, H, W) and its gradient into ``a.grad``/``b.grad``, holding
+    the activations of only ``micro_batch`` images at a time; returns (loss, psim, l1, trigger), detached.
+
+    psim couples every pair of the chunk, so the loss is not a sum over images and cannot be
+    accumulated piece by piece. It depends on the images only through their features F (B, D), so
+    by the chain rule dloss/da = sum_i (dF_i/da)^T g_i (+ cost * dl1/da), g = dloss/dF: pass 1
+    computes F piecewise without a graph; the loss is built on F as a leaf and back-propagated to
+    g (and the mask term); pass 2 re-runs each piece with a graph and back-propagates g_i through
+    it. One extra forward pass buys the memory of a ``micro_batch``-image backward. The encoder is
+    in eval mode (``frozen``), so a piece's features do not depend on the other pieces.
+    """
+    trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))
+    pieces = images.split(micro_batch)
+    with torch.no_grad():
+        features = torch.cat([backbone(normalize(trigger(p), usage)) for p in pieces])  # (B, D)
+    features.requires_grad_(True)
+    psim = pairwise_similarity(features, psim_kind)
+    l1 = mask_l1(trigger.mask)
+    loss = -psim + cost * l1
+    loss.backward()  # g into features.grad; the mask term straight into a.grad
+    for piece, grad in zip(pieces, features.grad.split(micro_batch)):
+        piece_trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))  # a fresh graph per piece
+        backbone(normalize(piece_trigger(piece), usage)).backward(grad)
+    return loss.detach(), psim.detach(), l1.detach(), trigger
+
+
 @torch.no_grad()
 def attack_set_similarities(backbone: nn.Module, images: Tensor, usage: UsageInfo,
-                            ground_truth: Optional[Callable[[Tensor], Tensor]], kind: str = "original",
+                            ground_truth: Optional[Trigger], kind: str = "original",
                             chunk_size: int = CHUNK) -> dict[str, float]:
     """What the attack set (N, 3, H, W) looks like to the encoder before inversion (monitoring only).
 

@@ -10,6 +10,8 @@ _EXPORTS = {
     "Backbone": "MODELS.simclr",
     "SimCLR": "MODELS.simclr",
     "build_model": "MODELS.simclr",
+    "VisualEncoder": "MODELS.visual",
+    "resolve_model": "MODELS.names",
     "load_checkpoint": "MODELS.checkpoint",
     "load_encoder": "MODELS.checkpoint",
     "save_checkpoint": "MODELS.checkpoint",

@@ -13,7 +13,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from MODELS.simclr import SimCLR, build_model
+from MODELS.names import FAMILY_TEXT
+from MODELS.simclr import build_model
+from MODELS.visual import VisualEncoder
 from UTILS.errors import fail
 from UTILS.io import atomic_write
 from UTILS.runtime import warn
@@ -76,17 +78,22 @@ def _extract_state_dict(ckpt: dict, path: Path, flag: str) -> dict[str, torch.Te
     return state
 
 
-def _pick_target(model: SimCLR, state: dict[str, torch.Tensor]) -> tuple[nn.Module, dict, str]:
-    """Where the file's keys fit best: the whole model, ``model.f`` or ``model.f.f``.
+def _pick_target(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[nn.Module, dict, str]:
+    """Where the file's keys fit best: the whole model, ``model.f`` or ``model.f.f`` (a SimCLR), or the
+    whole model (``visual.*``) or the bare tower (a :class:`VisualEncoder`: BadEncoder's backdoored and
+    clean files; BadEncoder tells them apart by 'clean' in the path, here the keys decide).
 
     Also tries whole-model names without a head (``f.f.*`` only) as a backbone. The best fit shares
     the most keys with the module, then leaves the fewest of its keys missing.
     Returns (module, state renamed for it, description).
     """
-    strip_f = {(k[2:] if k.startswith("f.") else k): v for k, v in state.items()}
-    candidates = [(model, state, "whole model"), (model.f, state, "backbone (model.f)"),
-                  (model.f.f, state, "backbone (model.f.f)"),
-                  (model.f, strip_f, "backbone (whole-model names)")]
+    if isinstance(model, VisualEncoder):
+        candidates = [(model, state, "whole model (visual.*)"), (model.visual, state, "bare image tower")]
+    else:
+        strip_f = {(k[2:] if k.startswith("f.") else k): v for k, v in state.items()}
+        candidates = [(model, state, "whole model"), (model.f, state, "backbone (model.f)"),
+                      (model.f.f, state, "backbone (model.f.f)"),
+                      (model.f, strip_f, "backbone (whole-model names)")]
 
     def fit(candidate: tuple[nn.Module, dict, str]) -> tuple[int, int]:
         expected, found = set(candidate[0].state_dict()), set(candidate[1])
@@ -95,6 +102,53 @@ def _pick_target(model: SimCLR, state: dict[str, torch.Tensor]) -> tuple[nn.Modu
         return (shared, -len(expected - found)) if shared else (0, 0)
 
     return max(candidates, key=fit)
+
+
+_SIMCLR_KEY = re.compile(r"^(f\.)?(f\.)?\d+\.|^g\.\d+\.")
+# family -> what a file of that family is, for the one-line mismatch error
+_FAMILY_FOUND = {
+    "simclr": "a 32-pixel SimCLR encoder (f.f.* / g.* keys)",
+    "clip": "a CLIP image tower (attnpool.* keys)",
+    "imagenet": "an ImageNet ResNet (conv1 / layer1..4 / fc keys, no attnpool)",
+}
+
+
+def file_family(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Which architecture family a state dict's keys belong to: 'simclr', 'clip', 'imagenet', or None."""
+    bare = [k[len("visual."):] if k.startswith("visual.") else k for k in state]
+    if any(k.startswith("attnpool.") for k in bare):
+        return "clip"
+    if any(_SIMCLR_KEY.match(k) for k in state):
+        return "simclr"
+    if "conv1.weight" in bare and any(k.startswith("layer1.") for k in bare):
+        return "imagenet"
+    return None
+
+
+def _check_family(model: nn.Module, model_name: str, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """A file of another family than the model fails with one line saying what each is."""
+    found = file_family(state)
+    own = model.family if isinstance(model, VisualEncoder) else "simclr"
+    if found is None or found == own:
+        return
+    if own == "simclr":
+        usage = "CLIP" if found == "clip" else "imagenet"
+        fail(f"{where}: the file holds {_FAMILY_FOUND[found]}, but --model {model_name} expects "
+             f"{_FAMILY_FOUND['simclr']}; for this file pass --encoder_usage_info {usage}")
+    usage = "CLIP" if own == "clip" else "imagenet"
+    fail(f"{where}: the file holds {_FAMILY_FOUND[found]}, but --encoder_usage_info {usage} (--model {model_name}) "
+         f"expects {FAMILY_TEXT[own]}, with visual.* keys or the bare tower's")
+
+
+def _fill_optional(target: nn.Module, model: nn.Module, state: dict) -> None:
+    """Tower keys the forward pass never reads (ImageNet's ``fc``) may be absent: keep the model's own."""
+    if not isinstance(model, VisualEncoder):
+        return
+    prefix = "visual." if target is model else ""
+    own = target.state_dict()
+    for key in model.optional_keys:
+        if prefix + key not in state:
+            state[prefix + key] = own[prefix + key].clone()
 
 
 def _check_real(state: dict[str, torch.Tensor], where: str) -> None:
@@ -144,15 +198,18 @@ def _names(keys: list[str]) -> str:
 
 
 def load_encoder(path: str | os.PathLike, model_name: str, device: torch.device | str,
-                 flag: str = "--pretrained_encoder") -> SimCLR:
+                 flag: str = "--pretrained_encoder") -> nn.Module:
     """Build ``model_name`` and load a whole-model or backbone-only checkpoint into it, strictly.
 
     Returns the model on ``device`` in eval mode. A backbone-only file leaves the head as initialised.
+    A 224-pixel tower takes ``visual.*`` keys (``module.visual.*`` too) or the bare tower's.
     """
     model = build_model(model_name)
     state = _extract_state_dict(load_checkpoint(path, flag), Path(path), flag)
     _check_real(state, f"{flag} {path}")
+    _check_family(model, model_name, state, f"{flag} {path}")
     target, state, layout = _pick_target(model, state)
+    _fill_optional(target, model, state)
     where = f"{flag} {path}: {layout} checkpoint does not match --model {model_name}"
     _check_keys(target, state, where)
     try:

@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from MODELS.names import MODEL_NAMES
+from MODELS.names import MODEL_NAMES, family_of
 from UTILS.errors import fail
 
 PROJECTION_DIM = 128
@@ -114,9 +114,19 @@ def _init_like_torchvision(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_model(name: str, flag: str = "--model") -> SimCLR:
-    """A freshly initialised SimCLR encoder (weights drawn from torch's global RNG), on the CPU."""
+def build_model(name: str, flag: str = "--model") -> nn.Module:
+    """A freshly initialised encoder (weights drawn from torch's global RNG), on the CPU: a SimCLR
+    for the 32-pixel names, a :class:`MODELS.visual.VisualEncoder` for the 224-pixel towers."""
     if name not in MODEL_NAMES:
         fail(f"{flag} {name}: unknown model; expected one of {', '.join(MODEL_NAMES)}")
+    family = family_of(name)
+    if family == "imagenet":
+        from MODELS.imagenet import build_imagenet
+
+        return build_imagenet(name)
+    if family == "clip":
+        from MODELS.clip import build_clip
+
+        return build_clip(name)
     backbone = _small_backbone(name) if name in _SMALL else _torchvision_backbone(name)
     return SimCLR(backbone, head_hidden=min(512, backbone.feature_dim))

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,18 +26,19 @@ from torch import Tensor, nn
 
 from DATASETS.augment import color_jitter, hflip, random_grayscale
 from DATASETS.loaders import load_split, resize_images, to_tensor
-from DATASETS.stats import UsageInfo, get_usage, normalize
+from DATASETS.stats import UsageInfo, normalize
 from DATASETS.tensors import TensorSet, check_label, load_train_share
-from DATASETS.triggers import load_trigger
-from EVALUATION.monitor import build_monitor
+from DATASETS.triggers import Trigger, load_trigger
+from EVALUATION.monitor import build_monitor, monitor_row
 from MODELS.checkpoint import load_encoder
-from Trainer.common import check_finite_model, guard_outputs, remove_outputs, run_fingerprint, write_settings
+from Trainer.common import Outputs, check_finite_model, remove_outputs, run_fingerprint, start_run, write_settings
 from Trainer.epochs import EpochCheckpoints, EpochLoop
-from Trainer.make_configs import BadEncoderConfig
+from Trainer.configs import BadEncoderConfig
+from UTILS.distributed import check_batch, data_parallel, gather_rows, is_main, local_rows
 from UTILS.errors import fail
-from UTILS.io import ensure_writable_dir, load_npz, save_npz
+from UTILS.io import load_npz, save_npz
 from UTILS.lock import holding
-from UTILS.runtime import log, progress, resolve_device, seed_everything
+from UTILS.runtime import log, progress
 
 NAME = "badencoder"
 REFERENCE_FILE = "reference.npz"
@@ -65,21 +68,28 @@ def _features(backbone: nn.Module, images: Tensor, usage: UsageInfo) -> Tensor:
     return F.normalize(backbone(normalize(images, usage)), dim=1)
 
 
-def badencoder_loss(backdoored: nn.Module, clean: nn.Module, images: Tensor, trigger, references: Tensor,
+def badencoder_loss(backdoored: nn.Module, clean: nn.Module, images: Tensor, trigger: Trigger, references: Tensor,
                     usage: UsageInfo, lambda1: float, lambda2: float) -> tuple[Tensor, dict]:
     """``L0 + lambda1 * L1 + lambda2 * L2`` on one batch; returns (loss, {"loss0", "loss1", "loss2"} detached).
 
     images: (B, 3, H, W) shadow images in [0, 1]; references: (R, 3, H, W) in [0, 1]; ``trigger`` stamps
     images. ``backdoored``/``clean`` are backbones (``model.f``); BatchNorm is expected frozen (eval), so
     pushing everything through f_b as one batch equals separate passes.
+
+    Under torchrun every rank draws the augmented references of the whole global batch (the one-process
+    draws), encodes its own rows of it and the R references, and the losses are taken over the gathered
+    rows of every rank: the one-process loss.
     """
     b, r = images.shape[0], references.shape[0]
     ref_idx = torch.arange(b, device=images.device) % r  # (B,) which reference each augmented view shows
     augmented = reference_view(references[ref_idx])  # (B, 3, H, W)
+    images, augmented = local_rows(images), local_rows(augmented)  # (B_r, 3, H, W); B_r = B on one process
+    n = images.shape[0]
     with torch.no_grad():
-        clean_x, clean_ref = _features(clean, torch.cat([images, references]), usage).split([b, r])
+        clean_x, clean_ref = _features(clean, torch.cat([images, references]), usage).split([n, r])
     feats = _features(backdoored, torch.cat([images, trigger(images), references, augmented]), usage)
-    f_x, f_stamped, f_ref, f_aug = feats.split([b, b, r, b])  # (B, D), (B, D), (R, D), (B, D)
+    f_x, f_stamped, f_ref, f_aug = feats.split([n, n, r, n])  # (B_r, D), (B_r, D), (R, D), (B_r, D)
+    f_x, f_stamped, f_aug, clean_x = (gather_rows(t, b) for t in (f_x, f_stamped, f_aug, clean_x))  # (B, D)
     loss0 = -(f_stamped @ f_ref.T).mean()  # every (stamped image, reference) pair
     loss1 = -(f_aug * clean_ref[ref_idx]).sum(dim=1).mean()
     loss2 = -(f_x * clean_x).sum(dim=1).mean()
@@ -88,7 +98,7 @@ def badencoder_loss(backdoored: nn.Module, clean: nn.Module, images: Tensor, tri
 
 
 def badencoder_epoch(backdoored: nn.Module, clean: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet,
-                     batch_size: int, trigger, references: Tensor, usage: UsageInfo, lambda1: float,
+                     batch_size: int, trigger: Trigger, references: Tensor, usage: UsageInfo, lambda1: float,
                      lambda2: float, desc: str = "badencoder") -> dict:
     """One shuffled pass over the shadow set in full batches; returns the mean of each loss term."""
     backdoored.train()
@@ -131,34 +141,25 @@ def load_references(cfg: BadEncoderConfig, size: int) -> np.ndarray:
     return ds.x
 
 
-def _monitor_fn(cfg: BadEncoderConfig, usage: UsageInfo, device: torch.device, trigger, backbone: nn.Module):
+def _monitor_fn(cfg: BadEncoderConfig, usage: UsageInfo, device: torch.device, trigger: Trigger,
+                backbone: nn.Module) -> Callable[[int], dict]:
     """epoch -> {"knn_acc", "knn_asr"}; ASR needs --reference_label (the target class of the monitor's dataset)."""
-    nan = {"knn_acc": math.nan, "knn_asr": math.nan}
-    if cfg.monitor_every <= 0:
-        return lambda epoch: nan
-    target = cfg.reference_label
-    monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, trigger if target >= 0 else None,
-                            max(target, 0), cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
-
-    def watch(epoch: int) -> dict:
-        if epoch % cfg.monitor_every:
-            return nan
-        result = monitor(backbone)
-        return {"knn_acc": result["acc"], "knn_asr": result["asr"]}
-
-    return watch
+    monitor = None
+    if cfg.monitor_every > 0:
+        target = cfg.reference_label
+        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, trigger if target >= 0 else None,
+                                max(target, 0), cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
+    return lambda epoch: monitor_row(monitor, backbone, epoch, cfg.monitor_every)
 
 
 @holding(("results_dir", "--results_dir"))
 def run_badencoder(cfg: BadEncoderConfig) -> dict:
     """The whole stage: clean encoder, shadow data, references, trigger, the epoch loop; returns the summary."""
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device, cfg.gpu)
-    usage = get_usage(cfg.encoder_usage_info)
-    results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
-    earlier = guard_outputs(results_dir, OUTPUTS, "--results_dir", cfg.overwrite, cfg.resume, remove=False,
-                            inputs={"--pretrained_encoder": cfg.pretrained_encoder, "--trigger_file": cfg.trigger_file,
-                                    "--reference_file": cfg.reference_file}, writes=("setting.txt",))
+    run = start_run(cfg, (Outputs("results_dir", OUTPUTS, ("setting.txt",)),),
+                    inputs={"--pretrained_encoder": cfg.pretrained_encoder, "--trigger_file": cfg.trigger_file,
+                            "--reference_file": cfg.reference_file})
+    device, usage, results_dir, earlier = run.device, run.usage, run.dirs["results_dir"], run.earlier["results_dir"]
+    check_batch(cfg.batch_size)
     model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
     check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     clean = copy.deepcopy(model.f).eval().requires_grad_(False)
@@ -169,29 +170,32 @@ def run_badencoder(cfg: BadEncoderConfig) -> dict:
     if len(data) < cfg.batch_size:
         fail(f"--batch_size {cfg.batch_size}: larger than the {len(data)} shadow images of --shadow_dataset "
              f"{cfg.shadow_dataset} (--data_ratio {cfg.data_ratio}); lower it")
-    watch = _monitor_fn(cfg, usage, device, trigger, model.f)
+    watch = _monitor_fn(cfg if is_main() else replace(cfg, monitor_every=0), usage, device, trigger, model.f)
+    # BatchNorm is frozen (running statistics, no batch statistics): no global BatchNorm needed
     freeze_batchnorm(model.f)
     optimizer = torch.optim.SGD([p for p in model.f.parameters() if p.requires_grad], lr=cfg.lr,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     ckpts = EpochCheckpoints(results_dir, cfg.save_every, cfg.epochs)
     # reference.npz is written before the first epoch: alone, it does not make a run to resume
-    rows, start = ckpts.resume(cfg, model, optimizer, [p for p in earlier if p.name != REFERENCE_FILE])
-    if cfg.overwrite:
-        remove_outputs(earlier)
-    write_settings(results_dir / "setting.txt", cfg)
-    save_npz(results_dir / REFERENCE_FILE, x=references_u8,
-             y=np.full(len(references_u8), cfg.reference_label, dtype=np.int64))
+    rows, first = ckpts.resume(cfg, model, optimizer, [p for p in earlier if p.name != REFERENCE_FILE])
+    if is_main():
+        if cfg.overwrite:
+            remove_outputs(earlier)
+        write_settings(results_dir / "setting.txt", cfg)
+        save_npz(results_dir / REFERENCE_FILE, x=references_u8,
+                 y=np.full(len(references_u8), cfg.reference_label, dtype=np.int64))
+    backdoored = data_parallel(model.f)  # after resume: DDP starts every rank from rank 0's weights
     if not rows:  # epoch 0: the clean encoder, as BadEncoder's "initial test acc"
         rows = [{"epoch": 0, "loss": math.nan, "loss0": math.nan, "loss1": math.nan, "loss2": math.nan,
                  **watch(0)}]
         log(f"[{NAME}] before injection: kNN ACC {rows[0]['knn_acc']:.2f}  ASR {rows[0]['knn_asr']:.2f}")
 
     def train(epoch: int) -> dict:
-        return badencoder_epoch(model.f, clean, optimizer, data, cfg.batch_size, trigger, references, usage,
+        return badencoder_epoch(backdoored, clean, optimizer, data, cfg.batch_size, trigger, references, usage,
                                 cfg.lambda1, cfg.lambda2, desc=f"badencoder epoch {epoch}/{cfg.epochs}")
 
     loop = EpochLoop(NAME, ckpts, model, optimizer, FIELDS, run_fingerprint(cfg), train, watch, rows)
-    loop.run(start)
+    loop.run(first)
     return loop.finish({"shadow_dataset": cfg.shadow_dataset, "model": cfg.model,
                         "references": str(Path(results_dir) / REFERENCE_FILE), "reference_count": len(references_u8),
                         "reference_label": cfg.reference_label, "trigger_file": cfg.trigger_file})

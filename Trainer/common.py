@@ -1,4 +1,5 @@
-"""What every run shares: seeds, the ground-truth trigger, settings files, output guards, resume fingerprints."""
+"""What every run shares: the start of a run (seed, device, --amp check, normalisation, writable folders,
+output guard), the ground-truth trigger, settings files, resume fingerprints and non-finite checks."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,15 +9,71 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from DATASETS.stats import UsageInfo, get_usage
 from DATASETS.triggers import load_trigger
+from MODELS.checkpoint import load_error_reason
+from MODELS.precision import check_amp
 from Trainer.filenames import DEFAULT_TRIGGER
+from UTILS.distributed import from_main, start
 from UTILS.errors import fail
-from UTILS.io import atomic_write, remove_stale_temps
-from UTILS.runtime import log
+from UTILS.io import atomic_write, ensure_writable_dir, remove_stale_temps
+from UTILS.runtime import log, seed_everything
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """One output folder of a stage: the config field that names it (``log_dir`` -> flag ``--log_dir``),
+    this stage's own files there (glob patterns; none: the folder is only made writable, not guarded)
+    and the fixed names it also writes there (an input under such a name is refused)."""
+
+    field: str
+    patterns: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStart:
+    """What :func:`start_run` set up: the device, the encoder's normalisation, the output folders
+    ({field: folder}) and an earlier run's files of this stage in each guarded folder ({field: files})."""
+
+    device: torch.device
+    usage: UsageInfo
+    dirs: dict[str, Path]
+    earlier: dict[str, list[Path]]
+
+
+def start_run(cfg, folders: Sequence[Outputs], inputs: Mapping[str, str] | None = None) -> RunStart:
+    """The preamble of every stage, in this order: seed (``--seed``, an index into ``cfg.SEEDS`` where the
+    original takes it so), device, ``--amp`` check, normalisation of ``--encoder_usage_info``, every output
+    folder made writable, then each guarded against an earlier run's files (:func:`guard_outputs`; nothing is
+    removed yet: --overwrite removes them once the inputs proved usable) and against holding an input.
+    Under torchrun the device is this rank's and the folders are rank 0's decision (its disk)."""
+    seed_everything(seed_from_list(cfg.seed, cfg.SEEDS) if cfg.SEEDS else cfg.seed)
+    device = start(cfg.device, cfg.gpu)  # one process: UTILS.runtime.resolve_device
+    check_amp(getattr(cfg, "amp", False), device)
+    usage = get_usage(cfg.encoder_usage_info)
+    dirs, earlier = from_main(lambda: _prepare_folders(cfg, folders, inputs))
+    return RunStart(device, usage, dirs, earlier)
+
+
+def _prepare_folders(cfg, folders: Sequence[Outputs], inputs: Mapping[str, str] | None
+                     ) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    dirs: dict[str, Path] = {}
+    for out in folders:  # a folder may be listed twice: made writable first, guarded later in that order
+        if out.field not in dirs:
+            dirs[out.field] = ensure_writable_dir(getattr(cfg, out.field), out.flag)
+    earlier = {out.field: guard_outputs(dirs[out.field], out.patterns, out.flag, cfg.overwrite, cfg.resume,
+                                        remove=False, inputs=inputs, writes=out.writes)
+               for out in folders if out.patterns}
+    return dirs, earlier
 
 
 
@@ -128,12 +185,31 @@ def check_fingerprint(saved, config, path: Path) -> None:
              f"{'; ...' if len(diff) > 3 else ''}); repeat the original flags, or pass --overwrite to start over")
 
 
+def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or inf, else None (the one weight scan)."""
+    return next((name for name, value in named if value.is_floating_point() and not torch.isfinite(value).all()),
+                None)
+
+
+def load_training_state(state: dict, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        what: str = "model/optimiser", also: Callable[[], None] | None = None) -> None:
+    """--resume: a checkpoint's model and optimiser state (and ``also()``: the rest a stage restores), or one
+    line saying it does not fit this ``what``."""
+    try:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if also is not None:
+            also()
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        fail(f"--resume {path}: does not fit this {what} ({load_error_reason(exc)}); pass --overwrite to start over")
+
+
 def check_finite_model(model: torch.nn.Module, path: str, flag: str) -> None:
     """An encoder with NaN/inf weights or buffers would only produce NaN losses later; say so up front."""
-    for name, value in model.state_dict().items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            fail(f"{flag} {path}: the checkpoint holds NaN or inf values (first in {name}); "
-                 f"it cannot be used as an encoder")
+    name = first_nonfinite(model.state_dict().items())
+    if name is not None:
+        fail(f"{flag} {path}: the checkpoint holds NaN or inf values (first in {name}); "
+             f"it cannot be used as an encoder")
 
 
 def check_nonfinite(values: dict, where: str, keep: str, hint: str) -> None:

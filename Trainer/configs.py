@@ -1,5 +1,12 @@
-"""Validated run configurations, one per entry script. Field names are the argparse dests of the
-original flags, so ``Config(**vars(args))`` maps a command line onto a config."""
+"""Validated run configurations, one per entry script, and the flags several scripts share.
+
+Field names are the argparse dests of the original flags, so ``config_from_args(Config, args)`` maps a
+command line onto a config. RECEIVE's three scripts: ``MainConfig`` (MAIN.py), ``UnlearnConfig``
+(Unlearn-trigger.py), ``DownstreamConfig`` (training_downstream_classifier.py). The scripts that make
+the encoders to defend follow BadEncoder's flag names and defaults: ``PretrainConfig``
+(pretraining_encoder.py), ``BadEncoderConfig`` (badencoder.py); flags BadEncoder lacks are ours. Then the
+demo's and the report's: ``DemoConfig`` (demo.py), ``ReportConfig`` (report.py). No torch here: the
+flags are checked before it is imported."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Sequence, Type, TypeVar
 
 from DATASETS.names import DATASET_NAMES
-from DATASETS.usage import USAGE
-from MODELS.names import MODEL_NAMES
+from MODELS.names import resolve_model
 from Trainer.filenames import DEFAULT_TRIGGER
 from UTILS.device_flags import device_choice, gpu_index
 from UTILS.errors import fail
@@ -21,6 +27,12 @@ UNLEARN_SEEDS = (1024, 557540351, 157301989)
 # The original MAIN.py's defaults (paths of its authors' machine): kept so its flags mean the same.
 DEFAULT_MAIN_ENCODER = "ckpts/reference_be/cifar10/stl10_backdoored_encoder/model_200.pth"
 DEFAULT_REFERENCE_FILE = "reference/cifar10/truck.npz"
+MAIN_PHASES = ("moth", "nc", "detect")
+# MAIN.py --phase detect (ours, after DECREE): the mean pairwise cosine the stamped images' features must reach,
+# and the relative trigger size (PL1 = mask L1 / (H*W)) below which the verdict reads "backdoor found".
+# DETECT_PL1 was chosen by bench/detect.py over 5 clean and 5 backdoored encoders (docs/DETECTION.md).
+DETECT_PSIM = 0.99
+DETECT_PL1 = 0.06
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser, gpu: str, seed: int) -> None:
@@ -106,10 +118,28 @@ class Common:
     resume: bool = False
 
     def check_runtime(self) -> None:
+        """--overwrite/--resume, --device/--gpu and --seed: the flags of add_runtime_flags."""
         if self.overwrite and self.resume:
             fail("--overwrite and --resume: choose one (replace the earlier run, or continue it)")
         check_device_flags(self.device, self.gpu)
         check_seed(self.seed, self.SEEDS)
+
+    def check_common(self, dataset_field: str) -> None:
+        """What every stage's validate() checks first: the runtime flags, the dataset flag (the config field
+        ``dataset_field``), and --model with --encoder_usage_info (imagenet/CLIP picks the architecture, as
+        in the original: MODELS.names)."""
+        self.check_runtime()
+        check_choice(getattr(self, dataset_field), DATASET_NAMES, "--" + dataset_field)
+        self.model, self.encoder_usage_info = resolve_model(self.model, self.encoder_usage_info)
+
+
+def check_monitor(cfg) -> None:
+    """The kNN monitor's flags: --monitor_every (0 = off), --knn-k, --knn-t, and --downstreamTask when it is on."""
+    check_positive(cfg.monitor_every, "--monitor_every", allow_zero=True)
+    check_positive(cfg.knn_k, "--knn-k")
+    check_positive(cfg.knn_t, "--knn-t")
+    if cfg.monitor_every > 0:
+        check_choice(cfg.downstreamTask, DATASET_NAMES, "--downstreamTask")
 
 
 @dataclass
@@ -137,6 +167,7 @@ class MainConfig(Common):
     attack_size: int = 32
     re_steps: int = 300
     re_steps_cap: int = 0
+    micro_batch: int = 0
     downstreamTask: str = "stl10"
     epsilon: float = 1e-3
     patience: int = 7
@@ -148,36 +179,38 @@ class MainConfig(Common):
     monitor_every: int = 5
     asr_include_target: bool = False
     amp: bool = False
+    detect_psim: float = DETECT_PSIM
+    detect_pl1: float = DETECT_PL1
 
     def validate(self) -> "MainConfig":
-        self.check_runtime()
-        check_choice(self.phase, ("moth", "nc"), "--phase")
+        """Every flag of MAIN.py, in one-line errors; returns self."""
+        self.check_common("dataset")
+        check_choice(self.phase, MAIN_PHASES, "--phase")
         check_choice(self.psim, ("original", "pairs"), "--psim")
-        check_choice(self.dataset, DATASET_NAMES, "--dataset")
-        check_choice(self.model, MODEL_NAMES, "--model")
-        check_choice(self.encoder_usage_info, tuple(USAGE), "--encoder_usage_info")
-        if self.monitor_every > 0:
-            check_choice(self.downstreamTask, DATASET_NAMES, "--downstreamTask")
+        check_monitor(self)
         if not self.pretrained_encoder:
             fail("--pretrained_encoder: required (path to the encoder checkpoint to inspect)")
         check_ratio(self.data_ratio, "--data_ratio")
         for flag, value in (("--epochs", self.epochs), ("--re_steps", self.re_steps),
-                            ("--patience", self.patience), ("--knn-k", self.knn_k),
-                            ("--harden_lr", self.harden_lr), ("--re_lr", self.re_lr), ("--knn-t", self.knn_t)):
+                            ("--patience", self.patience), ("--harden_lr", self.harden_lr), ("--re_lr", self.re_lr)):
             check_positive(value, flag)
         check_size(self.batch_size, "--batch_size")
         check_size(self.attack_size, "--attack_size")
         check_positive(self.init_cost, "--init_cost", allow_zero=True)
         check_positive(self.epsilon, "--epsilon", allow_zero=True)
         check_positive(self.re_steps_cap, "--re_steps_cap", allow_zero=True)
+        check_positive(self.micro_batch, "--micro_batch", allow_zero=True)
         if 0 < self.re_steps_cap < self.re_steps:
             fail(f"--re_steps_cap {self.re_steps_cap}: below --re_steps {self.re_steps}; expected 0 "
                  f"(= 3 x --re_steps) or a cap of at least --re_steps")
-        check_positive(self.monitor_every, "--monitor_every", allow_zero=True)
         if self.attack_size < 2:
             fail(f"--attack_size {self.attack_size}: expected at least 2 (similarity is measured between pairs)")
-        if not 0 < self.similarity_threshold <= 1:
-            fail(f"--similarity_threshold {self.similarity_threshold}: expected a cosine similarity in (0, 1]")
+        for flag, value in (("--similarity_threshold", self.similarity_threshold),
+                            ("--detect_psim", self.detect_psim)):
+            if not 0 < value <= 1:
+                fail(f"{flag} {value}: expected a cosine similarity in (0, 1]")
+        if not 0 < self.detect_pl1 <= 1:
+            fail(f"--detect_pl1 {self.detect_pl1}: expected a share of the image's pixels in (0, 1]")
         return self
 
 
@@ -214,7 +247,8 @@ class UnlearnConfig(Common):
     amp: bool = False
 
     def validate(self) -> "UnlearnConfig":
-        self.check_runtime()
+        """Every flag of Unlearn-trigger.py, in one-line errors; returns self."""
+        self.check_common("dataset")
         # The original runs only --phase moth with --input_type poisoned_encoder; anything else prints
         # "Option [...] is not supported!" (or, for --phase test, runs a classifier test that cannot work).
         if self.phase != "moth":
@@ -223,27 +257,21 @@ class UnlearnConfig(Common):
         if self.input_type != "poisoned_encoder":
             fail(f"--input_type {self.input_type}: not supported; expected poisoned_encoder "
                  f"(the original unlearns only a poisoned encoder)")
-        check_choice(self.dataset, DATASET_NAMES, "--dataset")
-        check_choice(self.model, MODEL_NAMES, "--model")
-        check_choice(self.encoder_usage_info, tuple(USAGE), "--encoder_usage_info")
         check_choice(self.init_sim_bn_update, ("on", "off"), "--init_sim_bn_update")
-        if self.monitor_every > 0:
-            check_choice(self.downstreamTask, DATASET_NAMES, "--downstreamTask")
+        check_monitor(self)
         if not self.pretrained_encoder:
             fail("--pretrained_encoder: required (path to the encoder to clean)")
         if not self.re_mask_pattern:
             fail("--re_mask_pattern: required (the inverted trigger, e.g. <log_dir>/mask-pattern-best.npz)")
         check_ratio(self.data_ratio, "--data_ratio")
         check_ratio(self.portion, "--portion")
-        for flag, value in (("--epochs", self.epochs), ("--lr", self.lr), ("--knn-k", self.knn_k),
-                            ("--knn-t", self.knn_t)):
+        for flag, value in (("--epochs", self.epochs), ("--lr", self.lr)):
             check_positive(value, flag)
         check_size(self.batch_size, "--batch_size")
         if self.batch_size < 2:
             fail(f"--batch_size {self.batch_size}: expected at least 2 (BatchNorm in the projection head "
                  f"cannot train on batches of one image)")
         check_positive(self.beta, "--beta", allow_zero=True)
-        check_positive(self.monitor_every, "--monitor_every", allow_zero=True)
         return self
 
 
@@ -275,10 +303,8 @@ class DownstreamConfig(Common):
     amp: bool = False
 
     def validate(self) -> "DownstreamConfig":
-        self.check_runtime()
-        check_choice(self.dataset, DATASET_NAMES, "--dataset")
-        check_choice(self.model, MODEL_NAMES, "--model")
-        check_choice(self.encoder_usage_info, tuple(USAGE), "--encoder_usage_info")
+        """Every flag of training_downstream_classifier.py, in one-line errors; returns self."""
+        self.check_common("dataset")
         check_choice(self.mode, MODES, "--mode")
         check_choice(self.asr_images, ASR_IMAGES, "--asr_images")
         if self.source_label < -1:
@@ -288,4 +314,159 @@ class DownstreamConfig(Common):
         for flag, value in (("--batch_size", self.batch_size), ("--hidden_size_1", self.hidden_size_1),
                             ("--hidden_size_2", self.hidden_size_2)):
             check_size(value, flag)
+        return self
+
+
+# ---- the scripts that make the encoders to defend (BadEncoder's), the demo and the report ----------------
+
+
+def _check_common_training(cfg, dataset_field: str) -> None:
+    """Flags shared by the two encoder-making scripts."""
+    cfg.check_common(dataset_field)
+    if not cfg.results_dir:
+        fail("--results_dir: required (the folder that receives model_<epoch>.pth)")
+    for flag, value in (("--lr", cfg.lr), ("--epochs", cfg.epochs)):
+        check_positive(value, flag)
+    check_size(cfg.batch_size, "--batch_size")
+    check_ratio(cfg.data_ratio, "--data_ratio")
+    if cfg.save_every < 0:
+        fail(f"--save_every {cfg.save_every}: expected 0 (only the last epoch) or a positive number of epochs")
+
+
+@dataclass
+class PretrainConfig(Common):
+    """``pretraining_encoder.py``: SimCLR pre-training."""
+
+    seed: int = 100
+    pretraining_dataset: str = "cifar10"
+    model: str = "resnet18"
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    batch_size: int = 256
+    epochs: int = 1000
+    results_dir: str = ""
+    knn_t: float = 0.5
+    knn_k: int = 200
+    encoder_usage_info: str = "cifar10"
+    data_ratio: float = 1.0
+    downstreamTask: str = ""
+    monitor_every: int = 1
+    save_every: int = 50
+
+    def validate(self) -> "PretrainConfig":
+        _check_common_training(self, "pretraining_dataset")
+        if self.batch_size < 2:
+            fail(f"--batch_size {self.batch_size}: expected at least 2 (BatchNorm in the projection head cannot "
+                 f"train on batches of one image, and NT-Xent needs another image as a negative)")
+        check_positive(self.weight_decay, "--weight_decay", allow_zero=True)
+        self.downstreamTask = self.downstreamTask or self.pretraining_dataset
+        check_monitor(self)
+        return self
+
+
+@dataclass
+class BadEncoderConfig(Common):
+    """``badencoder.py``: BadEncoder's backdoor injection."""
+
+    seed: int = 100
+    lr: float = 1e-3
+    batch_size: int = 256
+    lambda1: float = 1.0
+    lambda2: float = 1.0
+    epochs: int = 200
+    reference_file: str = ""
+    trigger_file: str = DEFAULT_TRIGGER
+    shadow_dataset: str = "cifar10"
+    pretrained_encoder: str = ""
+    encoder_usage_info: str = "cifar10"
+    results_dir: str = ""
+    model: str = "resnet18"
+    data_ratio: float = 1.0
+    reference_label: int = -1
+    reference_dataset: str = ""
+    reference_count: int = 1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    knn_t: float = 0.5
+    knn_k: int = 200
+    downstreamTask: str = ""
+    monitor_every: int = 1
+    save_every: int = 0
+    asr_include_target: bool = False
+
+    def validate(self) -> "BadEncoderConfig":
+        _check_common_training(self, "shadow_dataset")
+        if not self.pretrained_encoder:
+            fail("--pretrained_encoder: required (the clean encoder to inject the backdoor into)")
+        if not self.trigger_file:
+            fail("--trigger_file: required (BadEncoder's trigger npz with t and tm; "
+                 "make one with python -m DATASETS.triggers)")
+        for flag, value in (("--lambda1", self.lambda1), ("--lambda2", self.lambda2),
+                            ("--momentum", self.momentum), ("--weight_decay", self.weight_decay)):
+            check_positive(value, flag, allow_zero=True)
+        self._validate_reference()
+        self.downstreamTask = self.downstreamTask or self.reference_dataset or self.shadow_dataset
+        check_monitor(self)
+        return self
+
+    def _validate_reference(self) -> None:
+        """Reference images come from --reference_file, or from class --reference_label of --reference_dataset."""
+        if self.reference_file and self.reference_dataset:
+            fail("--reference_file and --reference_dataset: choose one source of reference images")
+        if not self.reference_file and not self.reference_dataset:
+            fail("--reference_file: required (npz with x: (n,32,32,3) uint8), or name --reference_dataset and "
+                 "--reference_label to draw the reference images from the target class of a dataset")
+        if self.reference_dataset:
+            check_choice(self.reference_dataset, DATASET_NAMES, "--reference_dataset")
+            if self.reference_label < 0:
+                fail(f"--reference_label {self.reference_label}: --reference_dataset needs the target class "
+                     f"(a label >= 0)")
+        check_size(self.reference_count, "--reference_count")
+
+
+PRESET_NAMES = ("ci", "default")  # DEMO/presets.py holds their settings
+
+
+@dataclass
+class DemoConfig:
+    """``demo.py``: the whole story on the embedded dataset, in one run folder."""
+
+    out: str = ""
+    preset: str = "default"
+    device: str = "auto"
+    gpu: str = "0"
+    data_dir: str = "data"
+    target: int = 7  # checkerboard: the class whose single reference image the downstream MLP is surest of
+    seed: int = 0  # 0..4: one seed for every stage (pre-training, injection, inversion, unlearning, classifier)
+    overwrite: bool = False
+
+    def validate(self) -> "DemoConfig":
+        check_choice(self.preset, PRESET_NAMES, "--preset")
+        check_device_flags(self.device, self.gpu)
+        if not 0 <= self.seed <= 4:
+            fail(f"--seed {self.seed}: expected 0..4 (MAIN.py's seed list has five entries)")
+        if not 0 <= self.target <= 9:
+            fail(f"--target {self.target}: expected a class index 0..9 of synthetic_down")
+        return self
+
+
+@dataclass
+class ReportConfig:
+    """``report.py``: redraw the report's figures from the metrics files of any run."""
+
+    run: str = ""
+    moth_log: str = ""
+    unlearn_log: str = ""
+    nc_log: str = ""
+    nc_unlearn_log: str = ""
+    trigger_file: str = ""
+    table: str = ""
+    out: str = ""
+
+    def validate(self) -> "ReportConfig":
+        if not self.out and not self.run:
+            fail("--out: required (the folder that receives the figures and report.md)")
+        if not (self.run or self.moth_log or self.unlearn_log or self.nc_log or self.table):
+            fail("--moth_log: name a demo --run folder, or at least one of --moth_log, --unlearn_log, --nc_log "
+                 "or --table to draw from")
         return self

@@ -11,24 +11,25 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from DATASETS.loaders import ImageSet, load_split, take_ratio
-from DATASETS.stats import get_usage
+from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet, check_label, require_images
-from DATASETS.triggers import load_trigger
+from DATASETS.triggers import Trigger, load_trigger
 from EVALUATION.downstream import train_downstream
-from EVALUATION.features import extract_features
+from EVALUATION.features import extract_features_sharded
 from EVALUATION.metrics import asr_selection
 from MODELS.checkpoint import load_encoder, save_checkpoint
-from MODELS.precision import check_amp, with_precision
+from MODELS.precision import with_precision
 from MODELS.simclr import build_model
-from Trainer.common import check_finite_model, guard_outputs, remove_outputs, run_fingerprint
+from Trainer.common import Outputs, check_finite_model, remove_outputs, run_fingerprint, start_run
 from Trainer.configs import DownstreamConfig
+from UTILS.distributed import from_main, is_main, rank
 from UTILS.errors import Interrupted, fail
-from UTILS.io import ensure_writable_dir, write_csv, write_json
+from UTILS.io import write_csv, write_json
 from UTILS.lock import holding
-from UTILS.runtime import log, resolve_device, seed_everything
+from UTILS.runtime import log
 from UTILS.signals import graceful_stop
 
 SUMMARY = "downstream-metrics.json"
@@ -90,18 +91,15 @@ def check_asr_images(cfg: DownstreamConfig, chosen: AsrImages) -> None:
 
 
 def run_downstream(cfg: DownstreamConfig) -> dict:
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device, cfg.gpu)
-    check_amp(cfg.amp, device)
-    usage = get_usage(cfg.encoder_usage_info)
-    results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
-    clf_path = results_dir / f"clf_{cfg.nn_epochs}.pth"
-    earlier = guard_outputs(results_dir, (clf_path.name, "downstream-metrics.*"), "--results_dir",
-                            cfg.overwrite, cfg.resume, remove=False,
-                            inputs={"--encoder": cfg.encoder, "--trigger_file": cfg.trigger_file})
+    """``training_downstream_classifier.py``: features of the frozen encoder, the MLP, ACC and ASR."""
+    clf_name = f"clf_{cfg.nn_epochs}.pth"
+    run = start_run(cfg, (Outputs("results_dir", (clf_name, "downstream-metrics.*")),),
+                    inputs={"--encoder": cfg.encoder, "--trigger_file": cfg.trigger_file})
+    device, usage, results_dir, earlier = run.device, run.usage, run.dirs["results_dir"], run.earlier["results_dir"]
+    clf_path = results_dir / clf_name
     fingerprint = run_fingerprint(cfg)
     if cfg.resume:
-        done = _finished(results_dir / SUMMARY, clf_path, fingerprint)
+        done = from_main(lambda: _finished(results_dir / SUMMARY, clf_path, fingerprint))
         if done is not None:
             log(f"--resume: {results_dir / SUMMARY} records a finished run with these settings; reusing it "
                 f"(pass --overwrite to train again)")
@@ -124,11 +122,13 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
     if chosen is not None:
         check_asr_images(cfg, chosen)
         log(f"ASR images: {chosen.what}")
-    if earlier:  # --overwrite, or --resume of a run that did not finish: train from the start
+    if earlier and is_main():  # --overwrite, or --resume of a run that did not finish: train from the start
         if cfg.resume:
             log("--resume: the earlier run did not finish (or used other settings); training from the start")
         remove_outputs(earlier)
     train_feat, test_feat, bd_feat = _features(with_precision(model.f, cfg.amp), train, test, usage, trigger, chosen)
+    if not is_main():  # under torchrun the ranks share the feature extraction; rank 0 trains the small MLP
+        return {"rank": rank(), "features": int(train_feat.shape[0] + test_feat.shape[0] + bd_feat.shape[0])}
     bd_want = chosen.want if chosen is not None else 0
     # The original's test: 'clean' anywhere in the --encoder path as typed (case-sensitive), so an empty
     # path (a random encoder) prints BA/ASR.
@@ -161,16 +161,16 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
     return summary
 
 
-def _features(backbone, train: TensorSet, test: TensorSet, usage, trigger,
+def _features(backbone: nn.Module, train: TensorSet, test: TensorSet, usage: UsageInfo, trigger: Trigger | None,
               chosen: AsrImages | None) -> tuple[Tensor, ...]:
     """Train, test and ASR features (N, D); the last is empty when nothing counts for ASR."""
-    train_feat = extract_features(backbone, train.x, usage, desc="train features")
-    test_feat = extract_features(backbone, test.x, usage, desc="test features")
+    train_feat = extract_features_sharded(backbone, train.x, usage, desc="train features")
+    test_feat = extract_features_sharded(backbone, test.x, usage, desc="test features")
     if chosen is None or chosen.x.shape[0] == 0:
         return train_feat, test_feat, test_feat[:0]
-    return train_feat, test_feat, extract_features(backbone, chosen.x, usage,
-                                                   trigger=trigger if chosen.stamped else None,
-                                                   desc="triggered features" if chosen.stamped else "victim features")
+    return train_feat, test_feat, extract_features_sharded(
+        backbone, chosen.x, usage, trigger=trigger if chosen.stamped else None,
+        desc="triggered features" if chosen.stamped else "victim features")
 
 
 def _finished(summary_path: Path, clf_path: Path, fingerprint: dict) -> dict | None:

@@ -15,8 +15,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from MODELS.checkpoint import load_checkpoint, load_error_reason, save_checkpoint
-from Trainer.common import canonical, check_fingerprint, fmt_metrics
+from MODELS.checkpoint import load_checkpoint, save_checkpoint
+from Trainer.common import canonical, check_fingerprint, fmt_metrics, load_training_state
+from UTILS.distributed import any_rank, from_main, is_main
 from UTILS.errors import RESUME_HINT, Interrupted, fail
 from UTILS.io import read_csv, write_csv, write_json
 from UTILS.runtime import log, rng_state, set_rng_state
@@ -52,7 +53,10 @@ class EpochCheckpoints:
 
     def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, rows: list[dict],
              fingerprint: dict) -> Path:
-        """Write epoch ``epoch`` (atomically), then drop the previous epoch's file unless it is a milestone."""
+        """Write epoch ``epoch`` (atomically), then drop the previous epoch's file unless it is a milestone.
+
+        Rank 0 only (under torchrun); the model is the bare module, so the keys are the one-process keys.
+        """
         path = save_checkpoint(self.path(epoch), model, epoch, optimizer, rng=rng_state(), rows=rows,
                                config=fingerprint)
         if epoch > 1 and not self.milestone(epoch - 1):
@@ -61,9 +65,24 @@ class EpochCheckpoints:
 
     def resume(self, cfg, model: nn.Module, optimizer: torch.optim.Optimizer,
                earlier: list[Path]) -> tuple[list[dict], int]:
-        """(rows, epoch) to continue from: the newest complete checkpoint under --resume, else ([], 0)."""
+        """(rows, epoch) to continue from: the newest complete checkpoint under --resume, else ([], 0).
+
+        Under torchrun rank 0 finds and reads the checkpoint and sends it to every rank (no shared disk
+        needed); every rank then loads the same weights, optimiser state and RNG state.
+        """
         if not cfg.resume:
             return [], 0
+        found = from_main(lambda: self._find(cfg, earlier))
+        if found is None:
+            return [], 0
+        path, state = found
+        load_training_state(state, path, model, optimizer)
+        set_rng_state(state["rng"])
+        log(f"resuming from {path} (epoch {state['epoch']})")
+        return list(state["rows"]), state["epoch"]
+
+    def _find(self, cfg, earlier: list[Path]) -> Optional[tuple[Path, dict]]:
+        """(path, state) of the checkpoint to resume from, checked against this run's settings; None: none."""
         done = checkpoint_epochs(self.results_dir, self.pattern)
         name = self.pattern.format("<epoch>")
         if not done:
@@ -72,7 +91,7 @@ class EpochCheckpoints:
                      f"holds an earlier run's output; point --results_dir at that run's checkpoints, "
                      f"or pass --overwrite to start over")
             log(f"--resume: no {name} found; starting from the beginning")
-            return [], 0
+            return None
         epoch, path = done[-1]
         if epoch > self.epochs:
             fail(f"--resume {path}: the earlier run already reached epoch {epoch}, beyond --epochs {self.epochs}; "
@@ -84,24 +103,21 @@ class EpochCheckpoints:
             fail(f"--resume {path}: lacks the resume state ({', '.join(missing)}; written by another program?); "
                  f"pass --overwrite to start over")
         check_fingerprint(state["config"], cfg, path)
-        try:
-            model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            fail(f"--resume {path}: does not fit this model/optimiser ({load_error_reason(exc)}); "
-                 f"pass --overwrite to start over")
-        set_rng_state(state["rng"])
-        log(f"resuming from {path} (epoch {epoch})")
-        return list(state["rows"]), epoch
+        state["epoch"] = epoch
+        return path, state
 
 
 @dataclass
 class EpochLoop:
     """Runs ``train(epoch) -> dict`` for the remaining epochs; logs, monitors, checkpoints and writes metrics.
 
+    The one epoch loop of every stage that trains for epochs (pre-training, BadEncoder, unlearning).
     ``monitor(epoch) -> dict`` adds the kNN numbers; ``fields`` orders the CSV columns.
-    Files: ``<name>-metrics.csv`` (one row per epoch), ``<name>-timings.csv`` (seconds, kept apart so the
-    metrics are reproducible) and, at the end, ``<name>-metrics.json`` (the summary).
+    Files, in ``log_dir`` (default: the checkpoints' folder): ``<name>-metrics.csv`` (one row per epoch),
+    ``<name>-timings.csv`` (seconds, kept apart so the metrics are reproducible), whatever ``write_extra(rows)``
+    adds, and, at the end, ``<name>-metrics.json`` (the summary, :meth:`finish`). ``shown`` picks the fields
+    of the per-epoch log line (default: all). Under torchrun only rank 0 monitors, writes and logs, and a
+    stop request on any rank stops every rank after the same epoch.
     """
 
     name: str
@@ -113,37 +129,49 @@ class EpochLoop:
     train: Callable[[int], dict]
     monitor: Callable[[int], dict]
     rows: list[dict] = field(default_factory=list)
+    log_dir: Optional[Path] = None
+    write_extra: Optional[Callable[[list[dict]], None]] = None
+    shown: Optional[tuple[str, ...]] = None
 
-    @property
-    def log_dir(self) -> Path:
-        return self.ckpts.results_dir
+    def __post_init__(self) -> None:
+        self.log_dir = self.ckpts.results_dir if self.log_dir is None else Path(self.log_dir)
 
     def run(self, start_epoch: int) -> list[dict]:
-        timings = read_timings(self.log_dir / f"{self.name}-timings.csv", "epoch", start_epoch + 1)
+        main = is_main()
+        timings = read_timings(self.log_dir / f"{self.name}-timings.csv", "epoch", start_epoch + 1) if main else []
         with graceful_stop("epoch") as stop:
             for epoch in range(start_epoch + 1, self.ckpts.epochs + 1):
                 began = time.perf_counter()
                 row = {"epoch": epoch, **self.train(epoch)}
-                row.update(self.monitor(epoch))
+                if main:
+                    row.update(self.monitor(epoch))
                 self.rows.append(row)
-                self.ckpts.save(epoch, self.model, self.optimizer, self.rows, self.fingerprint)
-                timings.append({"epoch": epoch, "seconds": time.perf_counter() - began})
-                write_csv(self.log_dir / f"{self.name}-metrics.csv", self.rows, self.fields)
-                write_csv(self.log_dir / f"{self.name}-timings.csv", timings, ("epoch", "seconds"))
-                log(f"[{self.name} epoch {epoch}/{self.ckpts.epochs}] "
-                    + fmt_metrics({k: row[k] for k in self.fields if k != "epoch"}))
-                if stop.requested and epoch < self.ckpts.epochs:
+                if main:
+                    self._record(epoch, row, timings, began)
+                if any_rank(stop.requested) and epoch < self.ckpts.epochs:
                     raise Interrupted(f"{stop.name}: stopped after epoch {epoch}; checkpoint saved to "
                                       f"{self.ckpts.path(epoch)}; {RESUME_HINT}")
         return self.rows
 
+    def _record(self, epoch: int, row: dict, timings: list[dict], began: float) -> None:
+        """Checkpoint, metrics, timings and the log line of one finished epoch (began: its perf_counter)."""
+        self.ckpts.save(epoch, self.model, self.optimizer, self.rows, self.fingerprint)
+        timings.append({"epoch": epoch, "seconds": time.perf_counter() - began})
+        write_csv(self.log_dir / f"{self.name}-metrics.csv", self.rows, self.fields)
+        write_csv(self.log_dir / f"{self.name}-timings.csv", timings, ("epoch", "seconds"))
+        if self.write_extra is not None:
+            self.write_extra(self.rows)
+        shown = self.shown or tuple(k for k in self.fields if k != "epoch")
+        log(f"[{self.name} epoch {epoch}/{self.ckpts.epochs}] " + fmt_metrics({k: row[k] for k in shown}))
+
     def finish(self, extra: Optional[dict] = None) -> dict:
-        """Write ``<name>-metrics.json`` and return it."""
+        """Write ``<name>-metrics.json`` (rank 0) and return it."""
         last = self.rows[-1] if self.rows else {}
         summary = {"epochs": self.ckpts.epochs, "final_encoder": str(self.ckpts.path(self.ckpts.epochs)),
                    **{f"final_{k}": last.get(k, float("nan")) for k in self.fields if k != "epoch"},
                    "per_epoch": self.rows, **(extra or {})}
-        write_json(self.log_dir / f"{self.name}-metrics.json", summary)
+        if is_main():
+            write_json(self.log_dir / f"{self.name}-metrics.json", summary)
         return summary
 
 

@@ -5,22 +5,23 @@ from pathlib import Path
 
 import torch
 
-from DATASETS.stats import get_usage
 from DATASETS.tensors import TensorSet, load_train_share
 from EVALUATION.monitor import build_monitor
 from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
 from MODELS.checkpoint import load_checkpoint, load_encoder
-from MODELS.precision import check_amp
-from Trainer.common import (canonical, check_fingerprint, check_finite_model, guard_outputs, load_ground_truth,
-                            remove_outputs, run_fingerprint, seed_from_list, write_settings)
+from Trainer.common import (Outputs, canonical, check_fingerprint, check_finite_model, load_ground_truth,
+                            remove_outputs, run_fingerprint, seed_from_list, start_run, write_settings)
 from Trainer.configs import DEFAULT_REFERENCE_FILE, MAIN_SEEDS, MainConfig
-from Trainer.filenames import BEST_TRIGGER, NC_METRICS, NC_TRIGGER
+from Trainer.detect import DetectSettings, run_detect
+from Trainer.filenames import (BEST_TRIGGER, DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER, NC_METRICS,
+                               NC_TRIGGER)
 from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings, seed_offset
 from Trainer.nc import run_nc
+from UTILS.distributed import world_from_env
 from UTILS.errors import fail
-from UTILS.io import ensure_writable_dir, load_npz
+from UTILS.io import load_npz
 from UTILS.lock import holding
-from UTILS.runtime import log, resolve_device, seed_everything
+from UTILS.runtime import log
 from UTILS.signals import graceful_stop
 
 # This stage's own files (the README's recipe shares one log dir between stages and phases).
@@ -29,6 +30,8 @@ MOTH_OUTPUTS = ("mask-pattern-[0-9]*.npz", BEST_TRIGGER, "re_loss.csv", "metrics
 MOTH_RESULTS = ("Harden_model_*.pth", STATE_FILE)
 HARDEN_ORDER_SEED = 100  # the paper's code seeds torch with 100 just before building that loader
 NC_OUTPUTS = (NC_TRIGGER, NC_METRICS, "preview-NC.png")
+DETECT_OUTPUTS = (DETECT_TRIGGER, DETECT_METRICS, DETECT_PICTURE)
+ONE_ROUND_OUTPUTS = {"nc": (NC_OUTPUTS, "setting-NC.txt"), "detect": (DETECT_OUTPUTS, "setting-detect.txt")}
 # What a run killed before its first state reached the disk leaves: the state of a round is written in the
 # background while the next round runs, so rounds 0 and 1 may have files and no state. Nothing to resume,
 # nothing of value either: --resume starts over instead of refusing.
@@ -38,7 +41,8 @@ UNSAVED_START_FILES = {"mask-pattern-0.npz", "mask-pattern-1.npz", "preview-0.pn
 
 def inversion_config(cfg: MainConfig) -> InversionConfig:
     return InversionConfig(steps=cfg.re_steps, lr=cfg.re_lr, init_cost=cfg.init_cost,
-                           threshold=cfg.similarity_threshold, psim=cfg.psim, step_cap=cfg.re_steps_cap)
+                           threshold=cfg.similarity_threshold, psim=cfg.psim, step_cap=cfg.re_steps_cap,
+                           micro_batch=cfg.micro_batch)
 
 
 def shuffled_once(data: TensorSet, seed_index: int) -> TensorSet:
@@ -49,24 +53,34 @@ def shuffled_once(data: TensorSet, seed_index: int) -> TensorSet:
     return TensorSet(data.x[order], data.y[order], data.num_classes)
 
 
+def refuse_torchrun() -> None:
+    """MAIN.py runs as one process: one line under torchrun.
+
+    A round is hundreds of inversion steps, one after another, each on a chunk of 32 attack images; the
+    hardening step and the early-stop distance, the parts that split across processes, are 1-4% of it
+    (``bench/scaling.py``, ``bench/results/scaling-cpu.txt``), so a data-parallel MAIN.py would gain at most
+    a few percent and could not keep the one-process run's results.
+    """
+    world = world_from_env()
+    if world.size > 1:
+        fail(f"MAIN.py: runs as one process (torchrun started {world.size}): its rounds of trigger inversion on one "
+             f"small attack set do not gain from data parallelism (README, Scaling out); start it with python, "
+             f"not torchrun")
+
+
 @holding(("log_dir", "--log_dir"), ("results_dir", "--results_dir"))
 def run_main(cfg: MainConfig) -> dict:
-    seed_everything(seed_from_list(cfg.seed, MAIN_SEEDS))
-    device = resolve_device(cfg.device, cfg.gpu)
-    check_amp(cfg.amp, device)
-    usage = get_usage(cfg.encoder_usage_info)
-    log_dir = ensure_writable_dir(cfg.log_dir, "--log_dir")
-    results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
-    inputs = {"--pretrained_encoder": cfg.pretrained_encoder, "--trigger_file": cfg.trigger_file,
-              "--reference_file": cfg.reference_file}
-    if cfg.phase == "nc":  # one round: nothing to resume, --resume simply runs it again
-        earlier = guard_outputs(log_dir, NC_OUTPUTS, "--log_dir", cfg.overwrite, cfg.resume, remove=False,
-                                inputs=inputs, writes=("setting-NC.txt",))
+    """``MAIN.py``: load the suspect encoder and its inversion set, then run ``--phase`` moth, nc or detect."""
+    refuse_torchrun()
+    if cfg.phase in ONE_ROUND_OUTPUTS:  # one round: nothing to resume, --resume simply runs it again
+        outputs, settings = ONE_ROUND_OUTPUTS[cfg.phase]
+        folders = (Outputs("log_dir", outputs, (settings,)), Outputs("results_dir"))
     else:
-        earlier = guard_outputs(log_dir, MOTH_OUTPUTS, "--log_dir", cfg.overwrite, cfg.resume, remove=False,
-                                inputs=inputs, writes=("setting.txt",))
-        earlier += guard_outputs(results_dir, MOTH_RESULTS, "--results_dir", cfg.overwrite, cfg.resume,
-                                 remove=False, inputs=inputs)
+        folders = (Outputs("log_dir", MOTH_OUTPUTS, ("setting.txt",)), Outputs("results_dir", MOTH_RESULTS))
+    run = start_run(cfg, folders, inputs={"--pretrained_encoder": cfg.pretrained_encoder,
+                                          "--trigger_file": cfg.trigger_file, "--reference_file": cfg.reference_file})
+    device, usage, log_dir, results_dir = run.device, run.usage, run.dirs["log_dir"], run.dirs["results_dir"]
+    earlier = [path for found in run.earlier.values() for path in found]
     if cfg.reference_file != DEFAULT_REFERENCE_FILE:  # unused (as in the original), but a named file must exist
         load_npz(cfg.reference_file, keys=("x",), flag="--reference_file")
     ground_truth = load_ground_truth(cfg.trigger_file, usage.size)  # small files before the dataset
@@ -76,6 +90,8 @@ def run_main(cfg: MainConfig) -> dict:
     data = shuffled_once(data, cfg.seed)
     if cfg.phase == "nc":
         return run_nc_phase(cfg, model, data, usage, log_dir, ground_truth, earlier)
+    if cfg.phase == "detect":
+        return run_detect_phase(cfg, model, data, usage, log_dir, ground_truth, earlier)
     return run_moth(cfg, model, data, usage, log_dir, results_dir, ground_truth, earlier)
 
 
@@ -88,6 +104,20 @@ def run_nc_phase(cfg: MainConfig, model, data, usage, log_dir: Path, ground_trut
     write_settings(log_dir / "setting-NC.txt", cfg)
     return run_nc(model, data, usage, inversion_config(cfg), log_dir, ground_truth, amp=cfg.amp,
                   seed=seed_from_list(cfg.seed, MAIN_SEEDS), step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
+
+
+def run_detect_phase(cfg: MainConfig, model, data, usage, log_dir: Path, ground_truth,
+                     earlier: list[Path]) -> dict:
+    """``--phase detect``: one DECREE-style inversion over the whole set, and the verdict."""
+    if len(data) < 2:
+        fail(f"--data_ratio {cfg.data_ratio}: the inversion set has {len(data)} image(s); need at least 2")
+    if cfg.overwrite:
+        remove_outputs(earlier)
+    write_settings(log_dir / "setting-detect.txt", cfg)
+    settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_pl1, amp=cfg.amp,
+                              seed=seed_from_list(cfg.seed, MAIN_SEEDS),
+                              step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
+    return run_detect(model, data, usage, inversion_config(cfg), log_dir, settings, ground_truth)
 
 
 def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Path, ground_truth,

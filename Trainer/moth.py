@@ -19,13 +19,14 @@ from torch import nn
 from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
 from DATASETS.triggers import InvertedTrigger
+from EVALUATION.monitor import monitor_row
 from INVERSION.early_stop import EarlyStop, StopDecision
 from INVERSION.hardening import draw_attack_set, harden_step, sorted_features, wasserstein_shift
 from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, attack_set_similarities, chunk_similarity,
                                  invert_trigger, random_start)
-from MODELS.checkpoint import BackgroundSaver, load_error_reason, save_checkpoint
+from MODELS.checkpoint import BackgroundSaver, save_checkpoint
 from MODELS.precision import with_precision
-from Trainer.common import check_nonfinite, fmt_metrics
+from Trainer.common import check_nonfinite, first_nonfinite, fmt_metrics, load_training_state
 from Trainer.epochs import read_timings
 from Trainer.filenames import BEST_TRIGGER
 from Trainer.preview import save_trigger_preview
@@ -153,7 +154,7 @@ class IterativeInversion:
                  f"--similarity_threshold {threshold}: the true trigger would not count as found; consider a lower "
                  f"--similarity_threshold")
 
-    def kept(self) -> str:
+    def kept_message(self) -> str:
         """What survives a failed round: the state saved after the previous one."""
         k = self.state.round
         if k == 0:
@@ -178,14 +179,14 @@ class IterativeInversion:
         trigger, row = self.invert_round(k)
         self.trigger = trigger  # the next round warm-starts from it
         check_nonfinite({"inversion loss": row["loss"], "mean psim": row["loss_sim"], "mean mask L1": row["loss_reg"],
-                         "trigger L1": row["l1"]}, where, self.kept(),
+                         "trigger L1": row["l1"]}, where, self.kept_message(),
                         "Lower --re_lr or check the encoder, then start over with --overwrite")
         trigger.save(self.log_dir / f"mask-pattern-{k}.npz")
         save_trigger_preview(self.log_dir / f"preview-{k}.png", trigger, self.data.x[:4])
         row["harden_loss"] = self.harden(batch_index, trigger, where)
         row.update(self.run_monitor(batch_index))
         row["distance"] = wasserstein_shift(self.reference_f, self.data.x, self.usage, trigger, self.clean_sorted)
-        check_nonfinite({"Wasserstein distance": row["distance"]}, where, self.kept(),
+        check_nonfinite({"Wasserstein distance": row["distance"]}, where, self.kept_message(),
                         "Check the encoder and the trigger")
         return trigger, row
 
@@ -215,20 +216,17 @@ class IterativeInversion:
         bs = self.settings.batch_size
         loss = harden_step(self.f, self.optimizer, self.data.x[batch_index * bs:(batch_index + 1) * bs], trigger,
                            self.usage)
-        check_nonfinite({"hardening loss": loss}, where, self.kept(), "Lower --harden_lr, then start over with --overwrite")
-        bad = next((n for n, p in self.model.f.named_parameters() if not torch.isfinite(p).all()), None)
+        check_nonfinite({"hardening loss": loss}, where, self.kept_message(),
+                        "Lower --harden_lr, then start over with --overwrite")
+        bad = first_nonfinite(self.model.f.named_parameters())
         if bad is not None:
             fail(f"{where}: the hardening step made the encoder's weights NaN or inf (first in f.{bad}); stopped. "
-                 f"{self.kept()}. Lower --harden_lr, then start over with --overwrite")
+                 f"{self.kept_message()}. Lower --harden_lr, then start over with --overwrite")
         return loss
 
     def run_monitor(self, batch_index: int) -> dict:
         """Step f: kNN ACC/ASR after every ``monitor_every``-th batch of an epoch, as the paper's code."""
-        every = self.settings.monitor_every
-        if self.monitor is None or every <= 0 or (batch_index + 1) % every:
-            return {"knn_acc": float("nan"), "knn_asr": float("nan")}
-        result = self.monitor(self.f)
-        return {"knn_acc": result["acc"], "knn_asr": result["asr"]}
+        return monitor_row(self.monitor, self.f, batch_index + 1, self.settings.monitor_every)
 
     def write_logs(self) -> None:
         write_csv(self.log_dir / "re_loss.csv", [{k: r[k] for k in RE_LOSS_FIELDS} for r in self.rows], RE_LOSS_FIELDS)
@@ -323,13 +321,10 @@ class IterativeInversion:
         if int(state["inversion_set_size"]) != len(self.data):
             fail(f"--resume {path}: was written for an inversion set of {state['inversion_set_size']} images, "
                  f"this run has {len(self.data)} (another --data_dir?); repeat the original data or pass --overwrite")
-        try:
-            self.model.load_state_dict(state["state_dict"])
-            self.optimizer.load_state_dict(state["optimizer"])
+        def run_state() -> None:
             self.state = RunState(**state["run_state"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            fail(f"--resume {path}: does not fit this encoder/optimiser ({load_error_reason(exc)}); "
-                 f"pass --overwrite to start over")
+
+        load_training_state(state, path, self.model, self.optimizer, "encoder/optimiser", also=run_state)
         device = self.data.x.device
         self.trigger = InvertedTrigger(state["trigger_mask"].to(device), state["trigger_pattern"].to(device))
         self.early.load_state_dict(state["early_stopping"])

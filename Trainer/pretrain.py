@@ -1,24 +1,23 @@
 """SimCLR pre-training of a clean encoder (``pretraining_encoder.py``)."""
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
 
 from DATASETS.augment import simclr_views
-from DATASETS.stats import UsageInfo, get_usage, normalize
+from DATASETS.stats import UsageInfo, normalize
 from DATASETS.tensors import TensorSet, load_train_share
-from EVALUATION.monitor import build_monitor
+from EVALUATION.monitor import build_monitor, monitor_row
 from MODELS.losses import nt_xent
 from MODELS.simclr import build_model
-from Trainer.common import guard_outputs, remove_outputs, run_fingerprint, write_settings
+from Trainer.common import Outputs, remove_outputs, run_fingerprint, start_run, write_settings
 from Trainer.epochs import EpochCheckpoints, EpochLoop
-from Trainer.make_configs import PretrainConfig
+from Trainer.configs import PretrainConfig
+from UTILS.distributed import check_batch, data_parallel, gather_rows, is_main, local_rows, sync_batchnorm
 from UTILS.errors import fail
-from UTILS.io import ensure_writable_dir
 from UTILS.lock import holding
-from UTILS.runtime import progress, resolve_device, seed_everything
+from UTILS.runtime import progress
 
 NAME = "pretrain"
 OUTPUTS = ("model_*.pth", f"{NAME}-metrics.*", f"{NAME}-timings.csv")
@@ -29,12 +28,14 @@ def simclr_loss(model: nn.Module, images: Tensor, usage: UsageInfo, temperature:
     """NT-Xent between the projections of two SimCLR views of each image. images: (B, 3, H, W) in [0, 1].
 
     The views go through the model one after the other, as in BadEncoder's pre-training, so each
-    BatchNorm batch holds one view of every image.
+    BatchNorm batch holds one view of every image. Under torchrun every rank draws the views of the
+    whole global batch (the same draws as one process), passes its own rows through the model and
+    computes NT-Xent over the gathered rows of every rank: the one-process loss, negatives included.
     """
     v1, v2 = simclr_views(images)  # (B, 3, H, W) each
-    _, z1 = model(normalize(v1, usage))  # (B, 128), L2-normalised
-    _, z2 = model(normalize(v2, usage))
-    return nt_xent(z1, z2, temperature)
+    _, z1 = model(normalize(local_rows(v1), usage))  # (B_r, 128), L2-normalised; B_r = B on one process
+    _, z2 = model(normalize(local_rows(v2), usage))
+    return nt_xent(gather_rows(z1, images.shape[0]), gather_rows(z2, images.shape[0]), temperature)
 
 
 def simclr_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, usage: UsageInfo,
@@ -66,38 +67,37 @@ def pretrain_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Ten
 @holding(("results_dir", "--results_dir"))
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """The whole stage: data, model, optimiser, resume, the epoch loop; returns the summary."""
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device, cfg.gpu)
-    usage = get_usage(cfg.encoder_usage_info)
-    results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
-    earlier = guard_outputs(results_dir, OUTPUTS, "--results_dir", cfg.overwrite, cfg.resume, remove=False)
+    run = start_run(cfg, (Outputs("results_dir", OUTPUTS),))
+    device, usage, results_dir, earlier = run.device, run.usage, run.dirs["results_dir"], run.earlier["results_dir"]
+    check_batch(cfg.batch_size)
     data = load_train_share(cfg.pretraining_dataset, cfg.data_ratio, cfg.data_dir, usage, device,
                             flag="--pretraining_dataset")
     if len(data) < cfg.batch_size:
         fail(f"--batch_size {cfg.batch_size}: larger than the {len(data)} pre-training images of "
              f"--pretraining_dataset {cfg.pretraining_dataset} (--data_ratio {cfg.data_ratio}); lower it")
     monitor = None
-    if cfg.monitor_every > 0:
+    if cfg.monitor_every > 0 and is_main():  # the other ranks write no metrics
         monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, None, 0, cfg.knn_k, cfg.knn_t,
                                 False)
-    model = build_model(cfg.model).to(device)
+    # SimCLR's loss depends on BatchNorm's batch statistics: under torchrun they are the global batch's
+    model = sync_batchnorm(build_model(cfg.model).to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpts = EpochCheckpoints(results_dir, cfg.save_every, cfg.epochs)
-    rows, start = ckpts.resume(cfg, model, optimizer, earlier)
-    if cfg.overwrite:
-        remove_outputs(earlier)
-    write_settings(results_dir / "setting.txt", cfg)
+    rows, first = ckpts.resume(cfg, model, optimizer, earlier)
+    if is_main():
+        if cfg.overwrite:
+            remove_outputs(earlier)
+        write_settings(results_dir / "setting.txt", cfg)
+    net = data_parallel(model)  # after resume: DDP starts every rank from rank 0's weights
 
     def train(epoch: int) -> dict:
-        return pretrain_epoch(model, optimizer, data, cfg.batch_size, usage, cfg.knn_t,
+        return pretrain_epoch(net, optimizer, data, cfg.batch_size, usage, cfg.knn_t,
                               desc=f"pretrain epoch {epoch}/{cfg.epochs}")
 
     def watch(epoch: int) -> dict:
-        if monitor is None or epoch % cfg.monitor_every:
-            return {"knn_acc": math.nan}
-        return {"knn_acc": monitor(model.f)["acc"]}
+        return {"knn_acc": monitor_row(monitor, model.f, epoch, cfg.monitor_every)["knn_acc"]}
 
     loop = EpochLoop(NAME, ckpts, model, optimizer, FIELDS, run_fingerprint(cfg), train, watch, rows)
-    loop.run(start)
+    loop.run(first)
     return loop.finish({"pretraining_dataset": cfg.pretraining_dataset, "model": cfg.model,
                         "monitor_dataset": cfg.downstreamTask if monitor is not None else None})

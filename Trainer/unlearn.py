@@ -23,9 +23,8 @@ Before training, :func:`initial_similarity` runs the original's ``test_init_sim`
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -33,30 +32,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from DATASETS.augment import unlearn_view
-from DATASETS.stats import UsageInfo, get_usage, normalize
+from DATASETS.stats import UsageInfo, normalize
 from DATASETS.tensors import TensorSet, load_train_share
-from DATASETS.triggers import load_trigger
-from EVALUATION.monitor import build_monitor
+from DATASETS.triggers import Trigger, load_trigger
+from EVALUATION.monitor import Monitor, build_monitor, monitor_row
 from MODELS.checkpoint import load_encoder
 from MODELS.losses import nt_xent
-from MODELS.precision import check_amp, unwrap, with_precision
-from Trainer.common import (check_finite_model, fmt_metrics, guard_outputs, load_ground_truth, remove_outputs,
-                            run_fingerprint, seed_from_list, write_settings)
-from Trainer.configs import UNLEARN_SEEDS, UnlearnConfig
-from Trainer.epochs import EpochCheckpoints, read_timings
+from MODELS.precision import unwrap, with_precision
+from Trainer.common import (Outputs, check_finite_model, fmt_metrics, load_ground_truth, remove_outputs,
+                            run_fingerprint, start_run, write_settings)
+from Trainer.configs import UnlearnConfig
+from Trainer.epochs import EpochCheckpoints, EpochLoop
+from Trainer.filenames import UNLEARNED_CKPT
 from Trainer.preview import save_trigger_preview
-from UTILS.errors import RESUME_HINT, Interrupted, fail
-from UTILS.io import atomic_write, ensure_writable_dir, write_csv, write_json
+from UTILS.distributed import data_parallel, gather_rows, is_main, local_rows, sync_batchnorm
+from UTILS.errors import fail
+from UTILS.io import atomic_write, write_json
 from UTILS.lock import holding
-from UTILS.runtime import log, progress, resolve_device, seed_everything
-from UTILS.signals import graceful_stop
+from UTILS.runtime import log, progress
 
-CKPT = "Harden_Unlearn_model_{}.pth"
+NAME = "unlearn"  # the epoch loop's files: unlearn-metrics.csv, unlearn-timings.csv
+CKPT = UNLEARNED_CKPT
 RESULTS = ("Harden_Unlearn_model_*.pth",)
 LOGS = ("loss-log.npy", "unlearn-metrics.*", "unlearn-timings.csv")
 # init_sim/test_sim are filled in the epoch-0 row only (the pass runs once, before training)
 METRIC_FIELDS = ("epoch", "loss", "contrastive", "unlearn", "knn_acc", "knn_asr", "init_sim", "test_sim")
-TIMINGS_FILE = "unlearn-timings.csv"  # wall-clock seconds per epoch, apart so the metrics are reproducible
 SETTINGS_FILE, PREVIEW_FILE = "unlearn-setting.txt", "unlearn-trigger.png"
 
 Augment = Callable[[Tensor], Tensor]
@@ -81,7 +81,7 @@ def split_batch(batch: int, portion: float, counter: int) -> tuple[Tensor, Tenso
     return torch.from_numpy(injected.astype(np.int64)), torch.from_numpy(clean.astype(np.int64))
 
 
-def unlearn_inputs(images: Tensor, trigger: Callable[[Tensor], Tensor], injected: Tensor, clean: Tensor,
+def unlearn_inputs(images: Tensor, trigger: Trigger, injected: Tensor, clean: Tensor,
                    augment: Augment = unlearn_view) -> tuple[Tensor, Tensor]:
     """The two batches of one unlearning step, (B, 3, H, W) each in [0, 1], rows in position order.
 
@@ -102,7 +102,7 @@ def unlearn_inputs(images: Tensor, trigger: Callable[[Tensor], Tensor], injected
     return first.clamp(0.0, 1.0), second.clamp(0.0, 1.0)
 
 
-def unlearn_loss(model: nn.Module, images: Tensor, trigger: Callable[[Tensor], Tensor], usage: UsageInfo,
+def unlearn_loss(model: nn.Module, images: Tensor, trigger: Trigger, usage: UsageInfo,
                  injected: Tensor, clean: Tensor, beta: float, temperature: float,
                  augment: Augment = unlearn_view) -> tuple[Tensor, dict]:
     """contrastive + beta * unlearn on one batch; two passes of ``model`` in its current mode.
@@ -114,8 +114,11 @@ def unlearn_loss(model: nn.Module, images: Tensor, trigger: Callable[[Tensor], T
     """
     first, second = unlearn_inputs(images, trigger, injected, clean, augment)
     # Two passes, not one batch of 2B: in train mode BatchNorm normalises each pass on its own statistics.
-    _, z1 = model(normalize(first, usage))  # (B, 128), L2-normalised projections
-    _, z2 = model(normalize(second, usage))
+    # Under torchrun every rank builds both batches whole (the one-process draws), passes its own rows
+    # (global BatchNorm statistics) and gathers every rank's projections, so the loss is the one-process loss.
+    _, z1 = model(normalize(local_rows(first), usage))  # (B_r, 128), L2-normalised; B_r = B on one process
+    _, z2 = model(normalize(local_rows(second), usage))
+    z1, z2 = gather_rows(z1, images.shape[0]), gather_rows(z2, images.shape[0])  # (B, 128)
     injected, clean = injected.to(z1.device), clean.to(z1.device)
     contrastive = nt_xent(z1[clean], z2[clean], temperature) if clean.numel() else z1.new_zeros(())
     unlearn = -mean_cos(z1[injected], z2[injected]) if injected.numel() else z1.new_zeros(())
@@ -132,7 +135,7 @@ def epoch_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def initial_similarity(backbone: nn.Module, images: Tensor, trigger: Callable[[Tensor], Tensor],
+def initial_similarity(backbone: nn.Module, images: Tensor, trigger: Trigger,
                        usage: UsageInfo, update_bn: bool = True, augment: Augment = unlearn_view) -> dict:
     """The original's ``test_init_sim``: {"init_sim", "test_sim"} of the encoder before unlearning.
 
@@ -152,13 +155,14 @@ def initial_similarity(backbone: nn.Module, images: Tensor, trigger: Callable[[T
     saved = None if update_bn else {k: v.clone() for k, v in inner.named_buffers()}
     was_training = inner.training
     backbone.train()
+    n = images.shape[0]  # under torchrun: each rank passes its rows (global BatchNorm), then gathers
     try:
-        raw = _chunked(backbone, images)  # (N, D)
-        stamped = _chunked(backbone, normalize(trigger(images), usage))
+        raw = gather_rows(_chunked(backbone, local_rows(images)), n)  # (N, D)
+        stamped = gather_rows(_chunked(backbone, normalize(trigger(local_rows(images)), usage)), n)
         init_sim = mean_cos(stamped, raw).item()
-        view1, view2 = augment(images), augment(images)
-        test_sim = mean_cos(_chunked(backbone, normalize(view1, usage)),
-                            _chunked(backbone, normalize(view2, usage))).item()
+        view1, view2 = augment(images), augment(images)  # one draw per view, the same on every rank
+        test_sim = mean_cos(gather_rows(_chunked(backbone, normalize(local_rows(view1), usage)), n),
+                            gather_rows(_chunked(backbone, normalize(local_rows(view2), usage)), n)).item()
     finally:
         backbone.train(was_training)
         if saved is not None:
@@ -182,7 +186,7 @@ def mean_cos(a: Tensor, b: Tensor) -> Tensor:
 
 
 def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, batch_size: int,
-                  trigger: Callable[[Tensor], Tensor], usage: UsageInfo, portion: float, beta: float,
+                  trigger: Trigger, usage: UsageInfo, portion: float, beta: float,
                   temperature: float, desc: str = "unlearn",
                   kept: str = "The last good checkpoint is kept", first_batch: int = 0,
                   augment: Augment = unlearn_view) -> dict:
@@ -232,18 +236,13 @@ def check_unlearning_set(n: int, batch_size: int, data_ratio: float) -> None:
 @holding(("log_dir", "--log_dir"), ("results_dir", "--results_dir"))
 def run_unlearn(cfg: UnlearnConfig) -> dict:
     """The whole stage: load, initial-similarity pass, epoch-0 kNN check, epochs with checkpoints."""
-    seed_everything(seed_from_list(cfg.seed, UNLEARN_SEEDS))
-    device = resolve_device(cfg.device, cfg.gpu)
-    check_amp(cfg.amp, device)
-    usage = get_usage(cfg.encoder_usage_info)
-    log_dir = ensure_writable_dir(cfg.log_dir, "--log_dir")
-    results_dir = ensure_writable_dir(cfg.results_dir, "--results_dir")
-    inputs = {"--pretrained_encoder": cfg.pretrained_encoder, "--re_mask_pattern": cfg.re_mask_pattern,
-              "--trigger_file": cfg.trigger_file}
-    earlier = guard_outputs(results_dir, RESULTS, "--results_dir", cfg.overwrite, cfg.resume, remove=False,
-                            inputs=inputs)
-    earlier_logs = guard_outputs(log_dir, LOGS, "--log_dir", cfg.overwrite, cfg.resume, remove=False,
-                                 inputs=inputs, writes=(SETTINGS_FILE, PREVIEW_FILE))
+    # the results folder first: its earlier checkpoints are what --resume continues from
+    run = start_run(cfg, (Outputs("log_dir"), Outputs("results_dir", RESULTS),
+                          Outputs("log_dir", LOGS, (SETTINGS_FILE, PREVIEW_FILE))),
+                    inputs={"--pretrained_encoder": cfg.pretrained_encoder, "--re_mask_pattern": cfg.re_mask_pattern,
+                            "--trigger_file": cfg.trigger_file})
+    device, usage, log_dir, results_dir = run.device, run.usage, run.dirs["log_dir"], run.dirs["results_dir"]
+    earlier, earlier_logs = run.earlier["results_dir"], run.earlier["log_dir"]
     model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
     check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     trigger = load_trigger(cfg.re_mask_pattern, "--re_mask_pattern", expected_size=usage.size)
@@ -251,51 +250,48 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
     check_unlearning_set(len(data), cfg.batch_size, cfg.data_ratio)
     monitor = None
-    if cfg.monitor_every > 0:
+    if cfg.monitor_every > 0 and is_main():  # the other ranks write no metrics
         monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, ground_truth, cfg.reference_label,
                                 cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
+    # the two passes normalise on their batch statistics (the method's): under torchrun, the global batch's
+    sync_batchnorm(model)
     net, backbone = with_precision(model, cfg.amp), with_precision(model.f, cfg.amp)  # = model, model.f without --amp
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
     checkpoints = EpochCheckpoints(results_dir, save_every=1, epochs=cfg.epochs, pattern=CKPT)  # keep every epoch
     rows, start_epoch = checkpoints.resume(cfg, model, optimizer, earlier_logs)
-    if cfg.overwrite:
-        remove_outputs(earlier + earlier_logs)
-    write_settings(log_dir / SETTINGS_FILE, cfg)
-    save_trigger_preview(log_dir / PREVIEW_FILE, trigger, data.x[:4])
-    timings = read_timings(log_dir / TIMINGS_FILE, "epoch", start_epoch + 1)
+    if is_main():
+        if cfg.overwrite:
+            remove_outputs(earlier + earlier_logs)
+        write_settings(log_dir / SETTINGS_FILE, cfg)
+        save_trigger_preview(log_dir / PREVIEW_FILE, trigger, data.x[:4])
     if start_epoch == 0:  # a resumed run has these numbers in its epoch-0 row and must not move BatchNorm again
         rows = [_before_row(backbone, data.x, trigger, usage, monitor, cfg.init_sim_bn_update == "on")]
+    net = data_parallel(net)  # after resume: DDP starts every rank from rank 0's weights
     per_epoch = len(epoch_batches(len(data), cfg.batch_size))  # the batch counter goes on across epochs
-    fingerprint = run_fingerprint(cfg)
-    with graceful_stop("epoch") as stop:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            began = time.perf_counter()
-            kept = (f"The last good checkpoint is kept: {results_dir / CKPT.format(epoch - 1)}" if epoch > 1
-                    else "No epoch had finished, so no checkpoint was written")
-            row = {"epoch": epoch, **unlearn_epoch(net, optimizer, data, cfg.batch_size, trigger, usage,
-                                                   cfg.portion, cfg.beta, cfg.knn_t,
-                                                   desc=f"unlearn epoch {epoch}/{cfg.epochs}", kept=kept,
-                                                   first_batch=(epoch - 1) * per_epoch)}
-            row.update(_monitor_row(monitor, backbone, epoch, cfg.monitor_every))
-            rows.append(row)
-            checkpoints.save(epoch, model, optimizer, rows, fingerprint)
-            timings.append({"epoch": epoch, "seconds": time.perf_counter() - began})
-            _write_logs(log_dir, rows, timings)
-            log(f"[unlearn epoch {epoch}] " + fmt_metrics({k: row[k] for k in ("loss", "knn_acc", "knn_asr")}))
-            if stop.requested and epoch < cfg.epochs:
-                raise Interrupted(f"{stop.name}: stopped after epoch {epoch}; checkpoint saved to "
-                                  f"{results_dir / CKPT.format(epoch)}; {RESUME_HINT}")
+
+    def train(epoch: int) -> dict:
+        kept = (f"The last good checkpoint is kept: {results_dir / CKPT.format(epoch - 1)}" if epoch > 1
+                else "No epoch had finished, so no checkpoint was written")
+        return unlearn_epoch(net, optimizer, data, cfg.batch_size, trigger, usage, cfg.portion, cfg.beta, cfg.knn_t,
+                             desc=f"unlearn epoch {epoch}/{cfg.epochs}", kept=kept, first_batch=(epoch - 1) * per_epoch)
+
+    loop = EpochLoop(NAME, checkpoints, model, optimizer, METRIC_FIELDS, run_fingerprint(cfg), train,
+                     lambda epoch: monitor_row(monitor, backbone, epoch, cfg.monitor_every), rows, log_dir=log_dir,
+                     write_extra=lambda rows: _write_loss_log(log_dir, rows), shown=("loss", "knn_acc", "knn_asr"))
+    rows = loop.run(start_epoch)
     before = next((r for r in rows if r["epoch"] == 0), {})
     summary = {"epochs": cfg.epochs, "final_encoder": str(results_dir / CKPT.format(cfg.epochs)),
-               "final_knn_acc": rows[-1]["knn_acc"] if rows else float("nan"),
-               "final_knn_asr": rows[-1]["knn_asr"] if rows else float("nan"),
+               "final_knn_acc": rows[-1].get("knn_acc", float("nan")) if rows else float("nan"),
+               "final_knn_asr": rows[-1].get("knn_asr", float("nan")) if rows else float("nan"),
                "init_sim": before.get("init_sim", float("nan")), "test_sim": before.get("test_sim", float("nan")),
                "per_epoch": rows}
-    write_json(log_dir / "unlearn-metrics.json", summary)
+    if is_main():
+        write_json(log_dir / "unlearn-metrics.json", summary)
     return summary
 
 
-def _before_row(backbone: nn.Module, images: Tensor, trigger, usage: UsageInfo, monitor, update_bn: bool) -> dict:
+def _before_row(backbone: nn.Module, images: Tensor, trigger: Trigger, usage: UsageInfo, monitor: Optional[Monitor],
+                update_bn: bool) -> dict:
     """The epoch-0 row: the initial-similarity pass, then (monitor on) the kNN check, in the original's order."""
     sims = initial_similarity(backbone, images, trigger, usage, update_bn=update_bn)
     log(f"[unlearn] init sim: {sims['init_sim']:.3f}, test sim: {sims['test_sim']:.8f}"
@@ -308,18 +304,10 @@ def _before_row(backbone: nn.Module, images: Tensor, trigger, usage: UsageInfo, 
             "knn_acc": knn["acc"], "knn_asr": knn["asr"], **sims}
 
 
-def _monitor_row(monitor, backbone: nn.Module, epoch: int, every: int) -> dict:
-    if monitor is None or every <= 0 or epoch % every:
-        return {"knn_acc": float("nan"), "knn_asr": float("nan")}
-    result = monitor(backbone)
-    return {"knn_acc": result["acc"], "knn_asr": result["asr"]}
-
-
-def _write_logs(log_dir: Path, rows: list[dict], timings: list[dict]) -> None:
+def _write_loss_log(log_dir: Path, rows: list[dict]) -> None:
+    """The original's ``loss-log.npy``: the mean loss of every trained epoch (epoch 0 is the check before)."""
     trained = [r for r in rows if r["epoch"] > 0]
     losses = np.asarray([r["loss"] for r in trained], dtype=np.float64)
     atomic_write(log_dir / "loss-log.npy", lambda h: np.save(h, losses))
-    write_csv(log_dir / "unlearn-metrics.csv", rows, METRIC_FIELDS)
-    write_csv(log_dir / TIMINGS_FILE, timings, ("epoch", "seconds"))
 
 

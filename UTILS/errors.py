@@ -10,6 +10,8 @@ import sys
 import threading
 from typing import Callable, Iterator, NoReturn, TypeVar
 
+from UTILS.launch import env_is_main
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
 
@@ -68,8 +70,9 @@ def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "") -> Call
                 return main(*args, **kwargs)
         except UserError as exc:
             _exit_with(f"error: {_one_line(exc)}", EXIT_USER_ERROR)
-        except Interrupted as exc:
-            _exit_with(f"interrupted: {_one_line(exc)}", EXIT_INTERRUPTED)
+        except Interrupted as exc:  # under torchrun every rank stops after the same step: rank 0 says so
+            _exit_with(f"interrupted: {_one_line(exc)}", EXIT_INTERRUPTED,
+                       quiet=not env_is_main())
         except KeyboardInterrupt as exc:
             what = "SIGTERM: " if isinstance(exc, Terminated) else ""
             _exit_with(f"interrupted: {what}aborted; every file written so far is complete (writes are atomic); "
@@ -82,8 +85,9 @@ def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "") -> Call
     return wrapper
 
 
-def _exit_with(line: str, code: int) -> NoReturn:
-    print(line, file=sys.stderr, flush=True)
+def _exit_with(line: str, code: int, quiet: bool = False) -> NoReturn:
+    if not quiet:
+        print(line, file=sys.stderr, flush=True)
     raise SystemExit(code) from None
 
 

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 from UTILS.errors import fail
 from UTILS.io import pid_alive
+from UTILS.launch import env_is_main
 
 LOCK_NAME = ".receive.lock"
 T = TypeVar("T")
@@ -129,11 +130,16 @@ def hold_folders(folders: Sequence[tuple[Path, str]]) -> Iterator[None]:
 
 def holding(*fields: tuple[str, str]) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Decorate a stage ``run(cfg)``: create the folders named by ``cfg.<field>`` (checked writable), hold
-    them for the whole run, then call it. ``fields``: (config field, flag), e.g. ("log_dir", "--log_dir")."""
+    them for the whole run, then call it. ``fields``: (config field, flag), e.g. ("log_dir", "--log_dir").
+
+    Under torchrun only rank 0 writes files, so only rank 0 creates and holds the folders."""
     def decorate(run: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(run)
         def wrapper(cfg, *args, **kwargs) -> T:
             from UTILS.io import ensure_writable_dir  # numpy: after the command line has been checked
+
+            if not env_is_main():
+                return run(cfg, *args, **kwargs)
 
             folders = [(ensure_writable_dir(getattr(cfg, name), flag), flag) for name, flag in fields]
             with hold_folders(folders):

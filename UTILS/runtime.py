@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from UTILS.device_flags import device_choice, gpu_index
+from UTILS.launch import env_is_main
 from UTILS.errors import fail
 
 T = TypeVar("T")
@@ -66,9 +67,10 @@ def progress(iterable: Iterable[T], desc: str, total: Optional[int] = None, leav
     On a terminal: tqdm's live bar. Anywhere else (a log file, a pipe, CI) a bar redrawn with carriage
     returns would flood the file, so a bar prints one plain line when it runs to its end
     (``desc: N/N in 12.3s``) and nothing when left early (the log line after it says why).
-    ``RECEIVE_NO_PROGRESS=1`` silences every bar (tests, CI logs).
+    ``RECEIVE_NO_PROGRESS=1`` silences every bar (tests, CI logs), and so does being any rank but 0 of a
+    torchrun run (one bar per run, not one per process).
     """
-    if os.environ.get("RECEIVE_NO_PROGRESS", "") not in ("", "0"):
+    if os.environ.get("RECEIVE_NO_PROGRESS", "") not in ("", "0") or not env_is_main():
         return iterable
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
@@ -98,7 +100,9 @@ def _plain_progress(iterable: Iterable[T], desc: str, total: Optional[int]) -> I
 
 
 def log(message: str) -> None:
-    """Progress-bar-safe print."""
+    """Progress-bar-safe print; under torchrun only rank 0 prints (the ranks compute the same numbers)."""
+    if not env_is_main():
+        return
     tqdm.write(message, file=sys.stdout)
     sys.stdout.flush()
 

@@ -10,6 +10,8 @@ import sys
 import threading
 from typing import Iterator, Optional
 
+from UTILS.launch import env_is_main, env_world_size
+
 _NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
 
@@ -40,12 +42,19 @@ def graceful_stop(step: str = "step") -> Iterator[StopRequest]:
         yield request
         return
 
+    # Under torchrun, Ctrl-C reaches a worker twice: SIGINT from the terminal, then SIGTERM from torchrun
+    # stopping its workers. Only the same signal again means "abort now" there.
+    torchrun = env_world_size() > 1
+
     def handler(signum, frame):
-        if request.requested:  # second signal: stop now
+        if request.requested and (signum == request.signal or not torchrun):  # second signal: stop now
             raise KeyboardInterrupt
+        if request.requested:
+            return
         request.signal = signum
-        print(f"\n{request.name}: finishing the current {step}, then saving a checkpoint "
-              f"(send it again to abort at once)", file=sys.stderr, flush=True)
+        if env_is_main():  # one message per run, not one per process
+            print(f"\n{request.name}: finishing the current {step}, then saving a checkpoint "
+                  f"(send it again to abort at once)", file=sys.stderr, flush=True)
 
     previous = {sig: signal.signal(sig, handler) for sig in _NAMES}
     try:

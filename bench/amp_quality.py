@@ -41,15 +41,14 @@ import torch  # noqa: E402
 from DATASETS.stats import get_usage, normalize  # noqa: E402
 from DATASETS.tensors import load_train_share  # noqa: E402
 from DATASETS.triggers import InvertedTrigger  # noqa: E402
+from DEMO.layout import flag_value, receive_commands  # noqa: E402
 from INVERSION.inversion import InversionConfig, chunk_similarity, invert_trigger, random_start  # noqa: E402
 from MODELS.checkpoint import load_encoder  # noqa: E402
 from MODELS.precision import with_precision  # noqa: E402
 from Trainer.configs import MAIN_SEEDS  # noqa: E402
-from Trainer.demo import flag_value, receive_commands  # noqa: E402
 from bench import device_name  # noqa: E402  (bench/bench.py, this script's neighbour)
-from Trainer.filenames import BEST_TRIGGER  # noqa: E402
+from Trainer.filenames import BEST_TRIGGER, UNLEARNED_CKPT  # noqa: E402
 from Trainer.moth import FIRST_ROUND_LR  # noqa: E402
-from Trainer.unlearn import CKPT as UNLEARNED  # noqa: E402
 from UTILS.errors import UserError  # noqa: E402
 from UTILS.runtime import resolve_device  # noqa: E402
 
@@ -142,7 +141,7 @@ def whole_defence(cmds: dict[str, list[str]], seeds: list[int], out: Path, devic
             epochs = flag_value(cmds["unlearn"], "--epochs")
             # the evaluator is the measuring instrument: float32 for both arms
             downstream = with_flags(cmds["downstream"], results_dir=str(base / "eval"), device=device,
-                                    encoder=str(base / "unlearned" / UNLEARNED.format(epochs)))
+                                    encoder=str(base / "unlearned" / UNLEARNED_CKPT.format(epochs)))
             downstream += ["--overwrite"]
             times = [run_stage(words) for words in (main, unlearn, downstream)]
             moth = json.loads((base / "log" / "metrics.json").read_text())

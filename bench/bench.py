@@ -3,6 +3,7 @@
     python bench/bench.py                      # quick: resnet18_small all sizes + resnet18 a subset
     python bench/bench.py --full               # all sizes, both models
     python bench/bench.py --model resnet18_small --stages unlearn --data-ratios 0.05
+    python bench/bench.py --model clip_rn50        # a 224-pixel tower: the rows of bench/encoders224.py
 
 The floor of a stage is the bare tensor work the stage cannot avoid (the same backbone, the same batch
 shapes, the same kind of pass), with inputs prepared outside the timer:
@@ -68,6 +69,9 @@ from MODELS.checkpoint import BackgroundSaver, save_checkpoint  # noqa: E402
 from MODELS.precision import with_precision  # noqa: E402
 from MODELS.simclr import build_model  # noqa: E402
 from INVERSION.hardening import sorted_features, wasserstein_shift  # noqa: E402
+if str(ROOT / "bench") not in sys.path:  # the 224 rows live next to this file, however it was loaded
+    sys.path.insert(0, str(ROOT / "bench"))
+from encoders224 import MODELS_224, QUICK_224, STAGES_224, Rows224  # noqa: E402
 from Trainer.unlearn import epoch_batches, unlearn_epoch  # noqa: E402
 from UTILS.errors import UserError  # noqa: E402
 from UTILS.runtime import resolve_device  # noqa: E402
@@ -636,8 +640,13 @@ def write_csv(path: Path, rows: list[Row], device: torch.device, name: str) -> N
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=(*MODELS, "all"), default="all",
-                   help="which encoder(s); 'all' = both (the quick mode measures resnet18 on a subset)")
+    p.add_argument("--model", choices=(*MODELS, *MODELS_224, "all"), default="all",
+                   help="which encoder(s); 'all' = both 32-pixel ones (the quick mode measures resnet18 on a "
+                        "subset); a 224-pixel tower (BadEncoder's ImageNet/CLIP, or its tiny test variant) "
+                        "measures the rows of bench/encoders224.py")
+    p.add_argument("--micro-batch", type=int, default=8, help="224 rows: --micro_batch of the inversion-micro row")
+    p.add_argument("--sizes-224", default="", help="224 rows: comma list of sizes (attack size / images) "
+                   "replacing the plan's")
     p.add_argument("--full", action="store_true", help="every stage and size for every model")
     p.add_argument("--stages", default="", help=f"comma list from {','.join(STAGES)} (default: the plan)")
     p.add_argument("--attack-sizes", default="", help="comma list (default: the plan)")
@@ -671,10 +680,15 @@ def plan(args) -> list[tuple[str, dict[str, tuple]]]:
     chosen = None
     if args.stages:
         chosen = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-        bad = [s for s in chosen if s not in STAGES]
+        bad = [s for s in chosen if s not in (STAGES_224 if args.model in MODELS_224 else STAGES)]
         if bad:
             sys.exit(f"--stages: unknown {bad}; expected from {STAGES}")
     out = []
+    if args.model in MODELS_224:  # the 224-pixel towers have their own stages and sizes
+        stages = {s: v for s, v in QUICK_224[args.model].items() if not chosen or s in chosen}
+        if args.sizes_224:
+            stages = {s: tuple(int(v) for v in args.sizes_224.split(",")) for s in stages}
+        return [(args.model, stages)]
     for m in models:
         full = {s: ATTACK_SIZES if s.endswith("inversion") else DATA_RATIOS for s in STAGES}
         full[STATE_STAGE] = (0,)
@@ -702,15 +716,16 @@ def main(argv=None) -> list[Row]:
     started, load_before = time.perf_counter(), load_average()
     print(f"bench: device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads",
           file=sys.stderr, flush=True)
-    pool = make_pool()
+    pool = None if args.model in MODELS_224 else make_pool()  # the 224 rows draw their own images
     bench = Bench(args, device, pool)
     rows: list[Row] = []
     per_model: dict[str, list[Row]] = {}
+    rows224 = Rows224(bench, args.micro_batch)
     for model, stages in plan(args):
-        for stage in STAGES:  # fixed order: features before mlp (the mlp note divides by it)
+        for stage in (STAGES_224 if model in MODELS_224 else STAGES):  # fixed order: features before mlp
             if stage not in stages:
                 continue
-            fn = getattr(bench, stage.replace("-", "_"))
+            fn = getattr(rows224 if model in MODELS_224 else bench, stage.replace("-", "_"))
             for size in stages[stage]:
                 row = fn(model, size)
                 rows.append(row)

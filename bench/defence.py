@@ -22,8 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from Trainer.demo import RunLayout, check_targets, run_demo  # noqa: E402
-from Trainer.make_configs import PRESET_NAMES, DemoConfig  # noqa: E402
+from DEMO.demo import run_demo  # noqa: E402
+from DEMO.layout import RunLayout  # noqa: E402
+from DEMO.results import check_targets  # noqa: E402
+from Trainer.configs import PRESET_NAMES, DemoConfig  # noqa: E402
 from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
 from UTILS.io import write_json  # noqa: E402
 from UTILS.runtime import log  # noqa: E402

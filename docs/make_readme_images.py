@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from docs.terminal_png import render_terminal  # noqa: E402
-from Trainer.demo import receive_commands  # noqa: E402
+from DEMO.layout import receive_commands  # noqa: E402
 from UTILS.errors import UserError  # noqa: E402
 
-STAGES = [  # (stage in Trainer.demo.receive_commands, picture name, title)
+STAGES = [  # (stage in DEMO.layout.receive_commands, picture name, title)
     ("main", "stage1-main-moth.png", "Stage 1: iterative trigger inversion and early stop (MAIN.py --phase moth)"),
     ("unlearn", "stage2-unlearn.png", "Stage 2: unlearning the inverted trigger (Unlearn-trigger.py)"),
     ("downstream", "stage3-downstream.png",

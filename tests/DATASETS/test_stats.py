@@ -6,6 +6,7 @@ import torch
 from torchvision.transforms import Normalize
 
 from DATASETS import USAGE, get_usage, normalize
+from DATASETS.usage import USAGE_NAMES
 from UTILS.errors import UserError
 
 
@@ -17,7 +18,7 @@ def test_table_values():
     assert USAGE["svhn"].std == (0.19803012, 0.20101562, 0.19703614)
     assert USAGE["gtsrb"].mean == (0, 0, 0) and USAGE["gtsrb"].std == (1, 1, 1)
     assert USAGE["imagenet"].mean == (0.485, 0.456, 0.406) and USAGE["imagenet"].size == 224
-    assert {u.size for k, u in USAGE.items() if k != "imagenet"} == {32}
+    assert {u.size for k, u in USAGE.items() if k not in ("imagenet", "clip")} == {32}
     assert all(u.name == k for k, u in USAGE.items())
 
 
@@ -26,7 +27,7 @@ def test_get_usage_unknown_lists_known():
     with pytest.raises(UserError) as err:
         get_usage("mnist")
     msg = str(err.value)
-    assert msg.startswith("--encoder_usage_info mnist") and all(k in msg for k in USAGE)
+    assert msg.startswith("--encoder_usage_info mnist") and all(k in msg for k in USAGE_NAMES)
     with pytest.raises(UserError, match="--usage"):
         get_usage("x", flag="--usage")
 

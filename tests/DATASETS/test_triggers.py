@@ -154,7 +154,7 @@ def _write(path: Path, **arrays) -> Path:
 GOOD_T = white_square_trigger(8, 2, 5)
 BAD_FILES = {
     "no keys": dict(x=np.zeros(3)),
-    "t shape": dict(t=np.zeros((8, 8, 3)), tm=np.ones((8, 8, 3))),
+    "t shape": dict(t=np.zeros((2, 8, 8, 3)), tm=np.ones((2, 8, 8, 3))),  # (8, 8, 3) is DECREE's layout: valid
     "t/tm differ": dict(t=np.zeros((1, 8, 8, 3)), tm=np.ones((1, 4, 4, 3))),
     "t range": dict(t=GOOD_T["t"] * 2, tm=GOOD_T["tm"]),
     "tm not binary": dict(t=GOOD_T["t"], tm=GOOD_T["tm"] * 0.5),

@@ -46,3 +46,26 @@ def test_asr_selection_by_mode():
     assert keep.tolist() == [True] * 4 and want.tolist() == [0, 1, 2, 1]
     with pytest.raises(ValueError):
         asr_selection(labels, 1, mode="other")
+
+
+def _auroc_by_pairs(positive, negative):
+    """The definition: the share of (positive, negative) pairs the score orders rightly, ties a half."""
+    total = 0.0
+    for p in positive:
+        for n in negative:
+            total += 1.0 if p > n else 0.5 if p == n else 0.0
+    return total / (len(positive) * len(negative))
+
+
+def test_auroc_matches_the_pair_count():
+    from EVALUATION.metrics import auroc
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        pos = torch.randint(0, 6, (7,), generator=g).tolist()  # small integers: many ties
+        neg = torch.randint(0, 6, (5,), generator=g).tolist()
+        assert auroc(pos, neg) == pytest.approx(_auroc_by_pairs(pos, neg))
+    assert auroc([3.0, 4.0], [1.0, 2.0]) == 1.0
+    assert auroc([1.0, 2.0], [3.0, 4.0]) == 0.0
+    assert auroc([1.0], [1.0]) == 0.5
+    assert math.isnan(auroc([], [1.0]))

@@ -18,7 +18,7 @@ from MODELS.checkpoint import load_checkpoint, save_checkpoint
 from MODELS.simclr import build_model
 from Trainer.badencoder import (badencoder_epoch, badencoder_loss, freeze_batchnorm, load_references,
                                 reference_view)
-from Trainer.make_configs import BadEncoderConfig
+from Trainer.configs import BadEncoderConfig
 from UTILS.errors import UserError
 
 USAGE = get_usage("cifar10")

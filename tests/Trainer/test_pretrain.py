@@ -13,7 +13,7 @@ from DATASETS.tensors import TensorSet
 from MODELS.checkpoint import load_checkpoint, load_encoder
 from MODELS.simclr import build_model
 from Trainer import pretrain
-from Trainer.demo import load_script
+from DEMO.demo import load_script
 from Trainer.pretrain import pretrain_epoch, simclr_loss, simclr_step
 from tests.MODELS.test_losses import slow_nt_xent
 

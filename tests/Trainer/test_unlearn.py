@@ -23,7 +23,7 @@ from MODELS.checkpoint import save_checkpoint
 from MODELS.simclr import build_model
 from Trainer import unlearn as U
 from Trainer.configs import UnlearnConfig
-from Trainer.demo import load_script
+from DEMO.demo import load_script
 from UTILS.errors import UserError
 from tests.MODELS.test_losses import slow_nt_xent
 

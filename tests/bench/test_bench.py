@@ -47,3 +47,11 @@ def test_a_tiny_run_prints_and_writes_one_row_per_measurement(bench, tmp_path, c
     assert table == (tmp_path / "t.txt").read_text() and "inversion step --amp" in table
     with open(tmp_path / "b.csv") as handle:
         assert [r["stage"] for r in csv.DictReader(handle)] == ["inversion step", "inversion step --amp"]
+
+
+def test_a_224_tower_plans_its_own_rows(bench):
+    plan = dict(bench.plan(bench.parse_args(["--model", "clip_rn50"])))
+    assert set(plan) == {"clip_rn50"} and set(plan["clip_rn50"]) == set(bench.STAGES_224)
+    plan = dict(bench.plan(bench.parse_args(["--model", "imagenet_tiny", "--stages", "inversion-micro",
+                                             "--sizes-224", "4,8"])))
+    assert plan == {"imagenet_tiny": {"inversion-micro": (4, 8)}}

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PRELOAD = ("torch", "torchvision", "Trainer.main_flow", "Trainer.unlearn", "Trainer.downstream", "Trainer.configs",
            "Trainer.moth", "Trainer.nc", "EVALUATION.downstream", "DATASETS.augment", "Trainer.pretrain",
-           "Trainer.badencoder", "Trainer.demo", "Trainer.report_inputs")
+           "Trainer.badencoder", "DEMO.demo", "DEMO.report_inputs")
 # One intra-op thread: on a shared 2-core machine OpenMP's spinning threads make tiny convolutions
 # 100x slower; every run a test compares with another uses this same environment.
 ENV = {"RECEIVE_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

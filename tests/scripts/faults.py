@@ -103,7 +103,7 @@ def cuda_out_of_memory_in_features() -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity "
                                      "of 79.25 GiB of which 1.2 GiB is free.\nOf the allocated memory ...")
 
-    Trainer.downstream.extract_features = extract
+    Trainer.downstream.extract_features_sharded = extract
 
 
 def _signal_self(sig: int, times: int = 1) -> None:
@@ -136,7 +136,7 @@ def sigterm_while_loading_data() -> None:
 
 def sigterm_while_extracting_features() -> None:
     """SIGTERM reaches the downstream classifier while it extracts the encoder's features."""
-    _sigterm_on_call("Trainer.downstream", "extract_features")
+    _sigterm_on_call("Trainer.downstream", "extract_features_sharded")
 
 
 def double_ctrl_c_in_first_round() -> None:

@@ -215,7 +215,7 @@ CASES = [
      badencoder_args("x", reference_dataset=None, reference_file="files/ref2d.npz"),
      ["--reference_file files/ref2d.npz", "found (2, 32, 32) uint8"]),
     ("main-imagenet-trigger-size", "32x32 trigger for an ImageNet (224x224) encoder: named before any resize", M,
-     main_args("x", encoder_usage_info="imagenet", trigger_file=GT), [f"--trigger_file {GT}", "expects 224x224"]),
+     main_args("x", encoder_usage_info="imagenet", model="imagenet_tiny", trigger_file=GT), [f"--trigger_file {GT}", "expects 224x224"]),
     # --- data with nothing to measure ---
     ("main-monitor-empty-test-split", "kNN monitor on a dataset whose test split is empty", M,
      main_args("x", data_dir="data_empty_test", monitor_every=1), ["--downstreamTask stl10",

@@ -40,6 +40,7 @@ def test_every_stage_wrote_its_artifacts(demo):
     expected += [f"eval/{name}/downstream-metrics.json" for name in EVAL_DIRS]
     expected += [f"eval/{name}/clf_2.pth" for name in EVAL_DIRS]
     expected += [f"report/{name}" for name in FIGURES]
+    expected += [f"detect/{name}/{f}" for name in EVAL_DIRS[:2] for f in ("detect.json", "detect.png")]
     missing = [p for p in expected if not (run / p).is_file()]
     assert not missing
     assert (run.parent / "data" / "synthetic_down" / "train.npz").is_file()  # generated into --data_dir
@@ -59,6 +60,14 @@ def test_table_numbers_are_the_downstream_results_of_the_run(demo):
     nc = json.loads((run / "nc" / "log" / "metrics-NC.json").read_text())
     assert summary["table"][3]["trigger_l1"] == pytest.approx(nc["l1"])
     assert summary["injected_trigger_l1"] == pytest.approx(100.0)
+    for row, folder in zip(summary["table"][:2], EVAL_DIRS):  # the check before removal: clean and backdoored
+        detect = json.loads((run / "detect" / folder / "detect.json").read_text())
+        assert row["detect_verdict"] == detect["verdict"]
+        assert row["detect_pl1"] == detect["pl1"] or math.isnan(row["detect_pl1"]) and math.isnan(detect["pl1"])
+    assert all("detect_verdict" not in row for row in summary["table"][2:])
+    judged = [t for t in summary["targets"] if t["target"].startswith("detection")]
+    assert [t["met"] for t in judged] == [summary["table"][0]["detect_verdict"] == "no backdoor found",
+                                          summary["table"][1]["detect_verdict"] == "backdoor found"]
 
 
 def test_targets_are_judged_on_the_measured_numbers(demo):
@@ -76,14 +85,14 @@ def test_targets_are_judged_on_the_measured_numbers(demo):
 def test_stage_times_are_printed_and_recorded(demo):
     run, summary, out = demo
     names = [s["stage"] for s in summary["stage_times"]]
-    assert len(names) == 12 and all(s["seconds"] > 0 for s in summary["stage_times"])
+    assert len(names) == 14 and all(s["seconds"] > 0 for s in summary["stage_times"])
     with open(run / "stage-times.csv") as h:
         assert [r["stage"] for r in csv.DictReader(h)] == names
     assert "stage times:" in out and all(name in out for name in names)
     assert "encoder" in out and "ACC (%)" in out and "chosen round" in out and "trigger L1" in out
     commands = summary["commands"]
     assert [c.split()[1] for c in commands] == ["pretraining_encoder.py", "badencoder.py"] + \
-        ["training_downstream_classifier.py"] * 2 + ["MAIN.py", "Unlearn-trigger.py",
+        ["training_downstream_classifier.py"] * 2 + ["MAIN.py"] * 2 + ["MAIN.py", "Unlearn-trigger.py",
                                                      "training_downstream_classifier.py"] * 2
 
 
@@ -136,8 +145,8 @@ def test_sane_metric_files(demo):
 
 
 def test_every_preset_name_has_settings():
-    from Trainer.demo import PRESETS
-    from Trainer.make_configs import PRESET_NAMES
+    from DEMO.presets import PRESETS
+    from Trainer.configs import PRESET_NAMES
     assert set(PRESETS) == set(PRESET_NAMES)
 
 

@@ -23,12 +23,13 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from DATASETS.triggers import load_trigger  # noqa: E402
-from Trainer.filenames import BEST_TRIGGER, NC_METRICS, NC_TRIGGER
+from DEMO.layout import RunLayout  # noqa: E402
+from Trainer.filenames import BEST_TRIGGER, NC_METRICS, NC_TRIGGER  # noqa: E402
 from UTILS.errors import fail  # noqa: E402
 from UTILS.io import atomic_write, ensure_writable_dir, read_csv  # noqa: E402
 from UTILS.runtime import log  # noqa: E402
 
-Trigger = tuple[np.ndarray, np.ndarray]  # mask (H, W) in [0, 1], pattern (H, W, 3) in [0, 1]
+TriggerArrays = tuple[np.ndarray, np.ndarray]  # a trigger file as pictures: mask (H, W), pattern (H, W, 3), in [0, 1]
 SHOWN_ROUNDS = 5  # inverted triggers shown besides the chosen one
 
 
@@ -52,7 +53,7 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def trigger_arrays(path: Path) -> Optional[Trigger]:
+def trigger_arrays(path: Path) -> Optional[TriggerArrays]:
     """(mask (H, W), pattern (H, W, 3)) of a trigger npz in either format; None when missing."""
     if not path.is_file():
         return None
@@ -123,7 +124,7 @@ def pick_rounds(rounds: list[int], best: Optional[int], n: int = SHOWN_ROUNDS) -
     return sorted(chosen)
 
 
-def _trigger_column(axes, col: int, trig: Trigger, title: str, highlight: bool = False) -> None:
+def _trigger_column(axes, col: int, trig: TriggerArrays, title: str, highlight: bool = False) -> None:
     """Mask (grey) above mask x pattern (what the trigger writes onto an image) in column ``col``."""
     mask, pattern = trig
     axes[0, col].imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -140,7 +141,7 @@ def _trigger_column(axes, col: int, trig: Trigger, title: str, highlight: bool =
 
 def plot_triggers(files: RunFiles, out: Path) -> Optional[Path]:
     """triggers.png: ground truth | inverted triggers of several rounds (chosen one in red) | NC baseline."""
-    columns: list[tuple[Trigger, str, bool]] = []
+    columns: list[tuple[TriggerArrays, str, bool]] = []
     gt = trigger_arrays(files.trigger_file) if files.trigger_file else None
     if gt is not None:
         columns.append((gt, f"ground truth\nL1 {gt[0].sum():.0f}", False))
@@ -280,11 +281,13 @@ def _fmt(value, digits: int = 2) -> str:
 
 def table_markdown(table: list[dict]) -> list[str]:
     """The encoder x ACC x ASR table (plus chosen round and trigger L1) as markdown lines."""
-    lines = ["| encoder | ACC (%) | ASR (%) | chosen round | trigger L1 |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| encoder | ACC (%) | ASR (%) | chosen round | trigger L1 | detection (PL1) |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
     for r in table:
         rnd = r.get("round")
+        detection = f"{r['detect_verdict']} ({_fmt(r.get('detect_pl1'), 4)})" if "detect_verdict" in r else "-"
         lines.append(f"| {r['encoder']} | {_fmt(r.get('acc'))} | {_fmt(r.get('asr'))} | "
-                     f"{'-' if rnd is None else rnd} | {_fmt(r.get('trigger_l1'), 1)} |")
+                     f"{'-' if rnd is None else rnd} | {_fmt(r.get('trigger_l1'), 1)} | {detection} |")
     return lines
 
 
@@ -372,8 +375,6 @@ def _existing_dir(value: str, flag: str) -> Optional[Path]:
 
 def run_files(cfg) -> RunFiles:
     """A ReportConfig's inputs; ``--run`` (a demo run folder) fills every path the flags leave empty."""
-    from Trainer.demo import RunLayout  # the demo's folder layout; imported late (the demo imports this module)
-
     layout = RunLayout(Path(cfg.run)) if cfg.run else None
     if layout is not None and not layout.root.is_dir():
         fail(f"--run {cfg.run}: not a folder")

@@ -2,7 +2,7 @@
 ``error:`` line that names the flag the user actually passed (``--run`` when the path came from the
 demo's folder layout), never a traceback.
 
-The report reads these files (Trainer/report.py): the demo's summary.json (--table), metrics.json,
+The report reads these files (DEMO/report.py): the demo's summary.json (--table), metrics.json,
 metrics.csv and mask-pattern-*.npz of MAIN.py --phase moth (--moth_log), metrics-NC.json and
 mask-pattern-NC.npz of --phase nc (--nc_log), unlearn-metrics.csv (--unlearn_log, --nc_unlearn_log)
 and the ground-truth trigger (--trigger_file). A missing file only drops its figure; a file that is
@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from DEMO.layout import RunLayout
+from Trainer.configs import ReportConfig
 from Trainer.filenames import NC_METRICS, NC_TRIGGER
-from Trainer.make_configs import ReportConfig
 from UTILS.errors import fail
 
 FOLDERS = {"moth_log": "--moth_log", "unlearn_log": "--unlearn_log", "nc_log": "--nc_log",
@@ -52,8 +53,6 @@ def check_report_inputs(cfg: ReportConfig) -> None:
     if cfg.run:
         if not Path(cfg.run).is_dir():
             fail(f"--run {cfg.run}: not a folder")
-        from Trainer.demo import RunLayout  # the demo's folder layout
-
         layout = RunLayout(Path(cfg.run))
     source = Source(cfg, layout)
     _check_summary(*source.path("table", "summary"), from_run=not cfg.table and layout is not None)

@@ -1,0 +1,68 @@
+"""Is this encoder backdoored? The DECREE-style verdict on one inverted trigger (docs/ALGORITHMS.md §5).
+
+A backdoored encoder sends every image that carries its trigger to nearly one point, so a small mask is
+enough to make the features of stamped clean images collapse (mean pairwise cosine near 1); a clean
+encoder needs a mask that covers much of the image before its features agree that much. The verdict
+compares the inverted trigger's relative size PL1 (mask L1 over the image's H*W pixels) with a threshold.
+It is evidence, not proof: see docs/DETECTION.md for what it does and does not say.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from torch import Tensor
+
+from INVERSION.inversion import mask_l1
+
+
+def relative_size(mask: Tensor) -> float:
+    """PL1 of a mask (H, W) or (1|3, H, W) in [0, 1]: the per-pixel mask's L1 (one channel, not summed over
+    channels) divided by H*W, so 1.0 is a mask that covers the whole image."""
+    h, w = mask.shape[-2:]
+    return float(mask_l1(mask.detach()).item()) / (h * w)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to "is this encoder backdoored?" for one inverted trigger."""
+
+    backdoored: bool
+    pl1: float          # the trigger's relative size (nan when no trigger reached the similarity threshold)
+    threshold: float    # --detect_pl1
+    reached: bool       # some trigger made the stamped features reach --detect_psim
+
+    @property
+    def label(self) -> str:
+        return "backdoor found" if self.backdoored else "no backdoor found"
+
+    def explain(self) -> str:
+        """One sentence on why the verdict reads as it does."""
+        if not self.reached:
+            return ("no trigger made the stamped images' features agree enough within the step cap, "
+                    "so no small trigger exists that the search could find")
+        relation = "below" if self.backdoored else "not below"
+        return (f"the smallest trigger found covers {100 * self.pl1:.1f}% of the image (PL1 {self.pl1:.4f}), "
+                f"{relation} the threshold {self.threshold:g}")
+
+
+def judge(pl1: float, reached: bool, threshold: float) -> Verdict:
+    """Backdoored iff a trigger reached the similarity threshold and its PL1 is below ``threshold``
+    (``--detect_pl1``, whose default Trainer/configs.py explains)."""
+    backdoored = bool(reached and not math.isnan(pl1) and pl1 < threshold)
+    return Verdict(backdoored=backdoored, pl1=pl1 if reached else float("nan"), threshold=threshold,
+                   reached=reached)
+
+
+def growth(l1_by_round: Sequence[float]) -> float:
+    """How much the inverted trigger grew over iterative rounds: the largest later round's L1 over round 0's.
+
+    The paper's observation: on a backdoored encoder hardening removes the shortcut, so later inversions
+    need larger triggers (ratio well above 1); a clean encoder has no shortcut to lose. nan with fewer
+    than two finite rounds.
+    """
+    finite = [v for v in l1_by_round if v == v and not math.isinf(v)]
+    if len(finite) < 2 or finite[0] <= 0:
+        return float("nan")
+    return max(finite[1:]) / finite[0]

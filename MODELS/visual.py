@@ -1,0 +1,40 @@
+"""The wrapper every 224-pixel image tower lives in: BadEncoder's module name ``visual``, no projection head.
+
+BadEncoder's ImageNet and CLIP encoders are plain image towers held as ``model.visual`` (backdoored
+files: ``visual.*`` keys; clean files: the bare tower). The rest of this project talks to a SimCLR
+interface (``model.f`` = the backbone, ``model(x)`` = (feature, projection), both L2-normalised), so
+:class:`VisualEncoder` offers it: ``f`` is the tower itself (a property, so the state dict keeps the
+single ``visual.*`` copy), and with no head the "projection" is the normalised feature itself - what
+the original's unlearning loss would see had it run on these encoders (it would call ``model(x)``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class VisualEncoder(nn.Module):
+    """``visual``: an image tower (B, 3, S, S) -> (B, D); ``forward`` returns (z, z), z = the normalised feature."""
+
+    def __init__(self, tower: nn.Module, feature_dim: int, input_size: int, family: str,
+                 optional_keys: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.visual = tower
+        self.feature_dim = feature_dim
+        self.input_size = input_size
+        self.family = family  # 'imagenet' | 'clip' (MODELS.names.USAGE_MODELS)
+        # tower keys a file may lack: unused by the forward pass (ImageNet's classifier ``fc``)
+        self.optional_keys = optional_keys
+
+    @property
+    def f(self) -> nn.Module:
+        """The backbone, as ``SimCLR.f``: the tower itself."""
+        return self.visual
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = self.visual(x)  # (B, D)
+        # Under --amp only the tower runs in bf16 (MODELS.precision); the normalisation stays float32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            z = F.normalize(feature.float(), dim=-1)
+        return z, z

@@ -1,0 +1,79 @@
+"""``MAIN.py --phase detect``: is this encoder backdoored? One inversion, its size, a verdict (docs/DETECTION.md).
+
+The inversion is the NC round (INVERSION/inversion.py) with DECREE's goal: the smallest trigger that makes the
+stamped images' features agree (mean pairwise cosine >= --detect_psim); INVERSION/detect.py judges its size.
+The exit code is 0 whichever the verdict: the answer is in detect.json and on the last line printed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from torch import nn
+
+from DATASETS.stats import UsageInfo
+from DATASETS.tensors import TensorSet
+from DATASETS.triggers import GroundTruthTrigger
+from INVERSION.detect import judge, relative_size
+from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, attack_set_similarities, chunk_similarity,
+                                 invert_trigger, random_start)
+from MODELS.precision import with_precision
+from Trainer.common import check_nonfinite
+from Trainer.filenames import DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER
+from Trainer.moth import FIRST_ROUND_LR
+from Trainer.preview import save_trigger_preview
+from UTILS.io import write_json
+from UTILS.runtime import log
+
+DETECT_PSIM_KIND = "pairs"  # DECREE's threshold is on the mean cosine over pairs i != j
+L1_DEFINITION = "L1 of the per-pixel mask (H, W): one channel, not summed over the 3 colour channels"
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """What a detection run needs beyond the encoder and the data."""
+
+    psim_threshold: float   # --detect_psim
+    pl1_threshold: float    # --detect_pl1
+    amp: bool = False
+    seed: int = 0           # draws the random start
+    step_seed: int = FIRST_STEP_SEED
+
+
+def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
+               settings: DetectSettings, ground_truth: Optional[GroundTruthTrigger] = None) -> dict:
+    """Invert the smallest collapsing trigger on ``data`` (N, 3, H, W), judge it, write detect.json + picture.
+
+    ``config`` gives the steps, cap, initial cost and chunk size; its threshold and psim kind are replaced
+    by DECREE's (``settings.psim_threshold`` on the pair-mean cosine). Returns detect.json's content.
+    """
+    backbone = with_precision(model.f, settings.amp)
+    config = replace(config, lr=FIRST_ROUND_LR, threshold=settings.psim_threshold, psim=DETECT_PSIM_KIND)
+    start = random_start(data.x.shape[-1], np.random.RandomState(settings.seed % 2**32))
+    result = invert_trigger(backbone, data.x, usage, config, start, seed=settings.step_seed, desc="detection")
+    check_nonfinite({"inversion loss": result.loss, "trigger L1": result.l1}, "detection",
+                    "Nothing was saved", "Check the encoder, or lower --init_cost")
+    trigger = result.trigger
+    psim = result.psim if result.reached else chunk_similarity(backbone, data.x, usage, trigger, config.psim,
+                                                               config.chunk_size)
+    verdict = judge(relative_size(result.mask), result.reached, settings.pl1_threshold)
+    trigger.save(log_dir / DETECT_TRIGGER)
+    save_trigger_preview(log_dir / DETECT_PICTURE, trigger, data.x[:4])
+    reference = attack_set_similarities(backbone, data.x, usage, ground_truth, config.psim, config.chunk_size)
+    h, w = result.mask.shape[-2:]
+    summary = {"verdict": verdict.label, "backdoored": verdict.backdoored, "explanation": verdict.explain(),
+               "pl1": verdict.pl1, "pl1_threshold": settings.pl1_threshold, "l1": result.l1,
+               "l1_definition": L1_DEFINITION, "image_pixels": h * w, "psim": psim, "psim_kind": config.psim,
+               "psim_threshold": settings.psim_threshold, "reached_threshold": result.reached,
+               "steps": result.steps, "images": len(data), "clean_psim": reference["clean_psim"],
+               "gt_psim": reference["gt_psim"], "trigger": str(log_dir / DETECT_TRIGGER),
+               "picture": str(log_dir / DETECT_PICTURE)}
+    if ground_truth is not None:
+        summary["gt_pl1"] = relative_size(ground_truth.mask)
+    write_json(log_dir / DETECT_METRICS, summary)
+    log(f"[detect] trigger L1 {result.l1:.2f} = PL1 {verdict.pl1:.4f} of {h}x{w}, psim {psim:.4f} "
+        f"(threshold {settings.psim_threshold:g}, reached {str(result.reached).lower()}), {result.steps} steps")
+    log(f"verdict: {verdict.label.upper()}: {verdict.explain()}. Details: {log_dir / DETECT_METRICS}")
+    return summary

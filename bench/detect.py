@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Calibrate and measure ``MAIN.py --phase detect``: clean and backdoored encoders, their PL1, the AUROC.
+
+Encoders: the demo's makers, once per seed (``<runs>/seed-S/clean`` pre-trained with seed 100+S and
+``<runs>/seed-S/backdoor``, BadEncoder-injected into it), built when absent and reused when present (the
+defence benchmark leaves them in demo_runs/defence). Each is judged by MAIN.py --phase detect with its
+defaults, then again with every --data_ratio in --ratios and every --seed in --detect-seeds. Optional
+(--growth): the iterative rounds' signal, L1 growth over MAIN.py --phase moth rounds (the demo's moth flags).
+The tables and a JSON copy go to --results (bench/results/detect.txt|json).
+
+    python bench/detect.py --growth --variants             # seeds 0-4: about 40 minutes on 2 cores
+                                                            # (plus about 15 per encoder it must build)
+    python bench/detect.py --seeds 0,1 --ratios 0.02 --detect-seeds 1 --out /tmp/d --results /tmp/dr
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from DEMO.demo import DOWNSTREAM_SET, PRETRAIN_SET, USAGE, DemoRun, load_script  # noqa: E402
+from DEMO.layout import RunLayout  # noqa: E402
+from DEMO.presets import PRESETS, flags  # noqa: E402
+from Trainer.configs import DETECT_PL1, DemoConfig  # noqa: E402
+from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
+from UTILS.io import read_csv, write_json  # noqa: E402
+from UTILS.runtime import log  # noqa: E402
+
+KINDS = ("clean", "backdoored")
+# Backdoors with other trigger shapes than the demo's white 10x10 square at the bottom right, injected into
+# the named seed's clean encoder with the demo's BadEncoder settings: (seed, patch side, first row/col, colour).
+VARIANTS = {"white 6x6 top-left": (0, 6, 2, None), "colour 8x8 centre": (1, 8, 12, 0)}
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated encoder seeds (0..4)")
+    p.add_argument("--runs", default="demo_runs/defence", help="folder of seed-S/{clean,backdoor} encoders")
+    p.add_argument("--out", default="demo_runs/detect", help="folder of the detection runs")
+    p.add_argument("--results", default="bench/results", help="folder of detect.txt and detect.json")
+    p.add_argument("--ratios", default="0.005,0.02", help="extra --data_ratio values (default run: 0.01)")
+    p.add_argument("--detect-seeds", default="1,2", help="extra MAIN.py --seed values (default run: 0)")
+    p.add_argument("--threshold", type=float, default=DETECT_PL1, help="the PL1 verdict threshold judged")
+    p.add_argument("--growth", action="store_true", help="also run moth on every encoder for the rounds signal")
+    p.add_argument("--variants", action="store_true",
+                   help="also judge backdoors of other trigger shapes (VARIANTS), injected when absent")
+    p.add_argument("--reuse", action="store_true", help="keep a detection run that has its detect.json")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data_dir", default="data")
+    return p
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        fail(f"{flag} {text}: expected comma-separated integers")
+
+
+def float_list(text: str, flag: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        fail(f"{flag} {text}: expected comma-separated numbers")
+
+
+def encoders(seed: int, args: argparse.Namespace) -> dict[str, Path]:
+    """The clean and backdoored encoder of one seed, made with the demo's makers if absent."""
+    preset = PRESETS["default"]
+    layout = RunLayout(Path(args.runs) / f"seed-{seed}")
+    clean = layout.clean / f"model_{preset.pretrain['epochs']}.pth"
+    backdoored = layout.backdoor / f"model_{preset.badencoder['epochs']}.pth"
+    if not backdoored.is_file():
+        run = demo_run(layout, seed, args)
+        run.prepare()
+        run.inject(run.pretrain() if not clean.is_file() else clean)
+    return {"clean": clean, "backdoored": backdoored}
+
+
+def demo_run(layout: RunLayout, seed: int, args: argparse.Namespace) -> DemoRun:
+    cfg = DemoConfig(out=str(layout.root), device=args.device, data_dir=args.data_dir, seed=seed,
+                     overwrite=True).validate()
+    return DemoRun(cfg, PRESETS["default"], layout)
+
+
+def variant_trigger(path: Path, patch: int, start: int, colour_seed: int | None) -> Path:
+    """A BadEncoder-format trigger: a ``patch`` square at rows/cols ``start``.., white or seeded random colours."""
+    import numpy as np
+
+    from DATASETS.triggers import white_square_trigger
+    from UTILS.io import save_npz
+
+    arrays = white_square_trigger(32, patch, start)
+    if colour_seed is not None:
+        colours = np.random.RandomState(colour_seed).randint(0, 256, size=(patch, patch, 3)).astype(np.float32)
+        arrays["t"][0, start:start + patch, start:start + patch, :] = colours
+    return save_npz(path, **arrays)
+
+
+def variant_encoder(name: str, clean: Path, args: argparse.Namespace) -> Path:
+    """A backdoored encoder of another trigger shape (VARIANTS), injected into ``clean`` if absent."""
+    seed, patch, start, colour = VARIANTS[name]
+    layout = RunLayout(Path(args.runs) / "variants" / name.replace(" ", "-"))
+    encoder = layout.backdoor / f"model_{PRESETS['default'].badencoder['epochs']}.pth"
+    if not encoder.is_file():
+        run = demo_run(layout, seed, args)
+        run.prepare()  # the datasets (and the demo's trigger, replaced just below)
+        variant_trigger(layout.trigger, patch, start, colour)
+        run.inject(clean)
+    return encoder
+
+
+def detect(encoder: Path, folder: Path, args: argparse.Namespace, ratio: float | None, seed: int) -> dict:
+    """MAIN.py --phase detect on one encoder (defaults but for the data, the model and the two varied flags)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = ["--phase", "detect", "--dataset", PRETRAIN_SET, "--model", PRESETS["default"].model,
+            "--encoder_usage_info", USAGE, "--pretrained_encoder", str(encoder), "--log_dir", str(folder),
+            "--results_dir", str(folder), "--monitor_every", "0", "--seed", str(seed), "--device", args.device,
+            "--data_dir", args.data_dir, "--detect_pl1", str(args.threshold), "--overwrite"]
+    if ratio is not None:
+        argv += ["--data_ratio", str(ratio)]
+    return load_script("MAIN.py").main(argv)
+
+
+def growth_signal(encoder: Path, folder: Path, args: argparse.Namespace) -> dict:
+    """MAIN.py --phase moth with the demo's flags; the trigger L1 of every round and its growth."""
+    from INVERSION.detect import growth
+
+    p = PRESETS["default"]
+    metrics = folder / "log" / "metrics.csv"
+    if not metrics.is_file():
+        load_script("MAIN.py").main([
+            "--phase", "moth", "--dataset", PRETRAIN_SET, "--model", p.model, "--encoder_usage_info", USAGE,
+            "--pretrained_encoder", str(encoder), "--log_dir", str(folder / "log"),
+            "--results_dir", str(folder / "ckpt"), "--monitor_every", "0", "--device", args.device,
+            "--data_dir", args.data_dir, "--overwrite", *flags(p.inversion), *flags({**p.moth, "monitor_every": 0})])
+    l1 = [float(row["l1"]) for row in read_csv(metrics)]
+    return {"l1_by_round": l1, "growth": growth(l1)}
+
+
+def auroc_of(rows: list[dict], key: str, higher_is_backdoor: bool) -> float:
+    from EVALUATION.metrics import auroc
+
+    sign = 1.0 if higher_is_backdoor else -1.0
+    pos = [sign * r[key] for r in rows if r["kind"] == "backdoored" and not math.isnan(r[key])]
+    neg = [sign * r[key] for r in rows if r["kind"] == "clean" and not math.isnan(r[key])]
+    return auroc(pos, neg)
+
+
+def verdict_scores(rows: list[dict]) -> dict:
+    """AUROC of -PL1, the verdict's accuracy, and clean encoders called backdoored, over ``rows``."""
+    right = sum(r["backdoored"] == (r["kind"] == "backdoored") for r in rows)
+    return {"auroc": auroc_of(rows, "pl1_or_1", higher_is_backdoor=False), "accuracy": right / len(rows),
+            "false_alarms": sum(r["backdoored"] and r["kind"] == "clean" for r in rows),
+            "missed": sum(not r["backdoored"] and r["kind"] == "backdoored" for r in rows),
+            "max_backdoored_pl1": max((r["pl1_or_1"] for r in rows if r["kind"] == "backdoored"), default=math.nan),
+            "min_clean_pl1": min((r["pl1_or_1"] for r in rows if r["kind"] == "clean"), default=math.nan)}
+
+
+def encoder_list(seeds: list[int], args: argparse.Namespace) -> list[dict]:
+    """Every encoder judged: per seed its clean and backdoored one, then the other trigger shapes."""
+    out = []
+    for seed in seeds:
+        paths = encoders(seed, args)
+        out += [{"label": f"seed {seed} {kind}", "kind": kind, "path": paths[kind], "folder": f"seed-{seed}/{kind}"}
+                for kind in KINDS]
+    if args.variants:
+        for name, (seed, *_rest) in VARIANTS.items():
+            clean = encoders(seed, args)["clean"]
+            out.append({"label": f"seed {seed} backdoored, {name}", "kind": "backdoored",
+                        "path": variant_encoder(name, clean, args), "folder": f"variants/{name.replace(' ', '-')}"})
+    return out
+
+
+def one_setting(encs: list[dict], args: argparse.Namespace, ratio: float | None, dseed: int) -> list[dict]:
+    rows = []
+    name = f"ratio-{ratio if ratio is not None else 'default'}_seed-{dseed}"
+    for enc in encs:
+        folder = Path(args.out) / enc["folder"] / name
+        done = folder / "detect.json"
+        out = json.loads(done.read_text()) if args.reuse and done.is_file() else \
+            detect(enc["path"], folder, args, ratio, dseed)
+        # a run whose search never reached the psim threshold counts as PL1 1 (no small trigger exists)
+        pl1 = out["pl1"] if out["reached_threshold"] else 1.0
+        rows.append({"encoder": enc["label"], "kind": enc["kind"], "data_ratio": ratio, "detect_seed": dseed,
+                     "pl1": out["pl1"], "pl1_or_1": pl1, "l1": out["l1"], "psim": out["psim"],
+                     "reached": out["reached_threshold"], "backdoored": out["backdoored"]})
+    return rows
+
+
+def format_results(table: dict) -> str:
+    settings = table["settings"]
+    lines = [f"MAIN.py --phase detect (defaults: --detect_psim 0.99, --data_ratio 0.01, --re_steps 300) on the "
+             f"demo's encoders; verdict threshold --detect_pl1 {table['threshold']}", "",
+             "PL1 (inverted mask L1 / (H*W); 1.000 = no trigger reached --detect_psim) per encoder and setting:", ""]
+    head = f"{'encoder':<42}" + "".join(f"{s['short']:>12}" for s in settings)
+    lines += [head, "-" * len(head)]
+    for i, enc in enumerate(r["encoder"] for r in settings[0]["rows"]):
+        lines.append(f"{enc:<42}" + "".join(f"{s['rows'][i]['pl1_or_1']:12.4f}" for s in settings))
+    lines += [""] + [f"{'':<42}" + "".join(f"{s['short']:>12}" for s in settings)]
+    for key, fmt in (("auroc", "12.3f"), ("accuracy", "12.2f"), ("false_alarms", "12d"), ("missed", "12d"),
+                     ("max_backdoored_pl1", "12.4f"), ("min_clean_pl1", "12.4f")):
+        lines.append(f"{key:<42}" + "".join(format(s["scores"][key], fmt) for s in settings))
+    lines += ["", "settings: " + "; ".join(f"{s['short']} = {s['name']}" for s in settings),
+              f"all settings pooled: {json.dumps({k: round(v, 4) for k, v in table['pooled'].items()})}",
+              "AUROC: of -PL1 (smaller = backdoored); accuracy, false alarms (clean called backdoored) and "
+              "missed backdoors: of the verdict at the threshold"]
+    if table.get("growth"):
+        lines += ["", "iterative rounds (MAIN.py --phase moth, demo flags): growth = max later-round L1 / round-0 L1"]
+        for g in table["growth"]:
+            lines.append(f"  {g['encoder']:<42} growth {g['growth']:5.2f}  L1 by round "
+                         f"{[round(v) for v in g['l1_by_round']]}")
+        lines.append(f"  AUROC of growth (higher = backdoored): {table['growth_auroc']:.3f}")
+    return "\n".join(lines)
+
+
+@cli_entry()
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("RECEIVE_NO_PROGRESS", "1")
+    encs = encoder_list(int_list(args.seeds, "--seeds"), args)
+    plan = [(None, 0)] + [(r, 0) for r in float_list(args.ratios, "--ratios")] + \
+        [(None, s) for s in int_list(args.detect_seeds, "--detect-seeds")]
+    settings = []
+    for ratio, dseed in plan:
+        rows = one_setting(encs, args, ratio, dseed)
+        name = f"--data_ratio {ratio if ratio is not None else '0.01 (default)'}, --seed {dseed}"
+        short = f"r{ratio if ratio is not None else 0.01:g}/s{dseed}"
+        settings.append({"name": name, "short": short, "rows": rows, "scores": verdict_scores(rows)})
+        log(f"{name}: {settings[-1]['scores']}")
+    table = {"threshold": args.threshold, "settings": settings,
+             "pooled": verdict_scores([r for s in settings for r in s["rows"]])}
+    if args.growth:
+        table["growth"] = [{"encoder": e["label"], "kind": e["kind"],
+                            **growth_signal(e["path"], Path(args.out) / e["folder"] / "moth", args)} for e in encs]
+        table["growth_auroc"] = auroc_of(table["growth"], "growth", higher_is_backdoor=True)
+    text = format_results(table)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "detect.txt").write_text(text + "\n")
+    write_json(results / "detect.json", table)
+    print(text)
+    return table
+
+
+if __name__ == "__main__":
+    main()

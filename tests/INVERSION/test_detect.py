@@ -1,0 +1,42 @@
+import math
+
+import pytest
+import torch
+
+from INVERSION.detect import Verdict, growth, judge, relative_size
+
+
+def test_relative_size_is_the_one_channel_mask_l1_over_the_pixels():
+    mask = torch.zeros(32, 32)
+    mask[21:31, 21:31] = 1.0  # BadEncoder's 10x10 square: L1 100
+    assert relative_size(mask) == pytest.approx(100 / 1024)
+    # a (3, H, W) mask holding the same plane three times is the same trigger, not three times larger
+    assert relative_size(mask.expand(3, 32, 32)) == pytest.approx(100 / 1024)
+    assert relative_size(torch.full((224, 224), 0.5)) == pytest.approx(0.5)
+
+
+def test_relative_size_matches_a_loop_over_pixels():
+    mask = torch.rand(1, 7, 9, generator=torch.Generator().manual_seed(0))
+    total = sum(float(mask[0, i, j]) for i in range(7) for j in range(9))
+    assert relative_size(mask) == pytest.approx(total / 63)
+
+
+@pytest.mark.parametrize("pl1, reached, expected", [
+    (0.01, True, True), (0.0599, True, True), (0.06, True, False), (0.5, True, False),
+    (0.01, False, False), (float("nan"), False, False), (float("nan"), True, False)])
+def test_judge(pl1, reached, expected):
+    v = judge(pl1, reached, threshold=0.06)
+    assert isinstance(v, Verdict) and v.backdoored is expected
+    assert v.label == ("backdoor found" if expected else "no backdoor found")
+    if not reached:
+        assert math.isnan(v.pl1) and "no trigger" in v.explain()
+    else:
+        assert "PL1" in v.explain()
+
+
+def test_growth_is_the_largest_later_round_over_the_first():
+    assert growth([20.0, 30.0, 60.0, 40.0]) == pytest.approx(3.0)
+    assert growth([100.0, 50.0]) == pytest.approx(0.5)
+    assert growth([float("nan"), 30.0, 45.0]) == pytest.approx(1.5)  # rounds without a trigger are skipped
+    assert math.isnan(growth([10.0]))
+    assert math.isnan(growth([]))

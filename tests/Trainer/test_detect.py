@@ -1,0 +1,61 @@
+"""MAIN.py --phase detect: the verdict on encoders whose backdoor is known by construction, and the files."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from DATASETS.stats import USAGE
+from DATASETS.tensors import TensorSet
+from INVERSION.inversion import InversionConfig
+from Trainer.detect import DetectSettings, run_detect
+
+GTSRB = USAGE["gtsrb"]  # mean 0, std 1: the oracle backbones below see raw pixels
+
+
+class Oracle(nn.Module):
+    """A stand-in encoder: the centred means of a 4x4 grid of 8x8 cells (no small region can move them all),
+    and, if ``backdoor``, a shortcut that sends any image whose 4x4 bottom-right corner is white to one
+    direction of feature space."""
+
+    def __init__(self, backdoor: bool) -> None:
+        super().__init__()
+        self.backdoor = backdoor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32) -> (B, 49)
+        cells = nn.functional.avg_pool2d(x, 8).flatten(1) - 0.3  # (B, 48)
+        corner = x[:, :, 28:, 28:].mean(dim=(1, 2, 3))  # (B,) 1.0 when the corner is white
+        shortcut = 50 * torch.sigmoid(15 * (corner - 0.65)) if self.backdoor else torch.zeros_like(corner)
+        return torch.cat([cells, shortcut[:, None]], dim=1)
+
+
+class Wrapped(nn.Module):
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.f = backbone
+
+
+def images(n: int = 32) -> TensorSet:
+    g = torch.Generator().manual_seed(1)
+    blocks = torch.rand(n, 3, 4, 4, generator=g) * 0.6  # each cell its own level: the features differ a lot
+    x = nn.functional.interpolate(blocks, scale_factor=8) + torch.rand(n, 3, 32, 32, generator=g) * 0.05
+    return TensorSet(x, torch.zeros(n, dtype=torch.long), 10)
+
+
+@pytest.mark.parametrize("backdoor", [True, False])
+def test_the_verdict_matches_how_the_encoder_was_built(tmp_path, backdoor):
+    config = InversionConfig(steps=150)
+    settings = DetectSettings(psim_threshold=0.99, pl1_threshold=0.06)
+    out = run_detect(Wrapped(Oracle(backdoor)), images(), GTSRB, config, tmp_path, settings)
+    assert out["backdoored"] is backdoor
+    assert out["verdict"] == ("backdoor found" if backdoor else "no backdoor found")
+    saved = json.loads((tmp_path / "detect.json").read_text())
+    assert saved["backdoored"] is backdoor and (tmp_path / "detect.png").is_file()
+    if backdoor:
+        assert out["reached_threshold"] and out["pl1"] < 0.06
+        import numpy as np
+        with np.load(tmp_path / "mask-pattern-detect.npz") as z:
+            mask = z["mask"][0]
+        assert mask[28:, 28:].sum() > 0.5 * mask.sum()  # the search found the corner, not a diffuse cover
+    else:
+        assert not out["reached_threshold"] or out["pl1"] >= 0.06

@@ -1,0 +1,31 @@
+"""MAIN.py --phase detect through its command line: exit code, files, flags."""
+import json
+
+import pytest
+
+from tests.scripts.conftest import run_cli
+
+
+def test_main_phase_detect_through_the_command_line(workspace):
+    args = ["--phase", "detect", "--dataset", "cifar10", "--model", "tiny", "--pretrained_encoder", "encoder.pth",
+            "--encoder_usage_info", "cifar10", "--data_ratio", "1.0", "--re_steps", "3", "--re_steps_cap", "3", "--log_dir", "logs-detect",
+            "--results_dir", "ckpts-detect", "--monitor_every", "0", "--device", "cpu"]
+    proc = run_cli("MAIN.py", args, workspace)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "verdict: " in proc.stdout + proc.stderr
+    summary = json.loads((workspace / "logs-detect" / "detect.json").read_text())
+    assert summary["backdoored"] == (summary["reached_threshold"] and summary["pl1"] < summary["pl1_threshold"])
+    assert summary["psim_kind"] == "pairs" and summary["psim_threshold"] == 0.99 and summary["image_pixels"] == 1024
+    assert summary["gt_pl1"] == pytest.approx(100 / 1024)  # the default trigger file of the workspace
+    assert (workspace / "logs-detect" / "detect.png").is_file()
+    assert (workspace / "logs-detect" / "setting-detect.txt").is_file()
+    again = run_cli("MAIN.py", args, workspace)  # an earlier verdict is not silently replaced
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--detect_psim", "1.5"), ("--detect_pl1", "0"), ("--phase", "detekt")])
+def test_bad_detect_flags_are_one_line_errors(workspace, flag, value):
+    proc = run_cli("MAIN.py", ["--phase", "detect", "--pretrained_encoder", "encoder.pth", flag, value,
+                               "--log_dir", "logs-bad", "--device", "cpu"], workspace)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and flag in proc.stderr
