@@ -14,6 +14,7 @@ from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
 def build_parser() -> ArgumentParser:
+    """MAIN.py's flags, each defaulting to its :class:`Trainer.configs.MainConfig` field."""
     d = MainConfig()  # each flag's default is its config field's
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_flags(p, gpu="2", seed=0)
@@ -62,6 +63,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--detect_pl1", type=float, default=d.detect_pl1,
                    help="--phase detect: verdict threshold on the trigger's size PL1 = mask L1 / (H*W); "
                         "smaller means backdoored (default measured by bench/detect.py)")
+    p.add_argument("--detect_images", type=int, default=d.detect_images,
+                   help="--phase detect: images of the --data_ratio share the trigger must collapse, the number "
+                        "--detect_pl1 was calibrated on (0: all; more images make every trigger larger)")
     add_asr_flag(p)
     add_amp_flag(p)
     return p
@@ -69,6 +73,7 @@ def build_parser() -> ArgumentParser:
 
 @cli_entry(memory="--attack_size, --batch_size or --data_ratio")
 def main(argv: list[str] | None = None) -> dict:
+    """``MAIN.py``: parse ``argv`` into a validated MainConfig and run the phase; returns its metrics.json content."""
     cfg = config_from_args(MainConfig, build_parser().parse_args(argv)).validate()
     # torch and the project's heavy modules are imported once the command line is known to be good
     # (--help and a bad flag answer at once), with Ctrl-C held until the import is whole

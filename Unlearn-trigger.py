@@ -14,6 +14,7 @@ from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
 def build_parser() -> ArgumentParser:
+    """Unlearn-trigger.py's flags, each defaulting to its :class:`Trainer.configs.UnlearnConfig` field."""
     d = UnlearnConfig()  # each flag's default is its config field's
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_flags(p, gpu=d.gpu, seed=0)
@@ -49,6 +50,7 @@ def build_parser() -> ArgumentParser:
 
 @cli_entry(memory="--batch_size or --data_ratio")
 def main(argv: list[str] | None = None) -> dict:
+    """``Unlearn-trigger.py``: parse ``argv`` into a validated UnlearnConfig and unlearn; returns the run's summary."""
     cfg = config_from_args(UnlearnConfig, build_parser().parse_args(argv)).validate()
     # torch and the project's heavy modules are imported once the command line is known to be good
     # (--help and a bad flag answer at once), with Ctrl-C held until the import is whole

@@ -15,6 +15,7 @@ from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
 def build_parser() -> ArgumentParser:
+    """badencoder.py's flags, each defaulting to its :class:`Trainer.configs.BadEncoderConfig` field."""
     d = BadEncoderConfig()  # each flag's default is its config field's
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_flags(p, gpu="0", seed=d.seed)
@@ -52,6 +53,7 @@ def build_parser() -> ArgumentParser:
 
 @cli_entry(memory="--batch_size, --data_ratio or --reference_count")
 def main(argv: list[str] | None = None) -> dict:
+    """``badencoder.py``: parse ``argv`` into a validated BadEncoderConfig and inject; returns the run's summary."""
     cfg = config_from_args(BadEncoderConfig, build_parser().parse_args(argv)).validate()
     # torch and the project's heavy modules are imported once the command line is known to be good
     # (--help and a bad flag answer at once), with Ctrl-C held until the import is whole

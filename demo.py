@@ -20,6 +20,7 @@ from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
 def build_parser() -> ArgumentParser:
+    """demo.py's flags, each defaulting to its :class:`Trainer.configs.DemoConfig` field."""
     d = DemoConfig()  # each flag's default is its config field's
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=d.out, help="run folder (default: demo_runs/<timestamp>)")
@@ -37,6 +38,7 @@ def build_parser() -> ArgumentParser:
 
 @cli_entry(memory="the --preset's sizes")
 def main(argv: list[str] | None = None) -> dict:
+    """``demo.py``: parse ``argv`` into a validated DemoConfig and run every stage; returns summary.json's content."""
     cfg = config_from_args(DemoConfig, build_parser().parse_args(argv)).validate()
     # torch and the stages are imported once the command line is known to be good, whole (Ctrl-C held)
     with interrupts_deferred():

@@ -17,6 +17,7 @@ from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
 def build_parser() -> ArgumentParser:
+    """report.py's flags: a demo --run folder, or the stage folders one by one."""
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="", help="a demo run folder (fills every path below that is not given)")
     p.add_argument("--moth_log", default="", help="MAIN.py --phase moth --log_dir (metrics.csv, mask-pattern-*.npz)")
@@ -31,6 +32,8 @@ def build_parser() -> ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
+    """``report.py``: check every input named by the flags, then draw the figures and report.md; returns the files
+    made."""
     cfg = config_from_args(ReportConfig, build_parser().parse_args(argv)).validate()
     # matplotlib and torch are imported once the command line is known to be good, whole (Ctrl-C held)
     with interrupts_deferred():

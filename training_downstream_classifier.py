@@ -8,6 +8,7 @@ from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
 def build_parser() -> ArgumentParser:
+    """training_downstream_classifier.py's flags, each defaulting to its DownstreamConfig field."""
     d = DownstreamConfig()  # each flag's default is its config field's
     p = ArgumentParser(description=__doc__)
     add_runtime_flags(p, gpu="0", seed=100)
@@ -42,6 +43,8 @@ def build_parser() -> ArgumentParser:
 
 @cli_entry(memory="--hidden_size_1, --hidden_size_2 or --batch_size")
 def main(argv: list[str] | None = None) -> dict:
+    """``training_downstream_classifier.py``: parse ``argv`` and train the MLP on the encoder's features; returns
+    ACC/ASR."""
     cfg = config_from_args(DownstreamConfig, build_parser().parse_args(argv)).validate()
     # torch and the project's heavy modules are imported once the command line is known to be good
     # (--help and a bad flag answer at once), with Ctrl-C held until the import is whole

@@ -27,6 +27,8 @@ BADENCODER_224 = 224  # BadEncoder ships <split>_224.npz copies of its datasets 
 
 @dataclass
 class ImageSet:
+    """One split of a dataset as loaded: images (N, H, W, 3) uint8 and labels (N,), before any tensor conversion."""
+
     x: np.ndarray  # (N, H, W, 3) uint8
     y: np.ndarray  # (N,) int64
     num_classes: int

@@ -21,6 +21,7 @@ class TensorSet:
 
     @classmethod
     def from_images(cls, ds: ImageSet, device: torch.device) -> "TensorSet":
+        """The split ``ds`` as float images (N, 3, H, W) in [0, 1] and long labels (N,) on ``device``."""
         return cls(to_tensor(ds.x, device), torch.as_tensor(ds.y, dtype=torch.long, device=device), ds.num_classes)
 
     def __len__(self) -> int:
@@ -42,6 +43,7 @@ def require_images(ds: ImageSet, flag: str, need: str) -> ImageSet:
 
 
 def check_label(label: int, num_classes: int, flag: str = "--reference_label") -> int:
+    """``label`` if it is a class index of a task with ``num_classes`` classes, else one line naming ``flag``."""
     if not 0 <= label < num_classes:
         fail(f"{flag} {label}: expected a class index 0..{num_classes - 1} of the downstream dataset")
     return label

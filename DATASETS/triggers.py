@@ -199,6 +199,7 @@ def save_ground_truth_trigger(path: str | os.PathLike, size: int = 32, patch: in
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> Path:
+    """``python -m DATASETS.triggers``: write the white-square BadEncoder trigger npz; returns its path."""
     parser = ArgumentParser(
         prog="python -m DATASETS.triggers",
         description="Write the ground-truth BadEncoder trigger (a white square) as an npz file.")

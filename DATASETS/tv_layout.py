@@ -33,6 +33,8 @@ class SafeUnpickler(pickle.Unpickler):
     """Unpickler that only rebuilds numpy arrays, dicts, lists, strings and numbers."""
 
     def find_class(self, module: str, name: str):
+        """Resolve only the numpy globals a CIFAR batch needs; anything else is refused (dataset files are
+        untrusted)."""
         if (module, name) not in _SAFE_GLOBALS:
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a dataset file")
         if module.startswith("numpy.core"):
@@ -71,6 +73,7 @@ def _unpickle(path: Path) -> dict:
 
 
 def read_cifar(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 ``split`` from torchvision's python batches: images (N, 32, 32, 3) uint8, labels (N,) int64."""
     xs, ys = [], []
     for path in files("cifar10", root, split):
         entry = _unpickle(path)
@@ -86,6 +89,7 @@ def read_cifar(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_stl10(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """STL10 ``split`` from torchvision's binaries: images (N, 96, 96, 3) uint8, labels (N,) int64 in 0..9."""
     x_path, y_path = files("stl10", root, split)
     try:
         raw = np.fromfile(x_path, dtype=np.uint8)
@@ -102,6 +106,8 @@ def read_stl10(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_svhn(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """SVHN ``split`` from torchvision's .mat file: images (N, 32, 32, 3) uint8, labels (N,) int64 (digit 0 is label
+    0)."""
     import scipy.io
 
     (path,) = files("svhn", root, split)
@@ -146,6 +152,8 @@ def _gtsrb_samples(root: Path, split: str) -> list[tuple[Path, int]]:
 
 
 def read_gtsrb(root: Path, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """GTSRB ``split`` from torchvision's .ppm folders: a list of (H_i, W_i, 3) uint8 images (sizes vary) and labels
+    (N,)."""
     samples = _gtsrb_samples(root, split)
     if not samples:
         fail(f"{files('gtsrb', root, split)[0]}: no GTSRB .ppm images found")

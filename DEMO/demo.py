@@ -53,18 +53,14 @@ def load_script(script: str):
 
 
 @dataclass
-class DemoRun:
-    """One demo run: the settings, the folder, and what every stage took and ran."""
+class StageLog:
+    """What the stages of a demo run took and ran: their wall-clock times (``times_file``, a CSV rewritten
+    after each stage) and the entry scripts' command lines, for summary.json and the report."""
 
-    cfg: DemoConfig
-    preset: Preset
-    layout: RunLayout
+    times_file: Path
+    runtime_flags: list[str]  # appended to every script's flags: --device, --gpu, --data_dir [--overwrite]
     times: list[dict] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
-
-    def runtime_flags(self) -> list[str]:
-        extra = ["--overwrite"] if self.cfg.overwrite else []
-        return ["--device", self.cfg.device, "--gpu", self.cfg.gpu, "--data_dir", self.cfg.data_dir] + extra
 
     def stage(self, name: str, work: Callable[[], object]) -> object:
         """Run one stage, print its wall-clock time and record it."""
@@ -74,13 +70,13 @@ class DemoRun:
         result = work()
         seconds = time.perf_counter() - began
         self.times.append({"stage": name, "seconds": seconds})
-        write_csv(self.layout.times, self.times, ("stage", "seconds"))
+        write_csv(self.times_file, self.times, ("stage", "seconds"))
         log(f"=== stage {n}: {name} done in {seconds:.1f} s ===")
         return result
 
     def script(self, name: str, script: str, argv: list[str]) -> dict:
         """A stage that is one entry script's ``main(argv)``; its command line goes into the report."""
-        argv = argv + self.runtime_flags()
+        argv = argv + self.runtime_flags
         self.commands.append(f"python {script} {' '.join(shlex.quote(a) for a in argv)}")
 
         def work() -> dict:
@@ -93,6 +89,21 @@ class DemoRun:
 
         return self.stage(name, work)
 
+
+@dataclass
+class DemoRun:
+    """One demo run: the settings, the folder, and its stages (each one entry script's ``main``)."""
+
+    cfg: DemoConfig
+    preset: Preset
+    layout: RunLayout
+
+    def __post_init__(self) -> None:
+        extra = ["--overwrite"] if self.cfg.overwrite else []
+        self.stages = StageLog(self.layout.times,
+                               ["--device", self.cfg.device, "--gpu", self.cfg.gpu, "--data_dir", self.cfg.data_dir]
+                               + extra)
+
     # ---- the stages -------------------------------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -104,19 +115,21 @@ class DemoRun:
             save_ground_truth_trigger(self.layout.trigger)
             log(f"ground-truth trigger: {self.layout.trigger}")
 
-        self.stage("datasets and trigger", work)
+        self.stages.stage("datasets and trigger", work)
 
     def pretrain(self) -> Path:
+        """Stage 2: ``pretraining_encoder.py`` on the embedded set; returns the clean encoder's checkpoint."""
         p, L = self.preset, self.layout
-        self.script("SimCLR pre-training (clean encoder)", "pretraining_encoder.py", [
+        self.stages.script("SimCLR pre-training (clean encoder)", "pretraining_encoder.py", [
             "--pretraining_dataset", PRETRAIN_SET, "--model", p.model, "--encoder_usage_info", USAGE,
             "--results_dir", str(L.clean), "--downstreamTask", DOWNSTREAM_SET, "--knn-k", str(p.knn_k),
             "--seed", str(100 + self.cfg.seed), *flags(p.pretrain)])
         return L.clean / f"model_{p.pretrain['epochs']}.pth"
 
     def inject(self, clean: Path) -> Path:
+        """Stage 3: ``badencoder.py`` into ``clean``; returns the backdoored encoder's checkpoint."""
         p, L = self.preset, self.layout
-        self.script("BadEncoder injection (backdoored encoder)", "badencoder.py", [
+        self.stages.script("BadEncoder injection (backdoored encoder)", "badencoder.py", [
             "--pretrained_encoder", str(clean), "--shadow_dataset", PRETRAIN_SET, "--model", p.model,
             "--encoder_usage_info", USAGE, "--trigger_file", str(L.trigger), "--reference_dataset", DOWNSTREAM_SET,
             "--reference_label", str(self.cfg.target), "--results_dir", str(L.backdoor), "--knn-k", str(p.knn_k),
@@ -124,8 +137,9 @@ class DemoRun:
         return L.backdoor / f"model_{p.badencoder['epochs']}.pth"
 
     def evaluate(self, label: str, encoder: Path) -> dict:
+        """``training_downstream_classifier.py`` on ``encoder`` into the ``label`` row's folder; its summary."""
         p = self.preset
-        return self.script(f"downstream classifier ({label})", "training_downstream_classifier.py", [
+        return self.stages.script(f"downstream classifier ({label})", "training_downstream_classifier.py", [
             "--dataset", DOWNSTREAM_SET, "--trigger_file", str(self.layout.trigger), "--encoder", str(encoder),
             "--model", p.model, "--reference_label", str(self.cfg.target), "--encoder_usage_info", USAGE,
             "--results_dir", str(self.layout.eval_dir(EVAL_DIRS[label])), "--seed", str(100 + self.cfg.seed),
@@ -134,18 +148,20 @@ class DemoRun:
     def detect(self, label: str, encoder: Path) -> dict:
         """MAIN.py --phase detect on the clean or the backdoored encoder: the check before any removal."""
         p, folder = self.preset, self.layout.detect_dir(label)
-        return self.script(f"detection ({label} encoder, MAIN.py --phase detect)", "MAIN.py", [
+        return self.stages.script(f"detection ({label} encoder, MAIN.py --phase detect)", "MAIN.py", [
             "--seed", str(self.cfg.seed), "--phase", "detect", "--dataset", PRETRAIN_SET, "--model", p.model,
             "--pretrained_encoder", str(encoder), "--encoder_usage_info", USAGE, "--log_dir", str(folder),
             "--results_dir", str(folder), "--trigger_file", str(self.layout.trigger), "--monitor_every", "0",
             *flags(p.detect)])
 
     def invert(self, phase: str) -> dict:
+        """``MAIN.py --phase moth`` (RECEIVE) or ``--phase nc`` (the baseline) on the backdoored encoder;
+        returns its metrics.json content."""
         p, L = self.preset, self.layout
         log_dir, results = (L.moth_log, L.moth_ckpt) if phase == "moth" else (L.nc_log, L.nc_ckpt)
         extra = flags(p.moth) if phase == "moth" else []
         what = "RECEIVE: iterative trigger inversion" if phase == "moth" else "NC baseline: one-round inversion"
-        return self.script(f"{what} (MAIN.py --phase {phase})", "MAIN.py", [
+        return self.stages.script(f"{what} (MAIN.py --phase {phase})", "MAIN.py", [
             "--seed", str(self.cfg.seed), "--phase", phase, "--dataset", PRETRAIN_SET, "--model", p.model,
             "--pretrained_encoder", str(L.backdoor / f"model_{p.badencoder['epochs']}.pth"),
             "--encoder_usage_info", USAGE, "--log_dir", str(log_dir), "--results_dir", str(results),
@@ -153,10 +169,11 @@ class DemoRun:
             "--trigger_file", str(L.trigger), "--knn-k", str(p.knn_k), *flags(p.inversion), *extra])
 
     def unlearn(self, phase: str, trigger: Path) -> Path:
+        """``Unlearn-trigger.py`` of the ``phase`` arm with its inverted ``trigger``; the unlearned encoder."""
         p, L = self.preset, self.layout
         log_dir, results = (L.unlearn_log, L.unlearn_ckpt) if phase == "moth" else (L.nc_unlearn_log, L.nc_unlearn_ckpt)
         who = "RECEIVE" if phase == "moth" else "NC baseline"
-        self.script(f"{who}: unlearning its trigger (Unlearn-trigger.py)", "Unlearn-trigger.py", [
+        self.stages.script(f"{who}: unlearning its trigger (Unlearn-trigger.py)", "Unlearn-trigger.py", [
             # --phase moth for both: the only phase Unlearn-trigger.py runs (the baseline differs by its trigger)
             "--seed", str(self.cfg.seed % 3), "--results_dir", str(results), "--phase", "moth",
             "--dataset", PRETRAIN_SET,
@@ -169,6 +186,7 @@ class DemoRun:
     # ---- the whole run ----------------------------------------------------------------------------------------
 
     def run(self) -> dict:
+        """Every stage in order, then the summary and report; returns summary.json's content."""
         self.prepare()
         clean = self.pretrain()
         backdoored = self.inject(clean)
@@ -181,14 +199,15 @@ class DemoRun:
         nc = self.invert("nc")
         baseline = self.unlearn("nc", self.layout.nc_log / NC_TRIGGER)
         results["NC baseline"] = self.evaluate("NC baseline", baseline)
-        return self.stage("summary and report", lambda: self.finish(results, moth, nc))
+        return self.stages.stage("summary and report", lambda: self.finish(results, moth, nc))
 
     def finish(self, results: dict, moth: dict, nc: dict) -> dict:
         """The table, the targets, summary.json and the report folder; prints the table."""
         table = results_table(results, moth, nc)
         targets = check_targets(table)
         summary = {"description": self.description(), "preset": self.cfg.preset, "target_label": self.cfg.target,
-                   "table": table, "targets": targets, "stage_times": self.times, "commands": self.commands,
+                   "table": table, "targets": targets, "stage_times": self.stages.times,
+                   "commands": self.stages.commands,
                    "injected_trigger_l1": injected_l1(self.layout.trigger),
                    "settings": {"demo": asdict(self.cfg), "preset": asdict(self.preset)}}
         write_json(self.layout.summary, summary)
@@ -202,6 +221,7 @@ class DemoRun:
         return summary
 
     def description(self) -> str:
+        """The run in one paragraph: encoders, trigger, target class, defences and how ACC/ASR are measured."""
         p = self.preset
         return (f"Demo run (preset `{self.cfg.preset}`) on the embedded datasets: a `{p.model}` SimCLR encoder "
                 f"pre-trained on `{PRETRAIN_SET}`, backdoored with BadEncoder (white 10x10 square, target class "
@@ -213,6 +233,7 @@ class DemoRun:
 
 
 def default_out() -> Path:
+    """``demo_runs/<date-time>``: the run folder when --out is not given."""
     return Path("demo_runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 

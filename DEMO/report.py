@@ -48,6 +48,7 @@ def read_rows(path: Path) -> list[dict[str, float]]:
 
 
 def read_json(path: Path) -> dict:
+    """The JSON object in ``path``, or {} when the file is absent (a stage that was not run)."""
     if not path.is_file():
         return {}
     return json.loads(path.read_text())
@@ -75,19 +76,24 @@ class RunFiles:
     summary: dict = field(default_factory=dict)
 
     def moth_rows(self) -> list[dict[str, float]]:
+        """The moth run's per-round metrics.csv rows (empty without --moth_log)."""
         return read_rows(self.moth_log / "metrics.csv") if self.moth_log else []
 
     def moth_summary(self) -> dict:
+        """The moth run's metrics.json ({} without --moth_log or when absent)."""
         return read_json(self.moth_log / "metrics.json") if self.moth_log else {}
 
     def nc_summary(self) -> dict:
+        """The NC baseline's metrics ({} without --nc_log or when absent)."""
         return read_json(self.nc_log / NC_METRICS) if self.nc_log else {}
 
     def unlearn_rows(self, nc: bool = False) -> list[dict[str, float]]:
+        """Per-epoch unlearn-metrics.csv rows of the RECEIVE arm, or of the NC arm with ``nc``."""
         folder = self.nc_unlearn_log if nc else self.unlearn_log
         return read_rows(folder / "unlearn-metrics.csv") if folder else []
 
     def round_files(self) -> dict[int, Path]:
+        """{round: mask-pattern-<round>.npz} of the moth log folder, in round order."""
         if not self.moth_log or not self.moth_log.is_dir():
             return {}
         found = {}
@@ -98,6 +104,7 @@ class RunFiles:
         return dict(sorted(found.items()))
 
     def best_round(self) -> Optional[int]:
+        """The round early stopping chose: metrics.json's best_round, else mask-pattern-best.npz's idx, else None."""
         best = self.moth_summary().get("best_round")
         if best is None and self.moth_log and (self.moth_log / BEST_TRIGGER).is_file():
             with np.load(self.moth_log / BEST_TRIGGER, allow_pickle=False) as z:

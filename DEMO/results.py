@@ -66,6 +66,7 @@ def _cell(value, digits: int) -> str:
 
 
 def format_table(table: list[dict], gt_l1: float) -> str:
+    """The results table as fixed-width text, one encoder per line, with the injected trigger's L1 ``gt_l1`` below."""
     head = f"{'encoder':<14}{'ACC (%)':>9}{'ASR (%)':>9}{'chosen round':>14}{'trigger L1':>12}  detection (PL1)"
     lines = [head, "-" * len(head)]
     for r in table:
@@ -77,4 +78,5 @@ def format_table(table: list[dict], gt_l1: float) -> str:
 
 
 def format_targets(targets: list[dict]) -> str:
+    """One line per target of the issue: met or MISSED, what it asks, what was measured."""
     return "\n".join(f"[{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['measured']}" for t in targets)

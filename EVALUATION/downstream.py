@@ -29,6 +29,7 @@ class DownstreamMLP(nn.Module):
         self.fc3 = nn.Linear(hidden_2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, C) of features (B, D)."""
         out = self.dropout2(F.relu(self.fc1(x)))  # (B, h1)
         return self.fc3(F.relu(self.fc2(out)))  # (B, C)
 
@@ -88,9 +89,9 @@ def _print_metrics(row: dict, clean: bool) -> None:
 
 
 def train_downstream(train_feat: torch.Tensor, train_y: torch.Tensor, test_feat: torch.Tensor,
-                     test_y: torch.Tensor, bd_feat: torch.Tensor, bd_target: int | torch.Tensor, num_classes: int,
-                     epochs: int, lr: float, batch_size: int, hidden_1: int = 512, hidden_2: int = 256,
-                     clean: bool = False, on_epoch: Optional[Callable[[dict], None]] = None,
+                     test_y: torch.Tensor, bd_feat: torch.Tensor, *, bd_target: int | torch.Tensor,
+                     num_classes: int, epochs: int, lr: float, batch_size: int, hidden_1: int = 512,
+                     hidden_2: int = 256, clean: bool = False, on_epoch: Optional[Callable[[dict], None]] = None,
                      ) -> tuple[DownstreamMLP, list[dict]]:
     """Train the MLP on features (N, D) already on one device; history rows {"epoch", "acc", "asr", "loss"}.
 

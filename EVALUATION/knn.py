@@ -37,10 +37,13 @@ def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tens
 
 
 def knn_monitor(backbone: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                test_y: torch.Tensor, num_classes: int, usage: UsageInfo, trigger: Optional[Trigger],
+                test_y: torch.Tensor, *, num_classes: int, usage: UsageInfo, trigger: Optional[Trigger],
                 target: int, k: int, t: float, include_target: bool = False,
                 batch_size: int = 512) -> dict[str, float]:
     """{"acc", "asr"} in percent: bank = train features; ACC on clean test, ASR on stamped test images.
+
+    train_x (N, 3, H, W), test_x (M, 3, H, W) in [0, 1] with labels (N,), (M,); ``k``/``t``: the vote's
+    neighbours and temperature (:func:`knn_predict`).
 
     ASR counts the test images ``backdoor_subset`` keeps; it is NaN without a trigger.
     """

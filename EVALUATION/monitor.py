@@ -21,26 +21,31 @@ class Monitor:
     train: TensorSet
     test: TensorSet
     usage: UsageInfo
-    trigger: object
+    trigger: Optional[Trigger]
     target: int
     k: int
     t: float
     include_target: bool = False
 
     def __call__(self, backbone) -> dict:
-        return knn_monitor(backbone, self.train.x, self.train.y, self.test.x, self.test.y, self.train.num_classes,
-                           self.usage, self.trigger, self.target, self.k, self.t, self.include_target)
+        """{"acc", "asr"} of ``backbone`` (:func:`EVALUATION.knn.knn_monitor`)."""
+        return knn_monitor(backbone, self.train.x, self.train.y, self.test.x, self.test.y,
+                           num_classes=self.train.num_classes, usage=self.usage, trigger=self.trigger,
+                           target=self.target, k=self.k, t=self.t, include_target=self.include_target)
 
 
-def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.device, trigger: Optional[Trigger],
+def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.device, *, trigger: Optional[Trigger],
                   target: int, k: int, t: float, include_target: bool) -> Monitor:
+    """The kNN monitor on ``task``'s train (bank) and test splits, loaded onto ``device``; ASR with ``trigger``
+    (None: ACC only) towards ``target``. Refuses an empty split or a target outside the task's labels."""
     need = "the kNN monitor needs at least one (--monitor_every 0 turns it off)"
     train, test = (TensorSet.from_images(require_images(load_split(task, split, data_dir, usage.size,
                                                                    flag="--downstreamTask"), "--downstreamTask", need),
                                          device) for split in ("train", "test"))
     if trigger is not None:
         check_label(target, train.num_classes)
-    return Monitor(train, test, usage, trigger, target, k, t, include_target)
+    return Monitor(train=train, test=test, usage=usage, trigger=trigger, target=target, k=k, t=t,
+                   include_target=include_target)
 
 
 def monitor_row(monitor: Monitor | None, backbone, count: int, every: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Is this encoder backdoored? The DECREE-style verdict on one inverted trigger (docs/ALGORITHMS.md §5).
+"""Is this encoder backdoored? The DECREE-style verdict on one inverted trigger (docs/ALGORITHMS.md §4b).
 
 A backdoored encoder sends every image that carries its trigger to nearly one point, so a small mask is
 enough to make the features of stamped clean images collapse (mean pairwise cosine near 1); a clean
@@ -35,13 +35,14 @@ class Verdict:
 
     @property
     def label(self) -> str:
+        """The verdict in words, as the table and detect.json print it."""
         return "backdoor found" if self.backdoored else "no backdoor found"
 
     def explain(self) -> str:
         """One sentence on why the verdict reads as it does."""
         if not self.reached:
-            return ("no trigger made the stamped images' features agree enough within the step cap, "
-                    "so no small trigger exists that the search could find")
+            return ("no trigger, small or large, made the stamped images' features agree enough within the step "
+                    "cap: the search found no collapsing trigger (raise --re_steps_cap if psim was still rising)")
         relation = "below" if self.backdoored else "not below"
         return (f"the smallest trigger found covers {100 * self.pl1:.1f}% of the image (PL1 {self.pl1:.4f}), "
                 f"{relation} the threshold {self.threshold:g}")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class StopDecision:
+    """What the early stop decided on one round's distance (the paper's code's three outcomes)."""
+
     improved: bool  # a new maximum: save the round's trigger as the best one (with its round index)
     converged: bool  # the distance stopped moving: save the round's trigger as best, end this epoch
     stop: bool  # patience reached: end the run
@@ -58,6 +60,7 @@ class EarlyStop:
                 "previous": self.previous, "counter": self.counter}
 
     def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict` (--resume)."""
         self.patience = int(state["patience"])
         self.epsilon = float(state["epsilon"])
         self.best = float(state["best"])

@@ -117,6 +117,8 @@ class CostSchedule:
 
 @dataclass
 class InversionConfig:
+    """The settings of one inversion round (Equation 2 minimised with Adam, cost adapted as in the paper's code)."""
+
     steps: int = 300            # --re_steps
     lr: float = 0.5             # 0.5 in the first round, --re_lr later
     init_cost: float = 5e-2     # --init_cost
@@ -130,11 +132,15 @@ class InversionConfig:
 
     @property
     def cap(self) -> int:
+        """The most steps a round may take when no trigger reaches the threshold (--re_steps_cap, default 3 x
+        steps)."""
         return self.step_cap if self.step_cap > 0 else 3 * self.steps
 
 
 @dataclass
 class InversionResult:
+    """What one inversion round found: the trigger, whether it reached the threshold, and the round's means."""
+
     mask: Tensor                # (H, W) best mask (the last one if none reached the threshold)
     pattern: Tensor             # (3, H, W)
     reached: bool               # some step reached the similarity threshold
@@ -149,6 +155,7 @@ class InversionResult:
 
     @property
     def trigger(self) -> InvertedTrigger:
+        """The found mask (H, W) and pattern (3, H, W) as a stamping trigger."""
         return InvertedTrigger(self.mask, self.pattern)
 
 
@@ -199,7 +206,7 @@ def restart_point(mask: Tensor, pattern: Tensor, seed: int, scale: float) -> tup
     return m, p
 
 
-def inversion_loss(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo, cost: float,
+def inversion_loss(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo, *, cost: float,
                    psim_kind: str = "original") -> tuple[Tensor, Tensor, Tensor, InvertedTrigger]:
     """Equation 2 on one chunk of images (B, 3, H, W). Returns (loss, psim, l1, trigger)."""
     trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))
@@ -261,7 +268,8 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
                 break
             images = images[step_permutation(images.shape[0], seed).to(device)]  # cumulative, as the original
             seed += 1
-            loss, psim, l1, last = _inversion_step(backbone, images, a, b, opt, usage, schedule.cost, config)
+            loss, psim, l1, last = _inversion_step(backbone, images, a, b, opt, usage=usage, cost=schedule.cost,
+                                                   config=config)
             sums += torch.tensor([loss, psim, l1], dtype=torch.float64)
             new_best = psim >= config.threshold and (best is None or l1 < best[1])
             if trace is not None:
@@ -287,7 +295,7 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
                            l1=trigger.l1, cost=schedule.cost, next_seed=seed)
 
 
-def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, opt: torch.optim.Optimizer,
+def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, opt: torch.optim.Optimizer, *,
                     usage: UsageInfo, cost: float, config: InversionConfig) -> tuple[float, float, float,
                                                                                       InvertedTrigger]:
     """One pass over the chunks of ``images``, one Adam update each.
@@ -300,10 +308,10 @@ def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, o
     for chunk in chunks(images, config.chunk_size):  # (B, 3, H, W)
         opt.zero_grad(set_to_none=True)
         if 0 < config.micro_batch < chunk.shape[0]:
-            loss, psim, l1, trigger = micro_batched_backward(backbone, chunk, a, b, usage, cost, config.psim,
-                                                             config.micro_batch)
+            loss, psim, l1, trigger = micro_batched_backward(backbone, chunk, a, b, usage, cost=cost,
+                                                             psim_kind=config.psim, micro_batch=config.micro_batch)
         else:
-            loss, psim, l1, trigger = inversion_loss(backbone, chunk, a, b, usage, cost, config.psim)
+            loss, psim, l1, trigger = inversion_loss(backbone, chunk, a, b, usage, cost=cost, psim_kind=config.psim)
             loss.backward()
         opt.step()
         stats.append(torch.stack([loss.detach(), psim.detach(), l1.detach()]))
@@ -312,7 +320,7 @@ def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, o
     return means[0], means[1], means[2], frozen_trigger
 
 
-def micro_batched_backward(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo,
+def micro_batched_backward(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo, *,
                            cost: float, psim_kind: str, micro_batch: int
                            ) -> tuple[Tensor, Tensor, Tensor, InvertedTrigger]:
     """Equation 2's loss on one chunk (B, 3, H, W) and its gradient into ``a.grad``/``b.grad``, holding

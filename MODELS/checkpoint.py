@@ -281,6 +281,8 @@ class BackgroundSaver:
 
     def save(self, path: str | os.PathLike, model: nn.Module, epoch: int,
              optimizer: torch.optim.Optimizer | None = None, **extra) -> None:
+        """Snapshot the checkpoint now (CPU copies) and write it atomically in a thread, after the previous write
+        ends."""
         content = snapshot(checkpoint_content(model, epoch, optimizer, **extra))
         self.wait()
         # not a daemon: an interpreter that exits early still finishes the write it started

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from MODELS.visual import VisualEncoder
+from MODELS.visual import VisualEncoder, add_resnet_stages
 
 EXPANSION = 4
 # name -> (blocks per stage, width, output dim); heads = width * 32 // 64, as CLIP derives them.
@@ -44,6 +44,7 @@ class Bottleneck(nn.Module):
                 ("-1", nn.AvgPool2d(stride)), ("0", nn.Conv2d(inplanes, out, 1, bias=False)), ("1", nn.BatchNorm2d(out))]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, 4 * planes, H / stride, W / stride); the stride is an average pool, as in CLIP."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.avgpool(self.relu(self.bn2(self.conv2(out))))
         out = self.bn3(self.conv3(out))
@@ -95,16 +96,11 @@ class ModifiedResNet(nn.Module):
         self.bn3 = nn.BatchNorm2d(width)
         self.avgpool = nn.AvgPool2d(2)
         self.relu = nn.ReLU(inplace=True)
-        inplanes = width
-        for i, n in enumerate(layers):
-            planes = width * 2**i
-            stage = [Bottleneck(inplanes, planes, stride=1 if i == 0 else 2)]
-            stage += [Bottleneck(planes * EXPANSION, planes) for _ in range(n - 1)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
-            inplanes = planes * EXPANSION
+        add_resnet_stages(self, Bottleneck, width, layers, EXPANSION)
         self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W), normalised -> embeddings (B, output_dim) from the attention pool."""
         x = x.to(self.conv1.weight.dtype)
         for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
             x = self.relu(bn(conv(x)))

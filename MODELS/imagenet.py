@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from MODELS.visual import VisualEncoder
+from MODELS.visual import VisualEncoder, add_resnet_stages
 
 # name -> (blocks per stage, base width); stage widths are base * (1, 2, 4, 8), outputs 4x that.
 _ARCH = {"imagenet_resnet50": ((3, 4, 6, 3), 64), "imagenet_tiny": ((1, 1, 1, 1), 8)}
@@ -36,6 +36,7 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, 4 * planes, H / stride, W / stride) with the residual added."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
@@ -53,13 +54,7 @@ class ImageNetResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        inplanes = width
-        for i, n in enumerate(blocks):
-            planes = width * 2**i
-            stage = [Bottleneck(inplanes, planes, stride=1 if i == 0 else 2)]
-            stage += [Bottleneck(planes * EXPANSION, planes) for _ in range(n - 1)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
-            inplanes = planes * EXPANSION
+        inplanes = add_resnet_stages(self, Bottleneck, width, blocks, EXPANSION)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(inplanes, num_classes)  # kept for the key layout; never applied
         self.feature_dim = inplanes
@@ -68,6 +63,7 @@ class ImageNetResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, 224, 224), normalised -> pooled features (B, 32 * width)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 3, 224, 224) -> (B, w, 56, 56)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 32w, 7, 7)
         return torch.flatten(self.avgpool(x), 1)  # (B, 32w)

@@ -48,14 +48,17 @@ class Autocast(nn.Module):
     # (extract_features, frozen, ...) must not flip an eval-mode encoder into train mode.
     @property
     def training(self) -> bool:  # type: ignore[override]
+        """Mirrors the wrapped module's mode, so ``.training`` reads the same with or without --amp."""
         inner = self.__dict__.get("_modules", {}).get("inner")
         return inner.training if inner is not None else True
 
     @training.setter
     def training(self, mode: bool) -> None:
+        """Ignored: the mode lives in the wrapped module (see the getter)."""
         pass  # train()/eval() reach the inner module through the children loop of nn.Module.train
 
     def forward(self, x: torch.Tensor) -> Any:
+        """The wrapped module on ``x`` (B, 3, H, W) in bf16 autocast, channels-last; float32 outputs."""
         x = x.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
         with torch.autocast(device_type=x.device.type, dtype=AMP_DTYPE):
             out = self.inner(x)

@@ -38,6 +38,7 @@ class Backbone(nn.Module):
         self.feature_dim = feature_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W), normalised -> features (B, D)."""
         return torch.flatten(self.f(x), start_dim=1)  # (B, C, 1, 1) -> (B, D)
 
 
@@ -56,6 +57,7 @@ class SimCLR(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L2-normalised features (B, D), L2-normalised projections (B, 128)); the head runs in float32."""
         feature = self.f(x)  # (B, D)
         # Under --amp (MODELS.precision) only the backbone runs in bf16: the head and the
         # normalisation stay float32 on every device (a no-op without autocast).

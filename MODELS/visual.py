@@ -9,9 +9,26 @@ the original's unlearning loss would see had it run on these encoders (it would 
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def add_resnet_stages(tower: nn.Module, block: Callable[..., nn.Module], width: int, layers: Sequence[int],
+                      expansion: int) -> int:
+    """``tower.layer1`` .. ``layerN``, the residual stages both 224-pixel towers share: stage i holds ``layers[i]``
+    ``block(in_channels, planes, stride)`` of ``width * 2**i`` planes, the first striding by 2 (but in stage 1).
+    Returns the channels the last stage puts out."""
+    inplanes = width
+    for i, n in enumerate(layers):
+        planes = width * 2**i
+        stage = [block(inplanes, planes, stride=1 if i == 0 else 2)]
+        stage += [block(planes * expansion, planes) for _ in range(n - 1)]
+        setattr(tower, f"layer{i + 1}", nn.Sequential(*stage))
+        inplanes = planes * expansion
+    return inplanes
 
 
 class VisualEncoder(nn.Module):
@@ -33,6 +50,7 @@ class VisualEncoder(nn.Module):
         return self.visual
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, z): the tower's L2-normalised embedding (B, D) twice (no projection head), as SimCLR's pair."""
         feature = self.visual(x)  # (B, D)
         # Under --amp only the tower runs in bf16 (MODELS.precision); the normalisation stays float32.
         with torch.autocast(device_type=x.device.type, enabled=False):

@@ -68,8 +68,8 @@ def _features(backbone: nn.Module, images: Tensor, usage: UsageInfo) -> Tensor:
     return F.normalize(backbone(normalize(images, usage)), dim=1)
 
 
-def badencoder_loss(backdoored: nn.Module, clean: nn.Module, images: Tensor, trigger: Trigger, references: Tensor,
-                    usage: UsageInfo, lambda1: float, lambda2: float) -> tuple[Tensor, dict]:
+def badencoder_loss(backdoored: nn.Module, clean: nn.Module, images: Tensor, *, trigger: Trigger,
+                    references: Tensor, usage: UsageInfo, lambda1: float, lambda2: float) -> tuple[Tensor, dict]:
     """``L0 + lambda1 * L1 + lambda2 * L2`` on one batch; returns (loss, {"loss0", "loss1", "loss2"} detached).
 
     images: (B, 3, H, W) shadow images in [0, 1]; references: (R, 3, H, W) in [0, 1]; ``trigger`` stamps
@@ -98,7 +98,7 @@ def badencoder_loss(backdoored: nn.Module, clean: nn.Module, images: Tensor, tri
 
 
 def badencoder_epoch(backdoored: nn.Module, clean: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet,
-                     batch_size: int, trigger: Trigger, references: Tensor, usage: UsageInfo, lambda1: float,
+                     *, batch_size: int, trigger: Trigger, references: Tensor, usage: UsageInfo, lambda1: float,
                      lambda2: float, desc: str = "badencoder") -> dict:
     """One shuffled pass over the shadow set in full batches; returns the mean of each loss term."""
     backdoored.train()
@@ -109,7 +109,8 @@ def badencoder_epoch(backdoored: nn.Module, clean: nn.Module, optimizer: torch.o
     totals = torch.zeros(4, dtype=torch.float64)
     for i, start in enumerate(progress(starts, desc=desc, total=len(starts))):
         images = data.x[order[start:start + batch_size]]
-        loss, parts = badencoder_loss(backdoored, clean, images, trigger, references, usage, lambda1, lambda2)
+        loss, parts = badencoder_loss(backdoored, clean, images, trigger=trigger, references=references, usage=usage,
+                                      lambda1=lambda1, lambda2=lambda2)
         if not torch.isfinite(loss):
             fail(f"{desc}, batch {i}: the BadEncoder loss became {loss.item()}; stopped (the previous epoch's "
                  f"checkpoint is kept). Lower --lr, then resume with --resume or start over with --overwrite")
@@ -147,8 +148,9 @@ def _monitor_fn(cfg: BadEncoderConfig, usage: UsageInfo, device: torch.device, t
     monitor = None
     if cfg.monitor_every > 0:
         target = cfg.reference_label
-        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, trigger if target >= 0 else None,
-                                max(target, 0), cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
+        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device,
+                                trigger=trigger if target >= 0 else None, target=max(target, 0), k=cfg.knn_k,
+                                t=cfg.knn_t, include_target=cfg.asr_include_target)
     return lambda epoch: monitor_row(monitor, backbone, epoch, cfg.monitor_every)
 
 
@@ -191,10 +193,12 @@ def run_badencoder(cfg: BadEncoderConfig) -> dict:
         log(f"[{NAME}] before injection: kNN ACC {rows[0]['knn_acc']:.2f}  ASR {rows[0]['knn_asr']:.2f}")
 
     def train(epoch: int) -> dict:
-        return badencoder_epoch(backdoored, clean, optimizer, data, cfg.batch_size, trigger, references, usage,
-                                cfg.lambda1, cfg.lambda2, desc=f"badencoder epoch {epoch}/{cfg.epochs}")
+        return badencoder_epoch(backdoored, clean, optimizer, data, batch_size=cfg.batch_size, trigger=trigger,
+                                references=references, usage=usage, lambda1=cfg.lambda1, lambda2=cfg.lambda2,
+                                desc=f"badencoder epoch {epoch}/{cfg.epochs}")
 
-    loop = EpochLoop(NAME, ckpts, model, optimizer, FIELDS, run_fingerprint(cfg), train, watch, rows)
+    loop = EpochLoop(NAME, ckpts, model, optimizer, fields=FIELDS, fingerprint=run_fingerprint(cfg), train=train,
+                     monitor=watch, rows=rows)
     loop.run(first)
     return loop.finish({"shadow_dataset": cfg.shadow_dataset, "model": cfg.model,
                         "references": str(Path(results_dir) / REFERENCE_FILE), "reference_count": len(references_u8),

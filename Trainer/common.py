@@ -36,6 +36,7 @@ class Outputs:
 
     @property
     def flag(self) -> str:
+        """The flag that names this folder (``--log_dir`` for the field ``log_dir``)."""
         return "--" + self.field
 
 
@@ -111,6 +112,7 @@ def write_settings(path: Path, config) -> None:
 
 
 def fmt_metrics(row: dict) -> str:
+    """``row`` as one JSON line, floats rounded to 4 decimals (the stages' log lines)."""
     return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
 
 

@@ -33,6 +33,9 @@ MAIN_PHASES = ("moth", "nc", "detect")
 # DETECT_PL1 was chosen by bench/detect.py over 5 clean and 5 backdoored encoders (docs/DETECTION.md).
 DETECT_PSIM = 0.99
 DETECT_PL1 = 0.06
+# The inverted trigger grows with the number of images it must collapse (about +0.01 PL1 per doubling in
+# bench/detect.py), so the verdict judges a fixed number of images, the number the threshold was measured on.
+DETECT_IMAGES = 100
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser, gpu: str, seed: int) -> None:
@@ -59,21 +62,26 @@ def add_amp_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(cls: Type[C], args: argparse.Namespace) -> C:
+    """A ``cls`` config from the parsed flags that are its fields (others are ignored)."""
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def check_choice(value: str, choices: Sequence[str], flag: str) -> None:
+    """One line naming ``flag`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         fail(f"{flag} {value}: expected one of {', '.join(choices)}")
 
 
 def check_ratio(value: float, flag: str) -> None:
+    """One line naming ``flag`` unless ``value`` is a share in (0, 1]."""
     if not (value > 0 and value <= 1) or math.isnan(value):
         fail(f"{flag} {value}: expected a share in (0, 1]")
 
 
 def check_positive(value: float, flag: str, allow_zero: bool = False) -> None:
+    """One line naming ``flag`` unless ``value`` is a finite positive (or, with ``allow_zero``, non-negative)
+    number."""
     ok = value >= 0 if allow_zero else value > 0
     if not ok or math.isnan(value) or math.isinf(value):
         fail(f"{flag} {value}: expected a {'non-negative' if allow_zero else 'positive'} number")
@@ -108,6 +116,8 @@ def check_device_flags(device: str, gpu: str) -> None:
 
 @dataclass
 class Common:
+    """The flags every stage script shares (device, seed, data, overwrite/resume), with their defaults."""
+
     SEEDS = ()  # not a field: a config whose --seed indexes a list of seeds names the list here
 
     gpu: str = "0"
@@ -144,6 +154,8 @@ def check_monitor(cfg) -> None:
 
 @dataclass
 class MainConfig(Common):
+    """MAIN.py's flags: inversion (--re_*), hardening, early stop, the kNN monitor and --phase."""
+
     SEEDS = MAIN_SEEDS
 
     phase: str = "moth"
@@ -181,6 +193,7 @@ class MainConfig(Common):
     amp: bool = False
     detect_psim: float = DETECT_PSIM
     detect_pl1: float = DETECT_PL1
+    detect_images: int = DETECT_IMAGES
 
     def validate(self) -> "MainConfig":
         """Every flag of MAIN.py, in one-line errors; returns self."""
@@ -211,11 +224,16 @@ class MainConfig(Common):
                 fail(f"{flag} {value}: expected a cosine similarity in (0, 1]")
         if not 0 < self.detect_pl1 <= 1:
             fail(f"--detect_pl1 {self.detect_pl1}: expected a share of the image's pixels in (0, 1]")
+        check_positive(self.detect_images, "--detect_images", allow_zero=True)
+        if self.detect_images == 1:
+            fail("--detect_images 1: expected 0 (all) or at least 2 (similarity is measured between pairs)")
         return self
 
 
 @dataclass
 class UnlearnConfig(Common):
+    """Unlearn-trigger.py's flags: the inverted trigger, the unlearning loss (--portion, --beta) and its epochs."""
+
     SEEDS = UNLEARN_SEEDS
 
     # The original's defaults; the fields it lacks are ours (--monitor_every 1 = its kNN check after
@@ -281,6 +299,8 @@ MODES = ("non-targeted", "targeted")
 
 @dataclass
 class DownstreamConfig(Common):
+    """training_downstream_classifier.py's flags: the encoder, the task, the MLP and how ASR is counted."""
+
     dataset: str = "cifar10"
     reference_label: int = -1
     trigger_file: str = ""
@@ -354,6 +374,7 @@ class PretrainConfig(Common):
     save_every: int = 50
 
     def validate(self) -> "PretrainConfig":
+        """Check the flags (one line on the first bad one); fills --downstreamTask from the pre-training set."""
         _check_common_training(self, "pretraining_dataset")
         if self.batch_size < 2:
             fail(f"--batch_size {self.batch_size}: expected at least 2 (BatchNorm in the projection head cannot "
@@ -395,6 +416,7 @@ class BadEncoderConfig(Common):
     asr_include_target: bool = False
 
     def validate(self) -> "BadEncoderConfig":
+        """Check the flags (one line on the first bad one): the clean encoder and trigger are required."""
         _check_common_training(self, "shadow_dataset")
         if not self.pretrained_encoder:
             fail("--pretrained_encoder: required (the clean encoder to inject the backdoor into)")
@@ -441,6 +463,8 @@ class DemoConfig:
     overwrite: bool = False
 
     def validate(self) -> "DemoConfig":
+        """Check the flags (one line on the first bad one): a known preset, a seed of 0..4, a class of
+        synthetic_down."""
         check_choice(self.preset, PRESET_NAMES, "--preset")
         check_device_flags(self.device, self.gpu)
         if not 0 <= self.seed <= 4:
@@ -464,6 +488,7 @@ class ReportConfig:
     out: str = ""
 
     def validate(self) -> "ReportConfig":
+        """Check that there is an output folder and at least one input to draw from."""
         if not self.out and not self.run:
             fail("--out: required (the folder that receives the figures and report.md)")
         if not (self.run or self.moth_log or self.unlearn_log or self.nc_log or self.table):

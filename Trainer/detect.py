@@ -37,9 +37,22 @@ class DetectSettings:
 
     psim_threshold: float   # --detect_psim
     pl1_threshold: float    # --detect_pl1
+    images: int = 0         # --detect_images: how many images of the set are judged (0: all)
     amp: bool = False
     seed: int = 0           # draws the random start
     step_seed: int = FIRST_STEP_SEED
+
+
+def detection_images(data: TensorSet, count: int) -> TensorSet:
+    """The first ``count`` images of the (already shuffled) set, all of them when ``count`` is 0; a note when
+    the set is smaller than ``count``, since the trigger's size, hence the verdict, depends on it."""
+    if count == 0 or len(data) == count:
+        return data
+    if len(data) < count:
+        log(f"note: --detect_images {count}, but the --data_ratio share has {len(data)} images; judging those "
+            f"(fewer images make the trigger smaller than the --detect_pl1 calibration assumed)")
+        return data
+    return TensorSet(data.x[:count], data.y[:count], data.num_classes)
 
 
 def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
@@ -49,6 +62,7 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     ``config`` gives the steps, cap, initial cost and chunk size; its threshold and psim kind are replaced
     by DECREE's (``settings.psim_threshold`` on the pair-mean cosine). Returns detect.json's content.
     """
+    data = detection_images(data, settings.images)
     backbone = with_precision(model.f, settings.amp)
     config = replace(config, lr=FIRST_ROUND_LR, threshold=settings.psim_threshold, psim=DETECT_PSIM_KIND)
     start = random_start(data.x.shape[-1], np.random.RandomState(settings.seed % 2**32))

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from DATASETS.loaders import ImageSet, load_split, take_ratio
@@ -77,7 +78,6 @@ def asr_images(cfg: DownstreamConfig, train_images: ImageSet, train: TensorSet, 
     return AsrImages(x, want, True, f"{x.shape[0]} stamped images, {where}; a hit is {hit}")
 
 
-@holding(("results_dir", "--results_dir"))
 def check_asr_images(cfg: DownstreamConfig, chosen: AsrImages) -> None:
     """One line, before any training, when no image is left to measure ASR on (ASR would read nan)."""
     if chosen.x.shape[0]:
@@ -90,6 +90,7 @@ def check_asr_images(cfg: DownstreamConfig, chosen: AsrImages) -> None:
          f"train_half")
 
 
+@holding(("results_dir", "--results_dir"))
 def run_downstream(cfg: DownstreamConfig) -> dict:
     """``training_downstream_classifier.py``: features of the frozen encoder, the MLP, ACC and ASR."""
     clf_name = f"clf_{cfg.nn_epochs}.pth"
@@ -107,12 +108,7 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
             return done
     # the small files first: a bad trigger is reported before a dataset is read and resized
     trigger = load_trigger(cfg.trigger_file, "--trigger_file", expected_size=usage.size) if cfg.trigger_file else None
-    if cfg.encoder:
-        model = load_encoder(cfg.encoder, cfg.model, device, flag="--encoder")
-        check_finite_model(model, cfg.encoder, "--encoder")
-    else:
-        log("note: no --encoder given; using a randomly initialised encoder (a baseline)")
-        model = build_model(cfg.model).to(device).eval()
+    model = _encoder(cfg, device)
     train_images = require_images(load_split(cfg.dataset, "train", cfg.data_dir, usage.size), "--dataset",
                                   "the classifier has nothing to train on")
     train = TensorSet.from_images(train_images, device)
@@ -129,23 +125,8 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
     train_feat, test_feat, bd_feat = _features(with_precision(model.f, cfg.amp), train, test, usage, trigger, chosen)
     if not is_main():  # under torchrun the ranks share the feature extraction; rank 0 trains the small MLP
         return {"rank": rank(), "features": int(train_feat.shape[0] + test_feat.shape[0] + bd_feat.shape[0])}
-    bd_want = chosen.want if chosen is not None else 0
-    # The original's test: 'clean' anywhere in the --encoder path as typed (case-sensitive), so an empty
-    # path (a random encoder) prints BA/ASR.
-    clean_names = "clean" in cfg.encoder
-    with graceful_stop("epoch") as stop:
-        def on_epoch(row: dict) -> None:
-            if not math.isfinite(row["loss"]):
-                fail(f"downstream epoch {row['epoch']}: the training loss became {row['loss']}; stopped; nothing "
-                     f"of this stage was saved. Lower --lr")
-            if stop.requested and row["epoch"] < cfg.nn_epochs:
-                raise Interrupted(f"{stop.name}: stopped after epoch {row['epoch']} of {cfg.nn_epochs}; the "
-                                  f"classifier is quick to train and is not checkpointed, so nothing was saved; "
-                                  f"run the same command again")
-
-        clf, history = train_downstream(train_feat, train.y, test_feat, test.y, bd_feat, bd_want,
-                                        train.num_classes, cfg.nn_epochs, cfg.lr, cfg.batch_size,
-                                        cfg.hidden_size_1, cfg.hidden_size_2, clean=clean_names, on_epoch=on_epoch)
+    clf, history = _train_mlp(cfg, (train_feat, train.y), (test_feat, test.y), bd_feat,
+                              chosen.want if chosen is not None else 0, train.num_classes)
     save_checkpoint(clf_path, clf, cfg.nn_epochs)
     final = history[-1]
     summary = {"encoder": cfg.encoder, "dataset": cfg.dataset, "acc": final["acc"],
@@ -159,6 +140,39 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
     write_json(results_dir / SUMMARY, summary)  # last: its presence marks a finished run
     log(f"ACC {summary['acc']:.2f}%  ASR {summary['asr']:.2f}%  ({cfg.dataset}, encoder {cfg.encoder or 'random'})")
     return summary
+
+
+def _encoder(cfg: DownstreamConfig, device: torch.device) -> nn.Module:
+    """The --encoder checkpoint (checked finite), or a randomly initialised encoder without one."""
+    if cfg.encoder:
+        model = load_encoder(cfg.encoder, cfg.model, device, flag="--encoder")
+        check_finite_model(model, cfg.encoder, "--encoder")
+        return model
+    log("note: no --encoder given; using a randomly initialised encoder (a baseline)")
+    return build_model(cfg.model).to(device).eval()
+
+
+def _train_mlp(cfg: DownstreamConfig, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], bd_feat: Tensor,
+               bd_want: int | Tensor, num_classes: int) -> tuple[nn.Module, list[dict]]:
+    """The MLP on (features (N, D), labels (N,)) pairs; ASR on ``bd_feat`` (M, D), each wanting ``bd_want``.
+
+    A NaN loss stops with one line; Ctrl-C stops after the current epoch (nothing is saved)."""
+    # The original's test: 'clean' anywhere in the --encoder path as typed (case-sensitive), so an empty
+    # path (a random encoder) prints BA/ASR.
+    clean_names = "clean" in cfg.encoder
+    with graceful_stop("epoch") as stop:
+        def on_epoch(row: dict) -> None:
+            if not math.isfinite(row["loss"]):
+                fail(f"downstream epoch {row['epoch']}: the training loss became {row['loss']}; stopped; nothing "
+                     f"of this stage was saved. Lower --lr")
+            if stop.requested and row["epoch"] < cfg.nn_epochs:
+                raise Interrupted(f"{stop.name}: stopped after epoch {row['epoch']} of {cfg.nn_epochs}; the "
+                                  f"classifier is quick to train and is not checkpointed, so nothing was saved; "
+                                  f"run the same command again")
+
+        return train_downstream(*train, *test, bd_feat, bd_target=bd_want, num_classes=num_classes,
+                                epochs=cfg.nn_epochs, lr=cfg.lr, batch_size=cfg.batch_size, hidden_1=cfg.hidden_size_1,
+                                hidden_2=cfg.hidden_size_2, clean=clean_names, on_epoch=on_epoch)
 
 
 def _features(backbone: nn.Module, train: TensorSet, test: TensorSet, usage: UsageInfo, trigger: Trigger | None,

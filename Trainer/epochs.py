@@ -46,9 +46,11 @@ class EpochCheckpoints:
     pattern: str = CKPT  # Unlearn-trigger.py keeps its original name, Harden_Unlearn_model_{}.pth
 
     def path(self, epoch: int) -> Path:
+        """The checkpoint file of epoch ``epoch`` (``pattern`` filled in)."""
         return self.results_dir / self.pattern.format(epoch)
 
     def milestone(self, epoch: int) -> bool:
+        """Whether epoch ``epoch``'s file is kept: the last epoch and every ``save_every``-th."""
         return epoch == self.epochs or (self.save_every > 0 and epoch % self.save_every == 0)
 
     def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, rows: list[dict],
@@ -137,6 +139,8 @@ class EpochLoop:
         self.log_dir = self.ckpts.results_dir if self.log_dir is None else Path(self.log_dir)
 
     def run(self, start_epoch: int) -> list[dict]:
+        """Epochs ``start_epoch + 1`` .. ``ckpts.epochs``: train, monitor, checkpoint and write the metrics after
+        each; returns every epoch's row."""
         main = is_main()
         timings = read_timings(self.log_dir / f"{self.name}-timings.csv", "epoch", start_epoch + 1) if main else []
         with graceful_stop("epoch") as stop:

@@ -1,11 +1,16 @@
 """``MAIN.py``: trigger inversion on a suspect encoder, iterative (moth) or one round (nc)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
+from torch import nn
 
+from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet, load_train_share
+from DATASETS.triggers import Trigger
 from EVALUATION.monitor import build_monitor
 from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
 from MODELS.checkpoint import load_checkpoint, load_encoder
@@ -39,7 +44,21 @@ UNSAVED_START_FILES = {"mask-pattern-0.npz", "mask-pattern-1.npz", "preview-0.pn
                        BEST_TRIGGER, "metrics.csv", "re_loss.csv", TIMINGS_FILE}
 
 
+@dataclass
+class PhaseInputs:
+    """What every phase works on: the suspect encoder, the inversion set (N, 3, H, W) and the run's folders."""
+
+    model: nn.Module
+    data: TensorSet
+    usage: UsageInfo
+    log_dir: Path
+    results_dir: Path
+    ground_truth: Optional[Trigger]  # the injected trigger (--trigger_file), for the gt_psim column
+    earlier: list[Path]  # an earlier run's files of this phase (removed by --overwrite)
+
+
 def inversion_config(cfg: MainConfig) -> InversionConfig:
+    """One inversion round's settings from MAIN.py's --re_* flags."""
     return InversionConfig(steps=cfg.re_steps, lr=cfg.re_lr, init_cost=cfg.init_cost,
                            threshold=cfg.similarity_threshold, psim=cfg.psim, step_cap=cfg.re_steps_cap,
                            micro_batch=cfg.micro_batch)
@@ -87,55 +106,62 @@ def run_main(cfg: MainConfig) -> dict:
     model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
     check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
-    data = shuffled_once(data, cfg.seed)
+    inputs = PhaseInputs(model=model, data=shuffled_once(data, cfg.seed), usage=usage, log_dir=log_dir,
+                         results_dir=results_dir, ground_truth=ground_truth, earlier=earlier)
     if cfg.phase == "nc":
-        return run_nc_phase(cfg, model, data, usage, log_dir, ground_truth, earlier)
+        return run_nc_phase(cfg, inputs)
     if cfg.phase == "detect":
-        return run_detect_phase(cfg, model, data, usage, log_dir, ground_truth, earlier)
-    return run_moth(cfg, model, data, usage, log_dir, results_dir, ground_truth, earlier)
+        return run_detect_phase(cfg, inputs)
+    return run_moth(cfg, inputs)
 
 
-def run_nc_phase(cfg: MainConfig, model, data, usage, log_dir: Path, ground_truth, earlier: list[Path]) -> dict:
-    """``--phase nc``: the one-round baseline over the whole inversion set."""
+def start_one_round(cfg: MainConfig, inputs: PhaseInputs) -> None:
+    """What the one-round phases (nc, detect) do first: refuse a set of fewer than 2 images, remove an earlier
+    run's files under --overwrite, write the phase's settings file."""
+    data = inputs.data
     if len(data) < 2:
         fail(f"--data_ratio {cfg.data_ratio}: the inversion set has {len(data)} image(s); need at least 2")
     if cfg.overwrite:
-        remove_outputs(earlier)
-    write_settings(log_dir / "setting-NC.txt", cfg)
-    return run_nc(model, data, usage, inversion_config(cfg), log_dir, ground_truth, amp=cfg.amp,
+        remove_outputs(inputs.earlier)
+    write_settings(inputs.log_dir / ONE_ROUND_OUTPUTS[cfg.phase][1], cfg)
+
+
+def run_nc_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
+    """``--phase nc``: the one-round baseline over the whole inversion set."""
+    data, log_dir = inputs.data, inputs.log_dir
+    start_one_round(cfg, inputs)
+    return run_nc(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, inputs.ground_truth, amp=cfg.amp,
                   seed=seed_from_list(cfg.seed, MAIN_SEEDS), step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
 
 
-def run_detect_phase(cfg: MainConfig, model, data, usage, log_dir: Path, ground_truth,
-                     earlier: list[Path]) -> dict:
+def run_detect_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     """``--phase detect``: one DECREE-style inversion over the whole set, and the verdict."""
-    if len(data) < 2:
-        fail(f"--data_ratio {cfg.data_ratio}: the inversion set has {len(data)} image(s); need at least 2")
-    if cfg.overwrite:
-        remove_outputs(earlier)
-    write_settings(log_dir / "setting-detect.txt", cfg)
-    settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_pl1, amp=cfg.amp,
+    data, log_dir = inputs.data, inputs.log_dir
+    start_one_round(cfg, inputs)
+    settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_pl1,
+                              images=cfg.detect_images, amp=cfg.amp,
                               seed=seed_from_list(cfg.seed, MAIN_SEEDS),
                               step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
-    return run_detect(model, data, usage, inversion_config(cfg), log_dir, settings, ground_truth)
+    return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings, inputs.ground_truth)
 
 
-def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Path, ground_truth,
-             earlier: list[Path]) -> dict:
+def run_moth(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     """``--phase moth``: iterative inversion + hardening + early stop, resumable round by round."""
+    data, usage, ground_truth, earlier = inputs.data, inputs.usage, inputs.ground_truth, inputs.earlier
     if len(data) < cfg.batch_size:
         fail(f"--data_ratio {cfg.data_ratio}: the inversion set has {len(data)} images of --dataset {cfg.dataset}, "
              f"fewer than one --batch_size {cfg.batch_size}; raise --data_ratio or lower --batch_size")
     monitor = None
     if cfg.monitor_every > 0:
-        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, data.x.device, ground_truth, cfg.reference_label,
-                                cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
+        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, data.x.device, trigger=ground_truth,
+                                target=cfg.reference_label, k=cfg.knn_k, t=cfg.knn_t,
+                                include_target=cfg.asr_include_target)
     settings = MothSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, attack_size=cfg.attack_size,
                             harden_lr=cfg.harden_lr, inversion=inversion_config(cfg), patience=cfg.patience,
                             epsilon=cfg.epsilon, monitor_every=cfg.monitor_every, amp=cfg.amp, seed_index=cfg.seed)
-    flow = IterativeInversion(model, data, usage, settings, log_dir, results_dir, ground_truth, monitor,
-                              fingerprint=run_fingerprint(cfg))
-    state_path = Path(results_dir) / STATE_FILE
+    flow = IterativeInversion(inputs.model, data, usage, settings, inputs.log_dir, inputs.results_dir,
+                              ground_truth=ground_truth, monitor=monitor, fingerprint=run_fingerprint(cfg))
+    state_path = Path(inputs.results_dir) / STATE_FILE
     if cfg.resume and state_path.is_file():
         state = canonical(load_checkpoint(state_path, "--resume"))
         check_fingerprint(state.get("config"), cfg, state_path)
@@ -152,6 +178,6 @@ def run_moth(cfg: MainConfig, model, data, usage, log_dir: Path, results_dir: Pa
         log(f"--resume: no {state_path} yet; starting from the beginning")
     if cfg.overwrite:
         remove_outputs(earlier)
-    write_settings(log_dir / "setting.txt", cfg)
+    write_settings(inputs.log_dir / "setting.txt", cfg)
     with graceful_stop("round") as stop:
         return flow.run(stop=stop)

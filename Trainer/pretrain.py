@@ -77,8 +77,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
              f"--pretraining_dataset {cfg.pretraining_dataset} (--data_ratio {cfg.data_ratio}); lower it")
     monitor = None
     if cfg.monitor_every > 0 and is_main():  # the other ranks write no metrics
-        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, None, 0, cfg.knn_k, cfg.knn_t,
-                                False)
+        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, trigger=None, target=0,
+                                k=cfg.knn_k, t=cfg.knn_t, include_target=False)
     # SimCLR's loss depends on BatchNorm's batch statistics: under torchrun they are the global batch's
     model = sync_batchnorm(build_model(cfg.model).to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -97,7 +97,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     def watch(epoch: int) -> dict:
         return {"knn_acc": monitor_row(monitor, model.f, epoch, cfg.monitor_every)["knn_acc"]}
 
-    loop = EpochLoop(NAME, ckpts, model, optimizer, FIELDS, run_fingerprint(cfg), train, watch, rows)
+    loop = EpochLoop(NAME, ckpts, model, optimizer, fields=FIELDS, fingerprint=run_fingerprint(cfg), train=train,
+                     monitor=watch, rows=rows)
     loop.run(first)
     return loop.finish({"pretraining_dataset": cfg.pretraining_dataset, "model": cfg.model,
                         "monitor_dataset": cfg.downstreamTask if monitor is not None else None})

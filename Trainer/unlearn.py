@@ -102,7 +102,7 @@ def unlearn_inputs(images: Tensor, trigger: Trigger, injected: Tensor, clean: Te
     return first.clamp(0.0, 1.0), second.clamp(0.0, 1.0)
 
 
-def unlearn_loss(model: nn.Module, images: Tensor, trigger: Trigger, usage: UsageInfo,
+def unlearn_loss(model: nn.Module, images: Tensor, trigger: Trigger, usage: UsageInfo, *,
                  injected: Tensor, clean: Tensor, beta: float, temperature: float,
                  augment: Augment = unlearn_view) -> tuple[Tensor, dict]:
     """contrastive + beta * unlearn on one batch; two passes of ``model`` in its current mode.
@@ -185,7 +185,7 @@ def mean_cos(a: Tensor, b: Tensor) -> Tensor:
     return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=-1).mean()
 
 
-def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, batch_size: int,
+def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, *, batch_size: int,
                   trigger: Trigger, usage: UsageInfo, portion: float, beta: float,
                   temperature: float, desc: str = "unlearn",
                   kept: str = "The last good checkpoint is kept", first_batch: int = 0,
@@ -204,7 +204,8 @@ def unlearn_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tens
     for i, (start, stop) in enumerate(progress(spans, desc=desc, total=len(spans))):
         images = data.x[order[start:stop]]
         injected, clean = split_batch(stop - start, portion, first_batch + i)
-        loss, parts = unlearn_loss(model, images, trigger, usage, injected, clean, beta, temperature, augment)
+        loss, parts = unlearn_loss(model, images, trigger, usage, injected=injected, clean=clean, beta=beta,
+                                   temperature=temperature, augment=augment)
         values = torch.stack([loss.detach(), parts["contrastive"], parts["unlearn"]]).double().cpu()  # one sync
         if not math.isfinite(values[0].item()):
             fail(f"{desc}, batch {i}: the unlearning loss became {values[0].item()}; stopped. "
@@ -251,8 +252,9 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     check_unlearning_set(len(data), cfg.batch_size, cfg.data_ratio)
     monitor = None
     if cfg.monitor_every > 0 and is_main():  # the other ranks write no metrics
-        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, ground_truth, cfg.reference_label,
-                                cfg.knn_k, cfg.knn_t, cfg.asr_include_target)
+        monitor = build_monitor(cfg.downstreamTask, cfg.data_dir, usage, device, trigger=ground_truth,
+                                target=cfg.reference_label, k=cfg.knn_k, t=cfg.knn_t,
+                                include_target=cfg.asr_include_target)
     # the two passes normalise on their batch statistics (the method's): under torchrun, the global batch's
     sync_batchnorm(model)
     net, backbone = with_precision(model, cfg.amp), with_precision(model.f, cfg.amp)  # = model, model.f without --amp
@@ -272,11 +274,13 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     def train(epoch: int) -> dict:
         kept = (f"The last good checkpoint is kept: {results_dir / CKPT.format(epoch - 1)}" if epoch > 1
                 else "No epoch had finished, so no checkpoint was written")
-        return unlearn_epoch(net, optimizer, data, cfg.batch_size, trigger, usage, cfg.portion, cfg.beta, cfg.knn_t,
+        return unlearn_epoch(net, optimizer, data, batch_size=cfg.batch_size, trigger=trigger, usage=usage,
+                             portion=cfg.portion, beta=cfg.beta, temperature=cfg.knn_t,
                              desc=f"unlearn epoch {epoch}/{cfg.epochs}", kept=kept, first_batch=(epoch - 1) * per_epoch)
 
-    loop = EpochLoop(NAME, checkpoints, model, optimizer, METRIC_FIELDS, run_fingerprint(cfg), train,
-                     lambda epoch: monitor_row(monitor, backbone, epoch, cfg.monitor_every), rows, log_dir=log_dir,
+    loop = EpochLoop(NAME, checkpoints, model, optimizer, fields=METRIC_FIELDS, fingerprint=run_fingerprint(cfg),
+                     train=train, monitor=lambda epoch: monitor_row(monitor, backbone, epoch, cfg.monitor_every),
+                     rows=rows, log_dir=log_dir,
                      write_extra=lambda rows: _write_loss_log(log_dir, rows), shown=("loss", "knn_acc", "knn_asr"))
     rows = loop.run(start_epoch)
     before = next((r for r in rows if r["epoch"] == 0), {})

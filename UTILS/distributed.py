@@ -55,6 +55,7 @@ class World:
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0, the process that writes files and prints."""
         return self.rank == 0
 
 
@@ -121,22 +122,27 @@ def stop() -> None:
 
 
 def is_distributed() -> bool:
+    """Whether a process group of more than one process is running (torchrun)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
+    """This process's rank (0 on one process)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """The number of processes (1 on one process)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def is_main() -> bool:
+    """Whether this is rank 0 (always on one process)."""
     return rank() == 0
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing on one process)."""
     if is_distributed():
         dist.barrier()
 
@@ -225,6 +231,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, x: Tensor) -> Tensor:
+        """BatchNorm of ``x`` (B, C, ...) with the statistics of every rank's batch in train mode under torchrun."""
         if not (self.training and is_distributed()):
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))

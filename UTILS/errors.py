@@ -29,6 +29,7 @@ class Interrupted(Exception):
 
 
 def fail(message: str) -> NoReturn:
+    """Stop with one line for the user (:class:`UserError`; the entry scripts exit 2 on it)."""
     raise UserError(message)
 
 
@@ -40,6 +41,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad command line is a UserError (one ``error:`` line, exit 2), not usage + error."""
 
     def error(self, message: str) -> NoReturn:
+        """A bad flag as a :class:`UserError` (one line, exit 2) instead of argparse's usage dump."""
         raise UserError(f"{message} (see {self.prog} --help)")
 
 

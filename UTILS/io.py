@@ -153,6 +153,7 @@ def load_npz(path: str | os.PathLike, keys: Sequence[str], flag: str) -> dict[st
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON atomically; returns the path."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n"
     return atomic_write(path, lambda h: h.write(text.encode()))
 
@@ -177,6 +178,7 @@ def _fmt(value):
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as dicts of strings."""
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 

@@ -23,10 +23,12 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
+        """Whether a stop signal has arrived."""
         return self.signal is not None
 
     @property
     def name(self) -> str:
+        """The signal's name for the stop message (SIGINT, SIGTERM, ...)."""
         return _NAMES.get(self.signal, f"signal {self.signal}")
 
 

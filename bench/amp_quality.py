@@ -118,6 +118,7 @@ def one_round(main_args: list[str], seeds: list[int], device: torch.device) -> l
 
 
 def run_stage(words: list[str]) -> float:
+    """Run one entry script (``words``: script and flags) in a fresh interpreter; its wall-clock seconds."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / words[0]), *words[1:]], cwd=ROOT, capture_output=True,
                           text=True)
@@ -157,6 +158,7 @@ def whole_defence(cmds: dict[str, list[str]], seeds: list[int], out: Path, devic
 
 
 def format_tables(header: str, rounds: list[dict], runs: list[dict]) -> str:
+    """The two tables (one inversion round, the whole defence) under ``header``, as text."""
     lines = [header, "", "1. One inversion round from the same start (both triggers judged in float32)",
              "seed  L1 fp32  L1 amp  |dL1|/L1  psim fp32  psim amp  |dpsim|  within  stamp diff    feature cos  "
              "time amp/fp32",
@@ -193,6 +195,7 @@ def format_tables(header: str, rounds: list[dict], runs: list[dict]) -> str:
 
 
 def main(argv=None) -> dict:
+    """Compare --amp with float32 on a demo run's RECEIVE commands; prints the tables, returns every number."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="a demo run folder (python demo.py --out <folder>)")
     p.add_argument("--seeds", default="0,1,2", help="comma list of --seed indices (0..2)")

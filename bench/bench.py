@@ -102,6 +102,8 @@ QUICK_PLAN = {  # model -> {stage: sizes} of the default quick mode (attack size
 
 @dataclass
 class Row:
+    """One measured row: a stage at one size, our median seconds against the floor's."""
+
     model: str
     stage: str
     axis: str            # attack_size | data_ratio
@@ -117,6 +119,7 @@ class Row:
 
     @property
     def ratio(self) -> float:
+        """ours / floor of the medians (NaN without a floor time)."""
         return self.ours_s / self.floor_s if self.floor_s > 0 else float("nan")
 
     @property
@@ -132,6 +135,7 @@ class Timer:
         self.cuda = device.type == "cuda"
 
     def sync(self) -> None:
+        """Wait for queued CUDA work, so a time covers it (nothing on the CPU)."""
         if self.cuda:
             torch.cuda.synchronize()
 
@@ -253,6 +257,7 @@ def test_split(pool: ImageSet, n: int, device: torch.device) -> TensorSet:
 
 
 def random_inverted_trigger(device: torch.device) -> InvertedTrigger:
+    """A fixed, seeded inverted trigger (mask (32, 32) below 0.2, pattern (3, 32, 32)) on ``device``."""
     g = torch.Generator().manual_seed(1)
     mask = (torch.rand(32, 32, generator=g) * 0.2).to(device)
     pattern = torch.rand(3, 32, 32, generator=g).to(device)
@@ -260,11 +265,13 @@ def random_inverted_trigger(device: torch.device) -> InvertedTrigger:
 
 
 def ground_truth_trigger() -> GroundTruthTrigger:
+    """The white-square BadEncoder trigger the demo injects."""
     arrays = white_square_trigger()
     return GroundTruthTrigger(arrays["t"], arrays["tm"])
 
 
 def batches(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, end) of the consecutive batches of ``size`` over ``n`` rows, the last one shorter."""
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
@@ -272,31 +279,42 @@ def batches(n: int, size: int) -> list[tuple[int, int]]:
 # A preparer sets up state outside the timer and returns the zero-argument call to time.
 
 def invert_preparer(backbone, attack, init, config: InversionConfig):
+    """A preparer of one invert_trigger round on ``attack`` from ``init`` (nothing to set up per repeat)."""
     def call():
         invert_trigger(backbone, attack, USAGE, config, init)
     return lambda: call
 
 
 def distance_preparer(backbone, x, trigger, clean_sorted):
+    """A preparer of one wasserstein_shift over ``x`` against the precomputed ``clean_sorted``."""
     return lambda: lambda: wasserstein_shift(backbone, x, USAGE, trigger, clean_sorted, DIST_BATCH)
 
 
 def unlearn_preparer(base, data: TensorSet, trigger, amp: bool = False):
+    """A preparer of one unlearn_epoch: each repeat starts from a fresh copy of ``base`` and its optimiser."""
     def prepare():
         model = copy.deepcopy(base)
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
         net = with_precision(model, amp)
-        return lambda: unlearn_epoch(net, opt, data, UNLEARN_BATCH, trigger, USAGE, PORTION, BETA, TEMP)
+        return lambda: unlearn_epoch(net, opt, data, batch_size=UNLEARN_BATCH, trigger=trigger, usage=USAGE,
+                                     portion=PORTION, beta=BETA, temperature=TEMP)
     return prepare
 
 
 def features_preparer(backbone, x):
+    """A preparer of one extract_features pass over ``x``."""
     return lambda: lambda: extract_features(backbone, x, USAGE, batch_size=FEAT_BATCH)
 
 
 # ---------------------------------------------------------------- stages
 
 class Bench:
+    """What every row is measured with: the timer, the idle gate, seeded models and the inversion setup.
+
+    The rows of the 32-pixel stages (the subclasses below, joined in :class:`Rows32`) each build our call and
+    its floor and time them in alternation.
+    """
+
     def __init__(self, args, device: torch.device, pool: ImageSet):
         self.args, self.device, self.pool = args, device, pool
         self.timer = Timer(device)
@@ -308,10 +326,12 @@ class Bench:
         self._features_s: dict = {}  # (model, ratio) -> our feature-extraction seconds, for the MLP note
 
     def model(self, name: str):
+        """A fresh ``name`` encoder with seed-0 weights on the bench's device."""
         torch.manual_seed(0)
         return build_model(name).to(self.device)
 
     def run_measure(self, ours, floor, **kw):
+        """Time ``ours`` against ``floor`` (alternating, with the idle gate); their per-repeat seconds."""
         t_o, t_f, self.busy = measure(self.timer, self.gate, ours, floor, self.args.repeats, self.args.budget, **kw)
         return t_o, t_f
 
@@ -327,7 +347,22 @@ class Bench:
         steps = self.args.steps
         return attack, init, InversionConfig(steps=steps, step_cap=steps, lr=0.5)
 
+    def row(self, model, stage, axis, size, images, t_o, t_f, per: int = 1) -> Row:
+        """A :class:`Row` from the per-repeat seconds (divided by ``per``: steps per call); printed as it is made."""
+        t_o = [t / per for t in t_o]
+        t_f = [t / per for t in t_f]
+        r = Row(model, stage, axis, size, images, statistics.median(t_o), statistics.median(t_f), len(t_o),
+                ours_all=t_o, floor_all=t_f, busy=self.busy)
+        print(f"  {model:15s} {stage:20s} {axis}={size:<5g} ours {r.ours_s:9.4f}s  floor {r.floor_s:9.4f}s  "
+              f"ratio {r.ratio:5.2f}  (n={r.repeats})", file=sys.stderr, flush=True)
+        return r
+
+
+class PipelineRows(Bench):
+    """The rows of the defence's own stages: inversion step, early-stop distance, unlearn epoch."""
+
     def inversion(self, name: str, attack_size: int) -> Row:
+        """The inversion-step row: invert_trigger against a bare Adam loop on Equation 2."""
         backbone = self.model(name).f
         attack, init, config = self.inversion_setup(attack_size)
         steps = config.steps
@@ -347,6 +382,7 @@ class Bench:
 
     # 6.2d: the early-stop distance --------------------------------------------------------
     def distance(self, name: str, ratio: float) -> Row:
+        """The distance row: wasserstein_shift against one no_grad forward pass over the stamped set."""
         model = self.model(name)
         reference = copy.deepcopy(model).eval()
         for p in reference.parameters():
@@ -374,6 +410,7 @@ class Bench:
 
     # 6.4: one unlearning epoch ------------------------------------------------------------
     def unlearn(self, name: str, ratio: float) -> Row:
+        """The unlearn-epoch row: unlearn_epoch against the same batches through model(x) with an SGD step."""
         base = self.model(name)
         data = share(self.pool, ratio, self.device)
         trigger = random_inverted_trigger(self.device)
@@ -409,7 +446,13 @@ class Bench:
         return self.row(name, "unlearn epoch", "data_ratio", ratio, len(data), t_o, t_f)
 
     # 6.6: downstream feature extraction ---------------------------------------------------
+
+
+class EvaluationRows(Bench):
+    """The rows of the evaluation: feature extraction, the downstream MLP, the kNN monitor."""
+
     def features(self, name: str, ratio: float) -> Row:
+        """The feature-extraction row: extract_features against bare no_grad forward passes."""
         backbone = self.model(name).f.eval()
         data = share(self.pool, ratio, self.device)
         x_norm = normalize(data.x, USAGE)
@@ -431,6 +474,7 @@ class Bench:
 
     # 6.6: downstream MLP, per epoch -------------------------------------------------------
     def mlp(self, name: str, ratio: float) -> Row:
+        """The MLP row: train_downstream epochs against a bare MLP loop on the same features and batches."""
         backbone = self.model(name).f.eval()
         data = share(self.pool, ratio, self.device)
         feats = extract_features(backbone, data.x, USAGE, batch_size=FEAT_BATCH)
@@ -441,7 +485,8 @@ class Bench:
         def ours():
             def call():
                 with contextlib.redirect_stdout(io.StringIO()):  # two JSON lines per epoch
-                    train_downstream(feats, data.y, test_feat, test_y, bd_feat, 0, 10, epochs, 1e-4, MLP_BATCH)
+                    train_downstream(feats, data.y, test_feat, test_y, bd_feat, bd_target=0, num_classes=10,
+                                     epochs=epochs, lr=1e-4, batch_size=MLP_BATCH)
             return call
 
         def floor():
@@ -472,6 +517,7 @@ class Bench:
 
     # 6.5: kNN monitor ---------------------------------------------------------------------
     def knn(self, name: str, ratio: float) -> Row:
+        """The kNN row: knn_monitor against the bare forward passes and one similarity product."""
         backbone = self.model(name).f.eval()
         bank = share(self.pool, ratio, self.device)
         test = test_split(self.pool, max(2, len(bank) // 5), self.device)
@@ -482,8 +528,8 @@ class Bench:
         stamped_n = normalize(trigger(test.x[keep]), USAGE)
 
         def ours():
-            return lambda: knn_monitor(backbone, bank.x, bank.y, test.x, test.y, 10, USAGE, trigger, target,
-                                       KNN_K, TEMP)
+            return lambda: knn_monitor(backbone, bank.x, bank.y, test.x, test.y, num_classes=10, usage=USAGE,
+                                       trigger=trigger, target=target, k=KNN_K, t=TEMP)
 
         def floor():
             def call():
@@ -498,12 +544,18 @@ class Bench:
         images = len(bank) + len(test) + int(keep.sum())
         return self.row(name, "kNN monitor", "data_ratio", ratio, images, t_o, t_f)
 
-    # --amp: the same calls with the encoder in bf16 autocast, against our own float32 ---------
+
+class AmpRows(Bench):
+    """The rows of ``--amp`` (the encoder in bf16 autocast, against our own float32) and of the per-round
+    state save."""
+
     def amp_row(self, row: Row) -> Row:
+        """Mark an --amp row: its floor is our own code in float32."""
         row.note = "; ".join(filter(None, ["floor = ours in float32", row.note]))
         return row
 
     def amp_inversion(self, name: str, attack_size: int) -> Row:
+        """The inversion step with --amp against the same in float32."""
         backbone = self.model(name).f
         fast = with_precision(copy.deepcopy(backbone), True)
         attack, init, config = self.inversion_setup(attack_size)
@@ -513,6 +565,7 @@ class Bench:
                                      per=config.steps))
 
     def amp_distance(self, name: str, ratio: float) -> Row:
+        """The distance with --amp against the same in float32."""
         reference = self.model(name).f.eval()
         fast = with_precision(copy.deepcopy(reference), True)
         data = share(self.pool, ratio, self.device)
@@ -524,6 +577,7 @@ class Bench:
         return self.amp_row(self.row(name, "early-stop distance --amp", "data_ratio", ratio, len(data), t_o, t_f))
 
     def amp_unlearn(self, name: str, ratio: float) -> Row:
+        """The unlearn epoch with --amp against the same in float32."""
         base = self.model(name)
         data = share(self.pool, ratio, self.device)
         trigger = random_inverted_trigger(self.device)
@@ -532,13 +586,14 @@ class Bench:
         return self.amp_row(self.row(name, "unlearn epoch --amp", "data_ratio", ratio, len(data), t_o, t_f))
 
     def amp_features(self, name: str, ratio: float) -> Row:
+        """Feature extraction with --amp against the same in float32."""
         backbone = self.model(name).f.eval()
         fast = with_precision(copy.deepcopy(backbone), True)
         data = share(self.pool, ratio, self.device)
         t_o, t_f = self.run_measure(features_preparer(fast, data.x), features_preparer(backbone, data.x))
         return self.amp_row(self.row(name, "feature extraction --amp", "data_ratio", ratio, len(data), t_o, t_f))
 
-    # 6.2: the resume state written after every round ---------------------------------------
+    # 6.2: the resume state written after every round
     def state_save(self, name: str, _size: float) -> Row:
         """A round's end: its resume state written, then the next round's first inversion steps.
         Ours: ``BackgroundSaver.save`` (snapshot; the write overlaps the steps, and competes with them
@@ -568,14 +623,9 @@ class Bench:
         row.note = f"state write + {self.args.steps} inversion steps; floor = synchronous write"
         return row
 
-    def row(self, model, stage, axis, size, images, t_o, t_f, per: int = 1) -> Row:
-        t_o = [t / per for t in t_o]
-        t_f = [t / per for t in t_f]
-        r = Row(model, stage, axis, size, images, statistics.median(t_o), statistics.median(t_f), len(t_o),
-                ours_all=t_o, floor_all=t_f, busy=self.busy)
-        print(f"  {model:15s} {stage:20s} {axis}={size:<5g} ours {r.ours_s:9.4f}s  floor {r.floor_s:9.4f}s  "
-              f"ratio {r.ratio:5.2f}  (n={r.repeats})", file=sys.stderr, flush=True)
-        return r
+
+class Rows32(PipelineRows, EvaluationRows, AmpRows):
+    """Every row of the 32-pixel encoders, on one timer and idle gate."""
 
 
 # ---------------------------------------------------------------- output
@@ -589,6 +639,7 @@ def load_average() -> str:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo (else the platform's processor name)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -602,6 +653,7 @@ def device_name(device: torch.device) -> str:
 
 
 def format_table(rows: list[Row], header: str) -> str:
+    """The rows as a fixed-width table under ``header``; ratios above 1.10 are starred."""
     cols = ("model", "stage", "size", "images", "ours (s)", "floor (s)", "ours/floor", "min/min", "n", "note")
     body = []
     for r in rows:
@@ -624,6 +676,7 @@ def format_table(rows: list[Row], header: str) -> str:
 
 
 def write_csv(path: Path, rows: list[Row], device: torch.device, name: str) -> None:
+    """Every row with its per-repeat times and the machine (device, threads, torch) as CSV."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = ("device", "device_name", "threads", "torch", "model", "stage", "axis", "size", "images",
               "ours_s", "floor_s", "ratio", "min_ratio", "repeats", "busy", "ours_all", "floor_all", "note")
@@ -639,6 +692,7 @@ def write_csv(path: Path, rows: list[Row], device: torch.device, name: str) -> N
 
 
 def parse_args(argv=None):
+    """The speed benchmark's flags."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=(*MODELS, *MODELS_224, "all"), default="all",
                    help="which encoder(s); 'all' = both 32-pixel ones (the quick mode measures resnet18 on a "
@@ -705,6 +759,7 @@ def plan(args) -> list[tuple[str, dict[str, tuple]]]:
 
 
 def main(argv=None) -> list[Row]:
+    """Measure the chosen stages and sizes; prints the table (and writes it, the CSV) and returns the rows."""
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -717,7 +772,7 @@ def main(argv=None) -> list[Row]:
     print(f"bench: device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads",
           file=sys.stderr, flush=True)
     pool = None if args.model in MODELS_224 else make_pool()  # the 224 rows draw their own images
-    bench = Bench(args, device, pool)
+    bench = Rows32(args, device, pool)
     rows: list[Row] = []
     per_model: dict[str, list[Row]] = {}
     rows224 = Rows224(bench, args.micro_batch)

@@ -34,6 +34,7 @@ ENCODERS = ("clean", "backdoored", "RECEIVE", "NC baseline")
 
 
 def build_parser() -> ArgumentParser:
+    """The benchmark's flags: seeds, preset, folders, device."""
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated demo seeds (0..4)")
     p.add_argument("--preset", default="default", help=f"one of {', '.join(PRESET_NAMES)}")
@@ -46,6 +47,7 @@ def build_parser() -> ArgumentParser:
 
 
 def parse_seeds(text: str) -> list[int]:
+    """The comma-separated demo seeds of --seeds (each 0..4), or one line saying what is wrong."""
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -72,10 +74,12 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict:
 
 
 def spread(values: list[float]) -> str:
+    """``values`` as 'mean (min .. max)'."""
     return f"{statistics.mean(values):6.2f} ({min(values):6.2f} .. {max(values):6.2f})"
 
 
 def format_results(results: list[dict], preset: str) -> str:
+    """The per-seed table (ACC/ASR of every encoder, the chosen round) and its spread over seeds, as text."""
     lines = [f"Defence quality, preset {preset}, seeds {', '.join(str(r['seed']) for r in results)}", ""]
     head = f"{'seed':>4}  " + "  ".join(f"{e + ' ACC/ASR':>22}" for e in ENCODERS) + \
         f"  {'round':>5} {'L1':>6} {'rounds':>6}  stop"
@@ -99,6 +103,7 @@ def format_results(results: list[dict], preset: str) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> list[dict]:
+    """One demo run per seed, the table in <results>/defence-<preset>.txt and .json; returns the per-seed results."""
     args = build_parser().parse_args(argv)
     if args.preset not in PRESET_NAMES:
         fail(f"--preset {args.preset}: expected one of {', '.join(PRESET_NAMES)}")

@@ -4,13 +4,13 @@
 Encoders: the demo's makers, once per seed (``<runs>/seed-S/clean`` pre-trained with seed 100+S and
 ``<runs>/seed-S/backdoor``, BadEncoder-injected into it), built when absent and reused when present (the
 defence benchmark leaves them in demo_runs/defence). Each is judged by MAIN.py --phase detect with its
-defaults, then again with every --data_ratio in --ratios and every --seed in --detect-seeds. Optional
+defaults, then again with every --detect_images in --images and every --seed in --detect-seeds. Optional
 (--growth): the iterative rounds' signal, L1 growth over MAIN.py --phase moth rounds (the demo's moth flags).
 The tables and a JSON copy go to --results (bench/results/detect.txt|json).
 
     python bench/detect.py --growth --variants             # seeds 0-4: about 40 minutes on 2 cores
                                                             # (plus about 15 per encoder it must build)
-    python bench/detect.py --seeds 0,1 --ratios 0.02 --detect-seeds 1 --out /tmp/d --results /tmp/dr
+    python bench/detect.py --seeds 0,1 --images 200 --detect-seeds 1 --out /tmp/d --results /tmp/dr
 """
 from __future__ import annotations
 
@@ -33,18 +33,21 @@ from UTILS.io import read_csv, write_json  # noqa: E402
 from UTILS.runtime import log  # noqa: E402
 
 KINDS = ("clean", "backdoored")
+SWEEP_RATIO = 0.02  # the share the --images sweep draws from (200 images of the embedded set)
 # Backdoors with other trigger shapes than the demo's white 10x10 square at the bottom right, injected into
 # the named seed's clean encoder with the demo's BadEncoder settings: (seed, patch side, first row/col, colour).
 VARIANTS = {"white 6x6 top-left": (0, 6, 2, None), "colour 8x8 centre": (1, 8, 12, 0)}
 
 
 def build_parser() -> ArgumentParser:
+    """The benchmark's flags: encoder seeds, folders, the varied --detect_images/--seed values and the threshold."""
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated encoder seeds (0..4)")
     p.add_argument("--runs", default="demo_runs/defence", help="folder of seed-S/{clean,backdoor} encoders")
     p.add_argument("--out", default="demo_runs/detect", help="folder of the detection runs")
     p.add_argument("--results", default="bench/results", help="folder of detect.txt and detect.json")
-    p.add_argument("--ratios", default="0.005,0.02", help="extra --data_ratio values (default run: 0.01)")
+    p.add_argument("--images", default="50,200",
+                   help="extra --detect_images values, drawn from a --data_ratio 0.02 share (default run: 100 of 0.01)")
     p.add_argument("--detect-seeds", default="1,2", help="extra MAIN.py --seed values (default run: 0)")
     p.add_argument("--threshold", type=float, default=DETECT_PL1, help="the PL1 verdict threshold judged")
     p.add_argument("--growth", action="store_true", help="also run moth on every encoder for the rounds signal")
@@ -57,17 +60,11 @@ def build_parser() -> ArgumentParser:
 
 
 def int_list(text: str, flag: str) -> list[int]:
+    """The comma-separated integers of ``text``, or one line naming ``flag``."""
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         fail(f"{flag} {text}: expected comma-separated integers")
-
-
-def float_list(text: str, flag: str) -> list[float]:
-    try:
-        return [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        fail(f"{flag} {text}: expected comma-separated numbers")
 
 
 def encoders(seed: int, args: argparse.Namespace) -> dict[str, Path]:
@@ -84,6 +81,7 @@ def encoders(seed: int, args: argparse.Namespace) -> dict[str, Path]:
 
 
 def demo_run(layout: RunLayout, seed: int, args: argparse.Namespace) -> DemoRun:
+    """A default-preset demo run in ``layout`` with demo seed ``seed`` (its stages build the encoders)."""
     cfg = DemoConfig(out=str(layout.root), device=args.device, data_dir=args.data_dir, seed=seed,
                      overwrite=True).validate()
     return DemoRun(cfg, PRESETS["default"], layout)
@@ -116,15 +114,15 @@ def variant_encoder(name: str, clean: Path, args: argparse.Namespace) -> Path:
     return encoder
 
 
-def detect(encoder: Path, folder: Path, args: argparse.Namespace, ratio: float | None, seed: int) -> dict:
+def detect(encoder: Path, folder: Path, args: argparse.Namespace, images: int | None, seed: int) -> dict:
     """MAIN.py --phase detect on one encoder (defaults but for the data, the model and the two varied flags)."""
     folder.mkdir(parents=True, exist_ok=True)
     argv = ["--phase", "detect", "--dataset", PRETRAIN_SET, "--model", PRESETS["default"].model,
             "--encoder_usage_info", USAGE, "--pretrained_encoder", str(encoder), "--log_dir", str(folder),
             "--results_dir", str(folder), "--monitor_every", "0", "--seed", str(seed), "--device", args.device,
             "--data_dir", args.data_dir, "--detect_pl1", str(args.threshold), "--overwrite"]
-    if ratio is not None:
-        argv += ["--data_ratio", str(ratio)]
+    if images is not None:
+        argv += ["--data_ratio", str(SWEEP_RATIO), "--detect_images", str(images)]
     return load_script("MAIN.py").main(argv)
 
 
@@ -145,6 +143,7 @@ def growth_signal(encoder: Path, folder: Path, args: argparse.Namespace) -> dict
 
 
 def auroc_of(rows: list[dict], key: str, higher_is_backdoor: bool) -> float:
+    """AUROC of ``key`` separating backdoored from clean rows (NaN values left out)."""
     from EVALUATION.metrics import auroc
 
     sign = 1.0 if higher_is_backdoor else -1.0
@@ -178,25 +177,27 @@ def encoder_list(seeds: list[int], args: argparse.Namespace) -> list[dict]:
     return out
 
 
-def one_setting(encs: list[dict], args: argparse.Namespace, ratio: float | None, dseed: int) -> list[dict]:
+def one_setting(encs: list[dict], args: argparse.Namespace, images: int | None, dseed: int) -> list[dict]:
+    """MAIN.py --phase detect on every encoder at one --detect_images/--seed setting; one row per encoder."""
     rows = []
-    name = f"ratio-{ratio if ratio is not None else 'default'}_seed-{dseed}"
+    name = f"images-{images if images is not None else 'default'}_seed-{dseed}"
     for enc in encs:
         folder = Path(args.out) / enc["folder"] / name
         done = folder / "detect.json"
         out = json.loads(done.read_text()) if args.reuse and done.is_file() else \
-            detect(enc["path"], folder, args, ratio, dseed)
+            detect(enc["path"], folder, args, images, dseed)
         # a run whose search never reached the psim threshold counts as PL1 1 (no small trigger exists)
         pl1 = out["pl1"] if out["reached_threshold"] else 1.0
-        rows.append({"encoder": enc["label"], "kind": enc["kind"], "data_ratio": ratio, "detect_seed": dseed,
+        rows.append({"encoder": enc["label"], "kind": enc["kind"], "detect_images": images, "detect_seed": dseed,
                      "pl1": out["pl1"], "pl1_or_1": pl1, "l1": out["l1"], "psim": out["psim"],
                      "reached": out["reached_threshold"], "backdoored": out["backdoored"]})
     return rows
 
 
 def format_results(table: dict) -> str:
+    """The PL1 table (encoders x settings) and the verdicts' scores per setting, as text."""
     settings = table["settings"]
-    lines = [f"MAIN.py --phase detect (defaults: --detect_psim 0.99, --data_ratio 0.01, --re_steps 300) on the "
+    lines = [f"MAIN.py --phase detect (defaults: --detect_psim 0.99, --detect_images 100, --re_steps 300) on the "
              f"demo's encoders; verdict threshold --detect_pl1 {table['threshold']}", "",
              "PL1 (inverted mask L1 / (H*W); 1.000 = no trigger reached --detect_psim) per encoder and setting:", ""]
     head = f"{'encoder':<42}" + "".join(f"{s['short']:>12}" for s in settings)
@@ -222,16 +223,19 @@ def format_results(table: dict) -> str:
 
 @cli_entry()
 def main(argv: list[str] | None = None) -> dict:
+    """Detection on the demo's clean and backdoored encoders over the settings; writes detect.txt/.json, returns the
+    table."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("RECEIVE_NO_PROGRESS", "1")
     encs = encoder_list(int_list(args.seeds, "--seeds"), args)
-    plan = [(None, 0)] + [(r, 0) for r in float_list(args.ratios, "--ratios")] + \
+    plan = [(None, 0)] + [(n, 0) for n in int_list(args.images, "--images")] + \
         [(None, s) for s in int_list(args.detect_seeds, "--detect-seeds")]
     settings = []
-    for ratio, dseed in plan:
-        rows = one_setting(encs, args, ratio, dseed)
-        name = f"--data_ratio {ratio if ratio is not None else '0.01 (default)'}, --seed {dseed}"
-        short = f"r{ratio if ratio is not None else 0.01:g}/s{dseed}"
+    for images, dseed in plan:
+        rows = one_setting(encs, args, images, dseed)
+        name = (f"--data_ratio 0.01 --detect_images 100 (defaults) --seed {dseed}" if images is None else
+                f"--data_ratio {SWEEP_RATIO} --detect_images {images} --seed {dseed}")
+        short = f"n{images if images is not None else 100}/s{dseed}"
         settings.append({"name": name, "short": short, "rows": rows, "scores": verdict_scores(rows)})
         log(f"{name}: {settings[-1]['scores']}")
     table = {"threshold": args.threshold, "settings": settings,

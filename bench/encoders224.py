@@ -77,6 +77,7 @@ class Rows224:
         return "; ".join(filter(None, [extra, mem]))
 
     def inversion(self, name: str, attack_size: int, micro: int = 0) -> object:
+        """The inversion-step row of a 224-pixel tower: invert_trigger against the bare forward/backward floor."""
         backbone, usage = self._model(name).f, self._usage(name)
         attack = images_224(attack_size, self.device, seed=2)
         init = (torch.rand(SIDE, SIDE, device=self.device), torch.rand(3, SIDE, SIDE, device=self.device))
@@ -103,9 +104,11 @@ class Rows224:
         return row
 
     def inversion_micro(self, name: str, attack_size: int) -> object:
+        """The inversion-step row with --micro_batch (``self.micro``) against the same floor."""
         return self.inversion(name, attack_size, self.micro)
 
     def unlearn(self, name: str, n: int) -> object:
+        """The unlearn-epoch row of a 224-pixel tower on ``n`` random images."""
         base, usage = self._model(name), self._usage(name)
         data = TensorSet(images_224(n, self.device), torch.zeros(n, dtype=torch.long, device=self.device), 10)
         g = torch.Generator().manual_seed(1)
@@ -115,7 +118,8 @@ class Rows224:
         def ours():
             model = copy.deepcopy(base)
             opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
-            return lambda: unlearn_epoch(model, opt, data, UNLEARN_BATCH_224, trigger, usage, PORTION, BETA, TEMP)
+            return lambda: unlearn_epoch(model, opt, data, batch_size=UNLEARN_BATCH_224, trigger=trigger,
+                                         usage=usage, portion=PORTION, beta=BETA, temperature=TEMP)
 
         prepared = [(normalize(data.x[s:e], usage), normalize(data.x[s:e].flip(-1), usage))
                     for s, e in epoch_batches(n, UNLEARN_BATCH_224)]
@@ -138,6 +142,7 @@ class Rows224:
         return row
 
     def features(self, name: str, n: int) -> object:
+        """The feature-extraction row of a 224-pixel tower on ``n`` random images."""
         backbone, usage = self._model(name).f.eval(), self._usage(name)
         x = images_224(n, self.device)
         x_norm = normalize(x, usage)

@@ -82,6 +82,7 @@ def _step_worker(rank: int, world: int, port: int, args: argparse.Namespace, out
 
 
 def step_times(world: int, args: argparse.Namespace, alone: bool = False) -> list[float]:
+    """Seconds per pre-training step with ``world`` spawned processes (``alone``: one process, no group)."""
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(_step_worker, args=(world, _free_port(), args, out, alone), nprocs=world, join=True,
                            start_method="spawn")
@@ -180,6 +181,7 @@ def _round_table(med: dict, args: argparse.Namespace) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The scaling benchmark's flags."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, one GPU per process)")
     p.add_argument("--procs", default="1,2", help="process counts, comma-separated; 1 first (the baseline)")
@@ -201,6 +203,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> str:
+    """The data-parallel scaling table (and one MAIN.py round's shares); prints and returns it as text."""
     args = parse_args(argv)
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     text = (f"Data-parallel scaling, {args.model}, SimCLR pre-training step, {args.per_process} images per process, "

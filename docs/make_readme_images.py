@@ -47,6 +47,7 @@ def redirect_outputs(argv: list[str], scratch: Path) -> tuple[list[str], list[Pa
 
 
 def listing(folders: list[Path]) -> str:
+    """``ls``-style text of each folder's entries, for the README pictures."""
     lines = []
     for folder in folders:
         names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
@@ -72,6 +73,8 @@ def rerun_stage(words: list[str], scratch: Path) -> tuple[str, str, list[Path]]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Re-run a finished demo run's RECEIVE stages, draw the README's terminal pictures of them, copy the report's
+    figures."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a finished demo run folder (holds summary.json)")
     p.add_argument("--out", default=str(ROOT / "images in text"))

@@ -105,8 +105,8 @@ def test_training_matches_a_loop_over_one_fixed_shuffled_copy():
     train_x, train_y, test_x, test_y, bd = toy()
     epochs, batch, lr = 3, 32, 1e-3
     torch.manual_seed(11)
-    net, history = train_downstream(train_x, train_y, test_x, test_y, bd, 1, 3, epochs, lr, batch,
-                                    hidden_1=16, hidden_2=8)
+    net, history = train_downstream(train_x, train_y, test_x, test_y, bd, bd_target=1, num_classes=3,
+                                    epochs=epochs, lr=lr, batch_size=batch, hidden_1=16, hidden_2=8)
     torch.manual_seed(11)
     perm = torch.randperm(train_x.shape[0])
     xs, ys = train_x[perm], train_y[perm]
@@ -130,13 +130,13 @@ def test_per_image_success_labels():
     """bd_target may give each image its own label (--mode targeted, --source_label); an int means all."""
     train_x, train_y, test_x, test_y, _ = toy()
     torch.manual_seed(0)
-    net, history = train_downstream(train_x, train_y, test_x, test_y, test_x, test_y, 3, 2, 1e-3, 32,
-                                    hidden_1=16, hidden_2=8)
+    net, history = train_downstream(train_x, train_y, test_x, test_y, test_x, bd_target=test_y, num_classes=3,
+                                    epochs=2, lr=1e-3, batch_size=32, hidden_1=16, hidden_2=8)
     net.eval()
     with torch.no_grad():
         preds = net(test_x).argmax(1)
     assert history[-1]["asr"] == 100.0 * (preds == test_y).float().mean().item() == history[-1]["acc"]
     torch.manual_seed(0)
-    _, as_int = train_downstream(train_x, train_y, test_x, test_y, test_x, 2, 3, 2, 1e-3, 32,
-                                 hidden_1=16, hidden_2=8)
+    _, as_int = train_downstream(train_x, train_y, test_x, test_y, test_x, bd_target=2, num_classes=3,
+                                 epochs=2, lr=1e-3, batch_size=32, hidden_1=16, hidden_2=8)
     assert as_int[-1]["asr"] == 100.0 * (preds == 2).float().mean().item()

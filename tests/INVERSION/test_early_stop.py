@@ -118,7 +118,7 @@ def test_fixed_distance_sequences_end_as_in_the_paper_code(tmp_path, name):
 
 def test_convergence_skips_to_the_next_epoch_and_does_not_end_the_run(tmp_path):
     flow, summary = replay(tmp_path, CASES["converged_then_more"])
-    rows = flow.rows
+    rows = flow.files.rows
     assert summary["converged_rounds"] == [2, 5]
     assert (rows[3]["epoch"], rows[3]["batch"]) == (1, 0)  # round 2 converged in epoch 0: epoch 1 starts
     assert summary["stop_reason"] == "patience 3" and summary["rounds"] > 3

@@ -33,7 +33,7 @@ def logits(size, seed):
 
 def full_gradient(backbone, images, a, b, usage, cost, kind):
     """The reference: the whole chunk in one forward/backward (today's path)."""
-    loss, psim, l1, _ = inversion_loss(backbone, images, a, b, usage, cost, kind)
+    loss, psim, l1, _ = inversion_loss(backbone, images, a, b, usage, cost=cost, psim_kind=kind)
     ga, gb = torch.autograd.grad(loss, (a, b))
     return loss.detach(), psim.detach(), l1.detach(), ga, gb
 
@@ -47,7 +47,7 @@ def test_micro_batched_gradient_equals_one_batch(kind, micro):
     a, b = logits(8, 1)
     with frozen(backbone):
         loss, psim, l1, ga, gb = full_gradient(backbone, images, a, b, PLAIN, 0.05, kind)
-        got = micro_batched_backward(backbone, images, a, b, PLAIN, 0.05, kind, micro)
+        got = micro_batched_backward(backbone, images, a, b, PLAIN, cost=0.05, psim_kind=kind, micro_batch=micro)
     assert torch.allclose(got[0], loss, atol=1e-6) and torch.allclose(got[1], psim, atol=1e-6)
     assert torch.equal(got[2], l1)
     assert torch.allclose(a.grad, ga, rtol=1e-4, atol=1e-7) and torch.allclose(b.grad, gb, rtol=1e-4, atol=1e-7)
@@ -62,7 +62,7 @@ def test_micro_batched_gradient_through_a_224_tower():
     usage = get_usage("CLIP")
     with frozen(backbone):
         _, _, _, ga, gb = full_gradient(backbone, images, a, b, usage, 1e-3, "original")
-        micro_batched_backward(backbone, images, a, b, usage, 1e-3, "original", 2)
+        micro_batched_backward(backbone, images, a, b, usage, cost=1e-3, psim_kind="original", micro_batch=2)
     scale_a, scale_b = ga.abs().max(), gb.abs().max()
     assert torch.allclose(a.grad, ga, atol=1e-4 * scale_a) and torch.allclose(b.grad, gb, atol=1e-4 * scale_b)
 

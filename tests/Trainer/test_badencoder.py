@@ -52,7 +52,8 @@ def test_badencoder_loss_matches_a_slow_reference(n_refs):
     freeze_batchnorm(bad)
     images, references = torch.rand(5, 3, 32, 32), torch.rand(n_refs, 3, 32, 32)
     torch.manual_seed(11)
-    loss, parts = badencoder_loss(bad, clean, images, TRIGGER, references, USAGE, lambda1=0.7, lambda2=1.3)
+    loss, parts = badencoder_loss(bad, clean, images, trigger=TRIGGER, references=references, usage=USAGE,
+                                  lambda1=0.7, lambda2=1.3)
     torch.manual_seed(11)  # replay the augmentation of the references
     augmented = reference_view(references[torch.arange(5) % n_refs])
     with torch.no_grad():
@@ -69,7 +70,8 @@ def test_identical_encoders_give_perfect_utility_term():
     clean = build_model("tiny").f.eval()
     bad = copy.deepcopy(clean)
     freeze_batchnorm(bad)
-    _, parts = badencoder_loss(bad, clean, torch.rand(4, 3, 32, 32), TRIGGER, torch.rand(1, 3, 32, 32), USAGE, 1, 1)
+    _, parts = badencoder_loss(bad, clean, torch.rand(4, 3, 32, 32), trigger=TRIGGER,
+                               references=torch.rand(1, 3, 32, 32), usage=USAGE, lambda1=1, lambda2=1)
     assert parts["loss2"].item() == pytest.approx(-1.0, abs=1e-5)
 
 
@@ -82,7 +84,8 @@ def test_epoch_trains_the_backbone_but_not_batchnorm_nor_the_clean_copy():
     before = copy.deepcopy(model.f.state_dict())
     opt = torch.optim.SGD([p for p in model.f.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     data = TensorSet(torch.rand(12, 3, 32, 32), torch.zeros(12, dtype=torch.long), 10)
-    row = badencoder_epoch(model.f, clean, opt, data, 4, TRIGGER, torch.rand(2, 3, 32, 32), USAGE, 1.0, 1.0)
+    row = badencoder_epoch(model.f, clean, opt, data, batch_size=4, trigger=TRIGGER,
+                           references=torch.rand(2, 3, 32, 32), usage=USAGE, lambda1=1.0, lambda2=1.0)
     assert set(row) == {"loss", "loss0", "loss1", "loss2"}
     assert row["loss"] == pytest.approx(row["loss0"] + row["loss1"] + row["loss2"], abs=1e-6)
     after = model.f.state_dict()

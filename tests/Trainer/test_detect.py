@@ -59,3 +59,18 @@ def test_the_verdict_matches_how_the_encoder_was_built(tmp_path, backdoor):
         assert mask[28:, 28:].sum() > 0.5 * mask.sum()  # the search found the corner, not a diffuse cover
     else:
         assert not out["reached_threshold"] or out["pl1"] >= 0.06
+
+
+def test_the_verdict_judges_detect_images_of_the_set(tmp_path, capsys):
+    config = InversionConfig(steps=2, step_cap=2)
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    out = run_detect(Wrapped(Oracle(True)), images(32), GTSRB, config, tmp_path / "a",
+                     DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, images=20))
+    assert out["images"] == 20
+    out = run_detect(Wrapped(Oracle(True)), images(32), GTSRB, config, tmp_path / "b",
+                     DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, images=64))
+    assert out["images"] == 32 and "--detect_images 64" in capsys.readouterr().out
+    out = run_detect(Wrapped(Oracle(True)), images(32), GTSRB, config, tmp_path / "c",
+                     DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, images=0))
+    assert out["images"] == 32

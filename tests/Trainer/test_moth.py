@@ -18,19 +18,20 @@ def flow(tmp_path, threshold=0.9):
 
 def test_threshold_warnings_come_once_each_with_the_measured_value(tmp_path, capsys):
     f = flow(tmp_path)
-    f.check_threshold(clean_psim=0.95, gt_psim=0.5)
+    f.steps.check_threshold(clean_psim=0.95, gt_psim=0.5, warned=f.state.warned)
     err = capsys.readouterr().err
     assert "clean images' own psim is already 0.9500 >= --similarity_threshold 0.9" in err
     assert "raise --similarity_threshold above 0.950" in err
     assert "reach only psim 0.5000 < --similarity_threshold 0.9" in err
-    f.check_threshold(clean_psim=0.97, gt_psim=0.4)
+    f.steps.check_threshold(clean_psim=0.97, gt_psim=0.4, warned=f.state.warned)
     assert capsys.readouterr().err == ""
 
 
 def test_no_warning_when_the_threshold_separates_clean_from_stamped(tmp_path, capsys):
     f = flow(tmp_path)
-    f.check_threshold(clean_psim=0.3, gt_psim=0.95)
-    f.check_threshold(clean_psim=0.3, gt_psim=float("nan"))  # no ground truth: nothing to say
+    f.steps.check_threshold(clean_psim=0.3, gt_psim=0.95, warned=f.state.warned)
+    # no ground truth: nothing to say
+    f.steps.check_threshold(clean_psim=0.3, gt_psim=float("nan"), warned=f.state.warned)
     assert capsys.readouterr().err == ""
 
 

@@ -93,7 +93,7 @@ def test_unlearn_loss_is_two_train_mode_passes(injected):
     images, trigger = _images(8), _trigger()
     inj = torch.tensor(injected, dtype=torch.long)
     clean = torch.tensor([i for i in range(8) if i not in injected], dtype=torch.long)
-    loss, parts = U.unlearn_loss(model, images, trigger, USAGE, inj, clean, beta=3.5, temperature=0.5,
+    loss, parts = U.unlearn_loss(model, images, trigger, USAGE, injected=inj, clean=clean, beta=3.5, temperature=0.5,
                                  augment=identity)
     contrastive, unlearn = slow_unlearn_loss(twin, images, trigger, injected, beta=3.5, t=0.5)
     assert parts["contrastive"].item() == pytest.approx(contrastive, rel=1e-4, abs=1e-6)
@@ -110,7 +110,8 @@ def test_one_batch_of_both_passes_would_differ():
     model = build_model("tiny").train()
     images, trigger = _images(8), _trigger()
     inj, clean = torch.tensor([1, 4]), torch.tensor([0, 2, 3, 5, 6, 7])
-    loss, _ = U.unlearn_loss(copy.deepcopy(model), images, trigger, USAGE, inj, clean, 3.5, 0.5, augment=identity)
+    loss, _ = U.unlearn_loss(copy.deepcopy(model), images, trigger, USAGE, injected=inj, clean=clean, beta=3.5,
+                             temperature=0.5, augment=identity)
     first, second = U.unlearn_inputs(images, trigger, inj, clean, identity)
     _, z = model(normalize(torch.cat([first, second]), USAGE))
     z1, z2 = z[:8], z[8:]
@@ -172,8 +173,8 @@ def test_the_batch_counter_runs_on_across_epochs(monkeypatch):
     per_epoch = len(U.epoch_batches(9, 4))  # 4, 4, and a lone last image left out
     assert per_epoch == 2
     for epoch in (1, 2):
-        U.unlearn_epoch(model, opt, data, 4, _trigger(), USAGE, 0.5, 1.0, 0.5, first_batch=(epoch - 1) * per_epoch,
-                        augment=identity)
+        U.unlearn_epoch(model, opt, data, batch_size=4, trigger=_trigger(), usage=USAGE, portion=0.5, beta=1.0,
+                        temperature=0.5, first_batch=(epoch - 1) * per_epoch, augment=identity)
     assert seen == [(4, 0), (4, 1), (4, 2), (4, 3)]
 
 
@@ -264,7 +265,8 @@ def test_129_images_with_batch_128_train(capsys):
     data = TensorSet(_images(129), torch.zeros(129, dtype=torch.long), 10)
     U.check_unlearning_set(129, 128, 1.0)
     assert capsys.readouterr().out.count("last batch of 1 image") == 1
-    row = U.unlearn_epoch(model, opt, data, 128, _trigger(), USAGE, 0.3, 3.5, 0.5)
+    row = U.unlearn_epoch(model, opt, data, batch_size=128, trigger=_trigger(), usage=USAGE, portion=0.3, beta=3.5,
+                          temperature=0.5)
     assert all(math.isfinite(v) for v in row.values())
 
 
@@ -273,7 +275,8 @@ def test_a_batch_without_stamped_images_has_no_unlearning_term():
     model = build_model("tiny").train()
     inj, clean = U.split_batch(3, 0.3, 0)  # int(3 * 0.3) = 0
     assert inj.numel() == 0
-    loss, parts = U.unlearn_loss(model, _images(3), _trigger(), USAGE, inj, clean, 3.5, 0.5)
+    loss, parts = U.unlearn_loss(model, _images(3), _trigger(), USAGE, injected=inj, clean=clean, beta=3.5,
+                                 temperature=0.5)
     assert parts["unlearn"].item() == 0.0 and math.isfinite(loss.item())
 
 
@@ -288,7 +291,8 @@ def test_the_epoch_loss_is_the_mean_of_batch_losses(monkeypatch):
     model = build_model("tiny")
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     data = TensorSet(_images(10), torch.zeros(10, dtype=torch.long), 10)
-    row = U.unlearn_epoch(model, opt, data, 4, _trigger(), USAGE, 0.3, 1.0, 0.5)  # batches of 4, 4, 2
+    row = U.unlearn_epoch(model, opt, data, batch_size=4, trigger=_trigger(), usage=USAGE, portion=0.3, beta=1.0,
+                          temperature=0.5)  # batches of 4, 4, 2
     assert row["loss"] == pytest.approx(3.0)  # each batch weighs the same, whatever its size
 
 
