@@ -21,7 +21,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset(  # about 6 minutes on 2 idle CPU cores; see docs/DEMO.md for how it was chosen
+    "default": Preset(  # about 7 minutes on 2 idle CPU cores; see docs/DEMO.md for how it was chosen
         model="tiny",
         pretrain={"epochs": 12, "batch_size": 128, "lr": 3e-3, "data_ratio": 1.0},
         badencoder={"epochs": 15, "batch_size": 128, "lr": 0.1, "data_ratio": 0.2, "reference_count": 1},

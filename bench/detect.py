@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from DEMO.demo import DOWNSTREAM_SET, PRETRAIN_SET, USAGE, DemoRun, load_script  # noqa: E402
 from DEMO.layout import RunLayout  # noqa: E402
-from DEMO.presets import PRESETS, flags  # noqa: E402
+from DEMO.presets import PRESETS, Preset, flags  # noqa: E402
 from Trainer.configs import DETECT_PL1, DemoConfig  # noqa: E402
 from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
 from UTILS.io import read_csv, write_json  # noqa: E402
@@ -45,7 +46,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated encoder seeds (0..4)")
     p.add_argument("--runs", default="demo_runs/defence", help="folder of seed-S/{clean,backdoor} encoders")
     p.add_argument("--out", default="demo_runs/detect", help="folder of the detection runs")
-    p.add_argument("--results", default="bench/results", help="folder of detect.txt and detect.json")
+    p.add_argument("--results", default="bench/results", help="folder of <name>.txt and <name>.json")
     p.add_argument("--images", default="50,200",
                    help="extra --detect_images values, drawn from a --data_ratio 0.02 share (default run: 100 of 0.01)")
     p.add_argument("--detect-seeds", default="1,2", help="extra MAIN.py --seed values (default run: 0)")
@@ -54,6 +55,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--variants", action="store_true",
                    help="also judge backdoors of other trigger shapes (VARIANTS), injected when absent")
     p.add_argument("--reuse", action="store_true", help="keep a detection run that has its detect.json")
+    p.add_argument("--model", default="tiny", help="the encoders' architecture (the demo's preset otherwise)")
+    p.add_argument("--name", default="detect", help="file stem of the table and its JSON in --results")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data_dir", default="data")
     return p
@@ -69,7 +72,7 @@ def int_list(text: str, flag: str) -> list[int]:
 
 def encoders(seed: int, args: argparse.Namespace) -> dict[str, Path]:
     """The clean and backdoored encoder of one seed, made with the demo's makers if absent."""
-    preset = PRESETS["default"]
+    preset = preset_for(args)
     layout = RunLayout(Path(args.runs) / f"seed-{seed}")
     clean = layout.clean / f"model_{preset.pretrain['epochs']}.pth"
     backdoored = layout.backdoor / f"model_{preset.badencoder['epochs']}.pth"
@@ -84,7 +87,12 @@ def demo_run(layout: RunLayout, seed: int, args: argparse.Namespace) -> DemoRun:
     """A default-preset demo run in ``layout`` with demo seed ``seed`` (its stages build the encoders)."""
     cfg = DemoConfig(out=str(layout.root), device=args.device, data_dir=args.data_dir, seed=seed,
                      overwrite=True).validate()
-    return DemoRun(cfg, PRESETS["default"], layout)
+    return DemoRun(cfg, preset_for(args), layout)
+
+
+def preset_for(args: argparse.Namespace) -> Preset:
+    """The demo's default preset, with --model's architecture."""
+    return replace(PRESETS["default"], model=args.model)
 
 
 def variant_trigger(path: Path, patch: int, start: int, colour_seed: int | None) -> Path:
@@ -105,7 +113,7 @@ def variant_encoder(name: str, clean: Path, args: argparse.Namespace) -> Path:
     """A backdoored encoder of another trigger shape (VARIANTS), injected into ``clean`` if absent."""
     seed, patch, start, colour = VARIANTS[name]
     layout = RunLayout(Path(args.runs) / "variants" / name.replace(" ", "-"))
-    encoder = layout.backdoor / f"model_{PRESETS['default'].badencoder['epochs']}.pth"
+    encoder = layout.backdoor / f"model_{preset_for(args).badencoder['epochs']}.pth"
     if not encoder.is_file():
         run = demo_run(layout, seed, args)
         run.prepare()  # the datasets (and the demo's trigger, replaced just below)
@@ -117,7 +125,7 @@ def variant_encoder(name: str, clean: Path, args: argparse.Namespace) -> Path:
 def detect(encoder: Path, folder: Path, args: argparse.Namespace, images: int | None, seed: int) -> dict:
     """MAIN.py --phase detect on one encoder (defaults but for the data, the model and the two varied flags)."""
     folder.mkdir(parents=True, exist_ok=True)
-    argv = ["--phase", "detect", "--dataset", PRETRAIN_SET, "--model", PRESETS["default"].model,
+    argv = ["--phase", "detect", "--dataset", PRETRAIN_SET, "--model", args.model,
             "--encoder_usage_info", USAGE, "--pretrained_encoder", str(encoder), "--log_dir", str(folder),
             "--results_dir", str(folder), "--monitor_every", "0", "--seed", str(seed), "--device", args.device,
             "--data_dir", args.data_dir, "--detect_pl1", str(args.threshold), "--overwrite"]
@@ -130,7 +138,7 @@ def growth_signal(encoder: Path, folder: Path, args: argparse.Namespace) -> dict
     """MAIN.py --phase moth with the demo's flags; the trigger L1 of every round and its growth."""
     from INVERSION.detect import growth
 
-    p = PRESETS["default"]
+    p = preset_for(args)
     metrics = folder / "log" / "metrics.csv"
     if not metrics.is_file():
         load_script("MAIN.py").main([
@@ -198,7 +206,7 @@ def format_results(table: dict) -> str:
     """The PL1 table (encoders x settings) and the verdicts' scores per setting, as text."""
     settings = table["settings"]
     lines = [f"MAIN.py --phase detect (defaults: --detect_psim 0.99, --detect_images 100, --re_steps 300) on the "
-             f"demo's encoders; verdict threshold --detect_pl1 {table['threshold']}", "",
+             f"demo's encoders (--model {table['model']}); verdict threshold --detect_pl1 {table['threshold']}", "",
              "PL1 (inverted mask L1 / (H*W); 1.000 = no trigger reached --detect_psim) per encoder and setting:", ""]
     head = f"{'encoder':<42}" + "".join(f"{s['short']:>12}" for s in settings)
     lines += [head, "-" * len(head)]
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
         short = f"n{images if images is not None else 100}/s{dseed}"
         settings.append({"name": name, "short": short, "rows": rows, "scores": verdict_scores(rows)})
         log(f"{name}: {settings[-1]['scores']}")
-    table = {"threshold": args.threshold, "settings": settings,
+    table = {"model": args.model, "threshold": args.threshold, "settings": settings,
              "pooled": verdict_scores([r for s in settings for r in s["rows"]])}
     if args.growth:
         table["growth"] = [{"encoder": e["label"], "kind": e["kind"],
@@ -247,8 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
     text = format_results(table)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "detect.txt").write_text(text + "\n")
-    write_json(results / "detect.json", table)
+    (results / f"{args.name}.txt").write_text(text + "\n")
+    write_json(results / f"{args.name}.json", table)
     print(text)
     return table
 

@@ -43,9 +43,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _step_worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str, alone: bool) -> None:
-    """Time the step on rank ``rank`` of ``world``; ``alone``: as ``world`` unrelated one-process runs at once."""
-    if alone:
+def _step_worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str, mode: str) -> None:
+    """Time the step on rank ``rank`` of ``world``. ``mode``: "global" (the project's DDP, global BatchNorm),
+    "local" (DDP with each rank's own BatchNorm statistics: what the global BatchNorm costs) or "alone"
+    (``world`` unrelated one-process runs at once)."""
+    if mode == "alone":
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
     else:
         os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
@@ -60,7 +62,8 @@ def _step_worker(rank: int, world: int, port: int, args: argparse.Namespace, out
     device = D.start(args.device, 0)
     seed_everything(0)
     usage = get_usage("cifar10")
-    model = D.sync_batchnorm(build_model(args.model).to(device))
+    model = build_model(args.model).to(device)
+    model = D.sync_batchnorm(model) if mode == "global" else model
     net = D.data_parallel(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     images = torch.rand(args.per_process * D.world_size(), 3, 32, 32, device=device)
@@ -81,23 +84,26 @@ def _step_worker(rank: int, world: int, port: int, args: argparse.Namespace, out
     D.stop()
 
 
-def step_times(world: int, args: argparse.Namespace, alone: bool = False) -> list[float]:
-    """Seconds per pre-training step with ``world`` spawned processes (``alone``: one process, no group)."""
+def step_times(world: int, args: argparse.Namespace, mode: str = "global") -> list[float]:
+    """Seconds per pre-training step with ``world`` spawned processes (``mode``: see ``_step_worker``)."""
     with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(_step_worker, args=(world, _free_port(), args, out, alone), nprocs=world, join=True,
+        mp.start_processes(_step_worker, args=(world, _free_port(), args, out, mode), nprocs=world, join=True,
                            start_method="spawn")
         return torch.load(Path(out) / "times.pt")
 
 
 def scaling_table(args: argparse.Namespace) -> str:
-    """One row per process count; next to each N > 1, N unrelated one-process runs at the same time: what
-    the machine gives N processes without any collective (on a shared or small CPU, less than N times one)."""
+    """One row per process count; next to each N > 1, the same with each rank's own BatchNorm statistics
+    (what the global BatchNorm's collectives cost: not the method's numbers, see the README), and N unrelated
+    one-process runs at the same time: what the machine gives N processes without any collective."""
     rows, base = [], None
+    labels = {"global": "data-parallel", "local": "data-parallel, per-rank BatchNorm", "alone": "unrelated"}
     for world in args.procs:
-        for alone in ((False, True) if world > 1 else (False,)):
-            what = f"{world} unrelated" if alone else f"{world} data-parallel"
+        for mode in (("global", "local", "alone") if world > 1 else ("global",)):
+            alone = mode == "alone"
+            what = f"{world} {labels[mode]}"
             print(f"timing {what} process(es) ...", file=sys.stderr, flush=True)
-            med = statistics.median(step_times(world, args, alone))
+            med = statistics.median(step_times(world, args, mode))
             rate = world * args.per_process / med
             base = rate if world == 1 else base
             eff = rate / (world * base) if base else float("nan")

@@ -38,4 +38,5 @@ def test_a_tiny_scaling_run_prints_every_row(tmp_path):
                     "--warmup", "0", "--steps", "1", "--skip_round", "--out", str(out)], check=True, cwd=ROOT,
                    capture_output=True, timeout=300)
     rows = [line for line in out.read_text().splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
-    assert [r.split("|")[1].strip() for r in rows] == ["1 data-parallel", "2 data-parallel", "2 unrelated"]
+    assert [r.split("|")[1].strip() for r in rows] == ["1 data-parallel", "2 data-parallel",
+                                                      "2 data-parallel, per-rank BatchNorm", "2 unrelated"]
