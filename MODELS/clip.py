@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from MODELS.visual import VisualEncoder, add_resnet_stages

@@ -158,6 +158,14 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write(path, lambda h: h.write(text.encode()))
 
 
+def write_result(folder: str | os.PathLike, stem: str, text: str, obj) -> Path:
+    """A benchmark's result: ``<folder>/<stem>.txt`` (the printed table) and ``<stem>.json`` (its data)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / f"{stem}.txt", lambda h: h.write((text + "\n").encode()))
+    return write_json(folder / f"{stem}.json", obj)
+
+
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequence[str] | None = None) -> Path:
     """Write all rows at once (atomic); callers keep rows in memory and rewrite after each update."""
     rows = list(rows)

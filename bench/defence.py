@@ -27,7 +27,7 @@ from DEMO.layout import RunLayout  # noqa: E402
 from DEMO.results import check_targets  # noqa: E402
 from Trainer.configs import PRESET_NAMES, DemoConfig  # noqa: E402
 from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
-from UTILS.io import write_json  # noqa: E402
+from UTILS.io import write_result  # noqa: E402
 from UTILS.runtime import log  # noqa: E402
 
 ENCODERS = ("clean", "backdoored", "RECEIVE", "NC baseline")
@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         fail(f"--preset {args.preset}: expected one of {', '.join(PRESET_NAMES)}")
     results = [one_seed(seed, args) for seed in parse_seeds(args.seeds)]
     text = format_results(results, args.preset)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"defence-{args.preset}.txt").write_text(text + "\n")
-    write_json(out / f"defence-{args.preset}.json", results)
+    write_result(args.results, f"defence-{args.preset}", text, results)
     log(text)
     return results
 

@@ -25,12 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from DEMO.demo import DOWNSTREAM_SET, PRETRAIN_SET, USAGE, DemoRun, load_script  # noqa: E402
+from DEMO.demo import PRETRAIN_SET, USAGE, DemoRun, load_script  # noqa: E402
 from DEMO.layout import RunLayout  # noqa: E402
 from DEMO.presets import PRESETS, Preset, flags  # noqa: E402
 from Trainer.configs import DETECT_PL1, DemoConfig  # noqa: E402
 from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
-from UTILS.io import read_csv, write_json  # noqa: E402
+from UTILS.io import read_csv, write_result  # noqa: E402
 from UTILS.runtime import log  # noqa: E402
 
 KINDS = ("clean", "backdoored")
@@ -253,10 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
                             **growth_signal(e["path"], Path(args.out) / e["folder"] / "moth", args)} for e in encs]
         table["growth_auroc"] = auroc_of(table["growth"], "growth", higher_is_backdoor=True)
     text = format_results(table)
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{args.name}.txt").write_text(text + "\n")
-    write_json(results / f"{args.name}.json", table)
+    write_result(args.results, args.name, text, table)
     print(text)
     return table
 
