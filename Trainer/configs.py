@@ -30,9 +30,10 @@ DEFAULT_REFERENCE_FILE = "reference/cifar10/truck.npz"
 MAIN_PHASES = ("moth", "nc", "detect")
 # MAIN.py --phase detect (ours, after DECREE): the mean pairwise cosine the stamped images' features must reach,
 # and the relative trigger size (PL1 = mask L1 / (H*W)) below which the verdict reads "backdoor found".
-# DETECT_PL1 was chosen by bench/detect.py over 5 clean and 5 backdoored encoders (docs/DETECTION.md).
+# DETECT_PL1: the geometric midpoint, at the default settings, between the largest backdoored PL1 (0.047) and the
+# smallest clean PL1 (0.0645) of the 16 encoders bench/detect.py measured (two architectures; docs/DETECTION.md).
 DETECT_PSIM = 0.99
-DETECT_PL1 = 0.06
+DETECT_PL1 = 0.055
 # The inverted trigger grows with the number of images it must collapse (about +0.01 PL1 per doubling in
 # bench/detect.py), so the verdict judges a fixed number of images, the number the threshold was measured on.
 DETECT_IMAGES = 100
