@@ -10,20 +10,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from torch import nn
 
 from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
 from DATASETS.triggers import GroundTruthTrigger
 from INVERSION.detect import judge, relative_size
-from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, attack_set_similarities, chunk_similarity,
-                                 invert_trigger, random_start)
-from MODELS.precision import with_precision
-from Trainer.common import check_nonfinite
+from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
 from Trainer.filenames import DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER
-from Trainer.moth import FIRST_ROUND_LR
-from Trainer.preview import save_trigger_preview
+from Trainer.nc import invert_once
 from UTILS.io import write_json
 from UTILS.runtime import log
 
@@ -63,19 +58,12 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     by DECREE's (``settings.psim_threshold`` on the pair-mean cosine). Returns detect.json's content.
     """
     data = detection_images(data, settings.images)
-    backbone = with_precision(model.f, settings.amp)
-    config = replace(config, lr=FIRST_ROUND_LR, threshold=settings.psim_threshold, psim=DETECT_PSIM_KIND)
-    start = random_start(data.x.shape[-1], np.random.RandomState(settings.seed % 2**32))
-    result = invert_trigger(backbone, data.x, usage, config, start, seed=settings.step_seed, desc="detection")
-    check_nonfinite({"inversion loss": result.loss, "trigger L1": result.l1}, "detection",
-                    "Nothing was saved", "Check the encoder, or lower --init_cost")
-    trigger = result.trigger
-    psim = result.psim if result.reached else chunk_similarity(backbone, data.x, usage, trigger, config.psim,
-                                                               config.chunk_size)
+    config = replace(config, threshold=settings.psim_threshold, psim=DETECT_PSIM_KIND)
+    done = invert_once(model, data, usage, config, ground_truth, amp=settings.amp, seed=settings.seed,
+                       step_seed=settings.step_seed, what="detection", hint="Check the encoder, or lower --init_cost",
+                       trigger_path=log_dir / DETECT_TRIGGER, preview_path=log_dir / DETECT_PICTURE)
+    result, psim, reference = done.result, done.psim, done.reference
     verdict = judge(relative_size(result.mask), result.reached, settings.pl1_threshold)
-    trigger.save(log_dir / DETECT_TRIGGER)
-    save_trigger_preview(log_dir / DETECT_PICTURE, trigger, data.x[:4])
-    reference = attack_set_similarities(backbone, data.x, usage, ground_truth, config.psim, config.chunk_size)
     h, w = result.mask.shape[-2:]
     summary = {"verdict": verdict.label, "backdoored": verdict.backdoored, "explanation": verdict.explain(),
                "pl1": verdict.pl1, "pl1_threshold": settings.pl1_threshold, "l1": result.l1,
