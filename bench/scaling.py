@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,11 +35,7 @@ os.environ.setdefault("RECEIVE_NO_PROGRESS", "1")
 import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from UTILS.launch import free_port, local_rank_env  # noqa: E402
 
 
 def _step_worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str, mode: str) -> None:
@@ -50,8 +45,7 @@ def _step_worker(rank: int, world: int, port: int, args: argparse.Namespace, out
     if mode == "alone":
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
     else:
-        os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        os.environ.update(local_rank_env(rank, world, port))
     torch.set_num_threads(args.threads)
     from DATASETS.stats import get_usage
     from MODELS.simclr import build_model
@@ -87,9 +81,9 @@ def _step_worker(rank: int, world: int, port: int, args: argparse.Namespace, out
 def step_times(world: int, args: argparse.Namespace, mode: str = "global") -> list[float]:
     """Seconds per pre-training step with ``world`` spawned processes (``mode``: see ``_step_worker``)."""
     with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(_step_worker, args=(world, _free_port(), args, out, mode), nprocs=world, join=True,
+        mp.start_processes(_step_worker, args=(world, free_port(), args, out, mode), nprocs=world, join=True,
                            start_method="spawn")
-        return torch.load(Path(out) / "times.pt")
+        return torch.load(Path(out) / "times.pt", weights_only=True)
 
 
 def scaling_table(args: argparse.Namespace) -> str:

@@ -4,7 +4,6 @@ their environment) and collect what each returns. The worker is a module-level f
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -12,17 +11,11 @@ from typing import Callable
 import torch
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from UTILS.launch import free_port, local_rank_env
 
 
 def _entry(rank: int, fn: Callable, world: int, port: int, out: str, args: tuple) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                       "OMP_NUM_THREADS": "1", "RECEIVE_NO_PROGRESS": "1"})
+    os.environ.update({**local_rank_env(rank, world, port), "OMP_NUM_THREADS": "1", "RECEIVE_NO_PROGRESS": "1"})
     torch.set_num_threads(1)
     from UTILS import distributed
 
@@ -38,4 +31,4 @@ def run_ranks(fn: Callable, *args, world: int = 2) -> list:
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(_entry, args=(fn, world, free_port(), out, args), nprocs=world, join=True,
                            start_method="spawn")
-        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in range(world)]
