@@ -71,7 +71,7 @@ from MODELS.simclr import build_model  # noqa: E402
 from INVERSION.hardening import sorted_features, wasserstein_shift  # noqa: E402
 if str(ROOT / "bench") not in sys.path:  # the 224 rows live next to this file, however it was loaded
     sys.path.insert(0, str(ROOT / "bench"))
-from encoders224 import MODELS_224, QUICK_224, STAGES_224, Rows224  # noqa: E402
+from encoders224 import MODELS_224, QUICK_224, STAGES_224, Rows224, unlearn_floor  # noqa: E402
 from Trainer.unlearn import epoch_batches, unlearn_epoch  # noqa: E402
 from UTILS.errors import UserError  # noqa: E402
 from UTILS.runtime import resolve_device  # noqa: E402
@@ -425,21 +425,7 @@ class PipelineRows(Bench):
             return out
 
         def floor_on(ds):
-            prepared = floor_batches(ds)
-
-            def prepare():
-                model = copy.deepcopy(base)
-                opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
-
-                def call():
-                    model.train()
-                    for x1, x2 in prepared:
-                        loss = model(x1)[1].sum() + model(x2)[1].sum()
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                return call
-            return prepare
+            return unlearn_floor(base, floor_batches(ds))
 
         t_o, t_f = self.run_measure(unlearn_preparer(base, data, trigger), floor_on(data),
                                     warm_ours=unlearn_preparer(base, warm, trigger), warm_floor=floor_on(warm))

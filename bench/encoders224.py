@@ -58,6 +58,23 @@ def peak_mb(fn: Callable[[], object], device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def unlearn_floor(base: torch.nn.Module, prepared: list) -> Callable[[], Callable[[], None]]:
+    """The floor of an unlearning epoch: a fresh train-mode copy of ``base`` and its SGD, then one call runs
+    the two forward/backward passes of every prepared (x1, x2) batch pair, normalised in advance."""
+    def prepare() -> Callable[[], None]:
+        model = copy.deepcopy(base).train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
+
+        def call() -> None:
+            for x1, x2 in prepared:
+                loss = model(x1)[1].sum() + model(x2)[1].sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return call
+    return prepare
+
+
 class Rows224:
     """One method per 224 stage; ``bench`` is bench.py's Bench (timer, idle gate, repeats, row format)."""
 
@@ -124,18 +141,7 @@ class Rows224:
         prepared = [(normalize(data.x[s:e], usage), normalize(data.x[s:e].flip(-1), usage))
                     for s, e in epoch_batches(n, UNLEARN_BATCH_224)]
 
-        def floor():
-            model = copy.deepcopy(base).train()
-            opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
-
-            def call():
-                for x1, x2 in prepared:
-                    loss = model(x1)[1].sum() + model(x2)[1].sum()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            return call
-
+        floor = unlearn_floor(base, prepared)
         t_o, t_f = self.bench.run_measure(ours, floor)
         row = self.bench.row(name, "unlearn epoch", "images", n, n, t_o, t_f)
         row.note = self._note(ours(), floor(), f"batch {UNLEARN_BATCH_224}")
