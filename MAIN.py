@@ -41,7 +41,7 @@ def build_parser() -> ArgumentParser:
                    help="images drawn (with replacement) for each round; inverted in chunks of 32")
     p.add_argument("--re_steps", type=int, default=d.re_steps)
     p.add_argument("--re_steps_cap", type=int, default=d.re_steps_cap,
-                   help="hard cap on steps of a round when no trigger reaches the threshold (0: 3 x re_steps)")
+                   help="hard cap on steps of a round when no trigger reaches the threshold (0, the default: go on while the best psim still rises, ending a round after max(re_steps, 100) steps without a new best, at most 100 x re_steps)")
     p.add_argument("--micro_batch", type=int, default=d.micro_batch,
                    help="images per forward/backward inside a 32-image chunk (same gradient, less memory: "
                         "for 224-pixel encoders on small GPUs); 0 = the whole chunk at once")

@@ -9,6 +9,7 @@ judged by the means over its chunks.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
@@ -24,6 +25,13 @@ from UTILS.runtime import progress
 EPS = 1e-7
 CHUNK = 32  # images per Adam update: the original's round never receives --attack_size, so 32 always
 FIRST_STEP_SEED = 100  # the original's per-step reshuffle/restart counter starts here and runs on across rounds
+# The default step cap (--re_steps_cap 0). The paper's code runs a round until some step reaches the
+# threshold, however long that takes: forever when none can. We follow it while the search still makes
+# progress and stop only where it has stalled: past --re_steps, a round without a trigger ends once its best
+# psim has not risen for STALL_WINDOW (at least --re_steps) steps in a row -- psim still creeping up keeps it
+# going, as in the original -- and in any case at CEILING_FACTOR x --re_steps steps.
+STALL_WINDOW = 100
+CEILING_FACTOR = 100
 
 
 def mask_from_logits(a: Tensor) -> Tensor:
@@ -126,15 +134,21 @@ class InversionConfig:
     chunk_size: int = CHUNK     # images per Adam update (not --attack_size: see CHUNK)
     psim: str = "original"      # --psim: which pairwise similarity the threshold is compared with
     patience: int = 5
-    step_cap: int = 0           # hard cap on steps when no trigger reaches the threshold; 0 = 3*steps
+    step_cap: int = 0           # hard cap on steps when no trigger reaches the threshold; 0 = stall rule
     restart_noise: float = 0.01
     micro_batch: int = 0        # --micro_batch: images per forward/backward inside a chunk; 0 = the whole chunk
 
     @property
     def cap(self) -> int:
-        """The most steps a round may take when no trigger reaches the threshold (--re_steps_cap, default 3 x
-        steps)."""
-        return self.step_cap if self.step_cap > 0 else 3 * self.steps
+        """The most steps a round may take when no trigger reaches the threshold: --re_steps_cap when given,
+        else CEILING_FACTOR x steps (the stall rule, :attr:`stall_window`, usually ends such a round first)."""
+        return self.step_cap if self.step_cap > 0 else CEILING_FACTOR * self.steps
+
+    @property
+    def stall_window(self) -> int:
+        """Steps without a new best psim that end a round past ``steps`` with no trigger (0: none, when the
+        user gave an explicit --re_steps_cap, which alone then bounds the round)."""
+        return 0 if self.step_cap > 0 else max(self.steps, STALL_WINDOW)
 
 
 @dataclass
@@ -152,6 +166,7 @@ class InversionResult:
     l1: float                   # size of the returned trigger
     cost: float                 # final cost
     next_seed: int              # the step counter after this round (the next round continues from it)
+    ended_by: str = "threshold"  # "threshold" (a trigger reached it), "stall" or "cap" (none did; see CEILING_FACTOR)
 
     @property
     def trigger(self) -> InvertedTrigger:
@@ -249,8 +264,9 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
     ``init``: the start (mask (H, W), pattern (3, H, W)) in [0, 1]. ``seed``: the step counter; step
     ``s`` reshuffles with ``seed + s`` and a restart after it draws noise with ``seed + s + 1`` (mask)
     and ``seed + s + 2`` (pattern). Steps run ``config.steps`` times, then continue only while no
-    trigger has reached the threshold, up to ``config.cap`` steps in all (then ``reached`` is False
-    and the last trigger is returned). ``trace``, if given, receives one dict per step.
+    trigger has reached the threshold: until ``config.stall_window`` steps in a row brought no new best
+    psim, or ``config.cap`` steps in all (then ``reached`` is False, ``ended_by`` says which, and the last
+    trigger is returned). ``trace``, if given, receives one dict per step.
     """
     if images.shape[0] < 2:
         raise ValueError("inversion needs at least two images")
@@ -261,16 +277,22 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
     schedule = CostSchedule(config.init_cost, config.threshold, config.patience)
     best: Optional[tuple[InvertedTrigger, float, float]] = None  # (trigger, mean l1, mean psim)
     sums = torch.zeros(3, dtype=torch.float64)
-    step = 0
+    step, top, top_step, ended_by = 0, -math.inf, 0, "cap"  # top: the round's best psim so far, seen at top_step
     with frozen(backbone):
-        for step in progress(range(config.cap), desc=desc, total=config.cap):
+        for step in progress(range(config.cap), desc=desc, total=config.steps):
             if step >= config.steps and best is not None:
+                ended_by = "threshold"
+                break
+            if step >= config.steps and config.stall_window and step - top_step >= config.stall_window:
+                ended_by = "stall"
                 break
             images = images[step_permutation(images.shape[0], seed).to(device)]  # cumulative, as the original
             seed += 1
             loss, psim, l1, last = _inversion_step(backbone, images, a, b, opt, usage=usage, cost=schedule.cost,
                                                    config=config)
             sums += torch.tensor([loss, psim, l1], dtype=torch.float64)
+            if psim > top:
+                top, top_step = psim, step
             new_best = psim >= config.threshold and (best is None or l1 < best[1])
             if trace is not None:
                 trace.append({"step": step, "psim": psim, "l1": l1, "cost": schedule.cost, "new_best": new_best})
@@ -283,6 +305,7 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
             schedule.update(psim)
         else:
             step = config.cap
+            ended_by = "threshold" if best is not None else "cap"
     steps_run = max(step, 1)
     means = (sums / steps_run).tolist()
     if best is None:
@@ -292,7 +315,8 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
     trigger = best[0]
     return InversionResult(mask=trigger.mask[0], pattern=trigger.pattern, reached=best[2] == best[2],
                            steps=steps_run, loss=means[0], loss_sim=means[1], loss_reg=means[2], psim=best[2],
-                           l1=trigger.l1, cost=schedule.cost, next_seed=seed)
+                           l1=trigger.l1, cost=schedule.cost, next_seed=seed,
+                           ended_by="threshold" if best[2] == best[2] else ended_by)
 
 
 def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, opt: torch.optim.Optimizer, *,

@@ -216,7 +216,7 @@ class MainConfig(Common):
         check_positive(self.micro_batch, "--micro_batch", allow_zero=True)
         if 0 < self.re_steps_cap < self.re_steps:
             fail(f"--re_steps_cap {self.re_steps_cap}: below --re_steps {self.re_steps}; expected 0 "
-                 f"(= 3 x --re_steps) or a cap of at least --re_steps")
+                 f"(the stall rule) or a cap of at least --re_steps")
         if self.attack_size < 2:
             fail(f"--attack_size {self.attack_size}: expected at least 2 (similarity is measured between pairs)")
         for flag, value in (("--similarity_threshold", self.similarity_threshold),

@@ -38,12 +38,20 @@ from UTILS.signals import StopRequest
 # re_loss.csv keeps the paper's code's columns and meanings: loss_sim is the mean *negative* psim and
 # refer_sim the negative psim of the clean attack set (see INVERSION.inversion.attack_set_similarities).
 RE_LOSS_FIELDS = ("loss", "loss_sim", "loss_reg", "refer_sim")
-METRIC_FIELDS = ("round", "epoch", "batch", *RE_LOSS_FIELDS, "l1", "psim", "reached", "steps", "cost", "clean_psim", "gt_psim",
+METRIC_FIELDS = ("round", "epoch", "batch", *RE_LOSS_FIELDS, "l1", "psim", "reached", "ended_by", "steps", "cost",
+                 "clean_psim", "gt_psim",
                  "harden_loss", "distance", "improved", "converged", "counter", "best_round", "knn_acc", "knn_asr")
 STATE_FILE = "moth_state.pth"
 TIMINGS_FILE = "timings.csv"  # wall-clock seconds per round: kept apart so metrics.csv is reproducible
 FIRST_ROUND_LR = 0.5
 SEED_STRIDE = 1_000_000  # --seed N shifts every seeded counter by N * SEED_STRIDE (--seed 0: the original's draws)
+
+
+def ended_phrase(ended_by: str, config) -> str:
+    """Why a round without a trigger stopped, in words for a warning."""
+    if ended_by == "stall":
+        return f"its best psim had not risen for {config.stall_window} steps"
+    return f"the cap of {config.cap} steps, --re_steps_cap"
 
 
 def seed_offset(seed_index: int) -> int:
@@ -122,11 +130,11 @@ class RoundSteps:
         psim = result.psim
         if not result.reached and math.isfinite(result.loss):  # (a NaN round fails in measure_round instead)
             psim = chunk_similarity(self.f, attack, self.usage, result.trigger, config.psim, config.chunk_size)
-            warn(f"round {k}: no trigger reached --similarity_threshold {config.threshold} within the cap of "
-                 f"{config.cap} steps (--re_steps_cap); kept the last trigger (psim {psim:.4f}, recorded with "
+            warn(f"round {k}: no trigger reached --similarity_threshold {config.threshold} in {result.steps} steps "
+                 f"({ended_phrase(result.ended_by, config)}); kept the last trigger (psim {psim:.4f}, recorded with "
                  f"reached=0 in metrics.csv)")
         row.update(loss=result.loss, loss_sim=-result.loss_sim, loss_reg=result.loss_reg, l1=result.l1, psim=psim,
-                   reached=int(result.reached), steps=result.steps, cost=result.cost)
+                   reached=int(result.reached), ended_by=result.ended_by, steps=result.steps, cost=result.cost)
         return result.trigger, row
 
     def check_threshold(self, clean_psim: float, gt_psim: float, warned: list) -> None:
@@ -251,6 +259,8 @@ class RoundFiles:
                    "best_round": best["round"], "best_l1": best["l1"], "best_distance": best["distance"],
                    "best_psim": best["psim"], "best_reached_threshold": bool(best["reached"]),
                    "rounds_below_threshold": sum(1 for r in self.rows if not r["reached"]),
+                   "rounds_ended_by_stall": [r["round"] for r in self.rows if r.get("ended_by") == "stall"],
+                   "rounds_ended_by_cap": [r["round"] for r in self.rows if r.get("ended_by") == "cap"],
                    "initial_knn": run.initial_knn, "best_trigger": str(self.log_dir / BEST_TRIGGER),
                    "hardened_encoder": str(ckpt), "l1_per_round": [r["l1"] for r in self.rows],
                    "distance_per_round": [r["distance"] for r in self.rows]}

@@ -15,7 +15,7 @@ from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, InversionResu
 from MODELS.precision import with_precision
 from Trainer.common import check_nonfinite, fmt_metrics
 from Trainer.filenames import NC_METRICS, NC_TRIGGER
-from Trainer.moth import FIRST_ROUND_LR
+from Trainer.moth import FIRST_ROUND_LR, ended_phrase
 from Trainer.preview import save_trigger_preview
 from UTILS.io import write_json
 from UTILS.runtime import log, warn
@@ -61,10 +61,11 @@ def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inversio
                        trigger_path=log_dir / NC_TRIGGER, preview_path=log_dir / "preview-NC.png")
     result, psim = done.result, done.psim
     if not result.reached:
-        warn(f"NC inversion: no trigger reached --similarity_threshold {config.threshold} within the cap of "
-             f"{config.cap} steps (--re_steps_cap); saved the last trigger (psim {psim:.4f}, "
+        warn(f"NC inversion: no trigger reached --similarity_threshold {config.threshold} in {result.steps} steps "
+             f"({ended_phrase(result.ended_by, config)}); saved the last trigger (psim {psim:.4f}, "
              f"reached_threshold false in metrics-NC.json)")
-    summary = {"l1": result.l1, "psim": psim, "reached_threshold": result.reached, "steps": result.steps,
+    summary = {"l1": result.l1, "psim": psim, "reached_threshold": result.reached, "ended_by": result.ended_by,
+               "steps": result.steps,
                "loss": result.loss, "loss_sim": -result.loss_sim, "loss_reg": result.loss_reg, "cost": result.cost,
                **done.reference, "trigger": str(log_dir / NC_TRIGGER)}
     write_json(log_dir / NC_METRICS, summary)

@@ -489,7 +489,7 @@ def test_no_trigger_reaching_the_threshold_warns_and_records(bad_ws):
     proc = run_fast(M, argv, bad_ws)
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
-    assert any("round 0: no trigger reached --similarity_threshold 1.0 within the cap of 3 steps" in w
+    assert any("round 0: no trigger reached --similarity_threshold 1.0 in 3 steps (the cap of 3 steps" in w
                for w in warnings)
     assert "never reached --similarity_threshold" in warnings[-1]
     import csv
