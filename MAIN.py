@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import MainConfig, add_amp_flag, add_asr_flag, add_runtime_flags, config_from_args
+from Trainer.configs import PSIM_CHOICES, MainConfig, add_amp_flag, add_asr_flag, add_runtime_flags, config_from_args
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
@@ -34,7 +34,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data_ratio", type=float, default=d.data_ratio)
     p.add_argument("--encoder_usage_info", default=d.encoder_usage_info, help="normalisation statistics")
     p.add_argument("--attack_threshold", type=float, default=d.attack_threshold, help="accepted, unused")
-    p.add_argument("--similarity_threshold", type=float, default=d.similarity_threshold)
+    p.add_argument("--similarity_threshold", default=d.similarity_threshold,
+                   help="psim a trigger must reach (0.9, the paper's), or 'auto': a threshold set per round halfway "
+                        "from the clean images' own psim to the largest one possible. Choose auto for an encoder "
+                        "whose clean images are already similar (a warning says so, with the value auto would use)")
     p.add_argument("--init_cost", type=float, default=d.init_cost)
     p.add_argument("--pair", default=d.pair, help="accepted, unused")
     p.add_argument("--attack_size", type=int, default=d.attack_size,
@@ -52,10 +55,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--trigger_file", default=d.trigger_file, help="ground-truth trigger, monitoring only")
     p.add_argument("--reference_file", default=d.reference_file, help="accepted, unused (as in the original)")
     p.add_argument("--source_label", type=int, default=d.source_label, help="accepted, unused (as in the original)")
-    p.add_argument("--psim", default=d.psim, choices=("original", "pairs"),
+    p.add_argument("--psim", default=d.psim, choices=PSIM_CHOICES,
                    help="the pairwise similarity --similarity_threshold is compared with: original = the paper's "
                         "code's (B-1)/B^3 * sum of all B^2 cosines of a 32-image chunk (what its thresholds were "
-                        "tuned on); pairs = the mean cosine over pairs i != j")
+                        "tuned on); pairs = the mean cosine over pairs i != j; centred = pairs on the features "
+                        "minus the clean images' mean feature (about 0 for clean images on every encoder)")
     p.add_argument("--monitor_every", type=int, default=d.monitor_every, help="kNN monitor after every N-th batch of an epoch, and once before the first round (0: off)")
     p.add_argument("--detect_psim", type=float, default=d.detect_psim,
                    help="--phase detect: mean pairwise cosine (over pairs i != j) the stamped images' features "

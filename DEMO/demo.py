@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from DATASETS import synthetic
 from DATASETS.triggers import save_ground_truth_trigger
@@ -39,6 +39,24 @@ PRETRAIN_SET, DOWNSTREAM_SET = "synthetic", "synthetic_down"
 
 
 _SCRIPTS: dict[str, object] = {}
+
+
+def embedded_sets(data_dir: str) -> None:
+    """Generate the embedded datasets into ``data_dir`` unless already there."""
+    for name in (PRETRAIN_SET, DOWNSTREAM_SET):
+        synthetic.ensure_cached(name, data_dir)
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """What a demo run's stages read: the pre-training and downstream sets (names the loaders know, under
+    --data_dir) and their normalisation. The default is the embedded data; bench/generalise.py passes others."""
+
+    pretrain: str = PRETRAIN_SET
+    downstream: str = DOWNSTREAM_SET
+    usage: str = USAGE
+    prepare: Callable[[str], object] = embedded_sets  # writes the sets under --data_dir if absent
+    write_trigger: Callable[[Path], object] = save_ground_truth_trigger  # the injected trigger, BadEncoder's format
 
 
 def load_script(script: str):
@@ -97,8 +115,12 @@ class DemoRun:
     cfg: DemoConfig
     preset: Preset
     layout: RunLayout
+    data: DemoData = DemoData()
+    backdoored: Optional[Path] = None  # the encoder the defences clean (default: this run's injected one)
 
     def __post_init__(self) -> None:
+        if self.backdoored is None:
+            self.backdoored = self.layout.backdoor / f"model_{self.preset.badencoder['epochs']}.pth"
         extra = ["--overwrite"] if self.cfg.overwrite else []
         self.stages = StageLog(self.layout.times,
                                ["--device", self.cfg.device, "--gpu", self.cfg.gpu, "--data_dir", self.cfg.data_dir]
@@ -109,10 +131,10 @@ class DemoRun:
     def prepare(self) -> None:
         """Stage 1: generate the embedded datasets into --data_dir (if absent) and write the trigger."""
         def work() -> None:
-            for name in (PRETRAIN_SET, DOWNSTREAM_SET):
-                folder = synthetic.ensure_cached(name, self.cfg.data_dir)
-                log(f"{name}: {folder}")
-            save_ground_truth_trigger(self.layout.trigger)
+            self.data.prepare(self.cfg.data_dir)
+            for name in (self.data.pretrain, self.data.downstream):
+                log(f"{name}: {Path(self.cfg.data_dir) / name}")
+            self.data.write_trigger(self.layout.trigger)
             log(f"ground-truth trigger: {self.layout.trigger}")
 
         self.stages.stage("datasets and trigger", work)
@@ -121,8 +143,8 @@ class DemoRun:
         """Stage 2: ``pretraining_encoder.py`` on the embedded set; returns the clean encoder's checkpoint."""
         p, L = self.preset, self.layout
         self.stages.script("SimCLR pre-training (clean encoder)", "pretraining_encoder.py", [
-            "--pretraining_dataset", PRETRAIN_SET, "--model", p.model, "--encoder_usage_info", USAGE,
-            "--results_dir", str(L.clean), "--downstreamTask", DOWNSTREAM_SET, "--knn-k", str(p.knn_k),
+            "--pretraining_dataset", self.data.pretrain, "--model", p.model, "--encoder_usage_info", self.data.usage,
+            "--results_dir", str(L.clean), "--downstreamTask", self.data.downstream, "--knn-k", str(p.knn_k),
             "--seed", str(100 + self.cfg.seed), *flags(p.pretrain)])
         return L.clean / f"model_{p.pretrain['epochs']}.pth"
 
@@ -130,8 +152,9 @@ class DemoRun:
         """Stage 3: ``badencoder.py`` into ``clean``; returns the backdoored encoder's checkpoint."""
         p, L = self.preset, self.layout
         self.stages.script("BadEncoder injection (backdoored encoder)", "badencoder.py", [
-            "--pretrained_encoder", str(clean), "--shadow_dataset", PRETRAIN_SET, "--model", p.model,
-            "--encoder_usage_info", USAGE, "--trigger_file", str(L.trigger), "--reference_dataset", DOWNSTREAM_SET,
+            "--pretrained_encoder", str(clean), "--shadow_dataset", self.data.pretrain, "--model", p.model,
+            "--encoder_usage_info", self.data.usage, "--trigger_file", str(L.trigger),
+            "--reference_dataset", self.data.downstream,
             "--reference_label", str(self.cfg.target), "--results_dir", str(L.backdoor), "--knn-k", str(p.knn_k),
             "--seed", str(100 + self.cfg.seed), *flags(p.badencoder)])
         return L.backdoor / f"model_{p.badencoder['epochs']}.pth"
@@ -140,8 +163,8 @@ class DemoRun:
         """``training_downstream_classifier.py`` on ``encoder`` into the ``label`` row's folder; its summary."""
         p = self.preset
         return self.stages.script(f"downstream classifier ({label})", "training_downstream_classifier.py", [
-            "--dataset", DOWNSTREAM_SET, "--trigger_file", str(self.layout.trigger), "--encoder", str(encoder),
-            "--model", p.model, "--reference_label", str(self.cfg.target), "--encoder_usage_info", USAGE,
+            "--dataset", self.data.downstream, "--trigger_file", str(self.layout.trigger), "--encoder", str(encoder),
+            "--model", p.model, "--reference_label", str(self.cfg.target), "--encoder_usage_info", self.data.usage,
             "--results_dir", str(self.layout.eval_dir(EVAL_DIRS[label])), "--seed", str(100 + self.cfg.seed),
             *flags(p.downstream)])
 
@@ -149,8 +172,8 @@ class DemoRun:
         """MAIN.py --phase detect on the clean or the backdoored encoder: the check before any removal."""
         p, folder = self.preset, self.layout.detect_dir(label)
         return self.stages.script(f"detection ({label} encoder, MAIN.py --phase detect)", "MAIN.py", [
-            "--seed", str(self.cfg.seed), "--phase", "detect", "--dataset", PRETRAIN_SET, "--model", p.model,
-            "--pretrained_encoder", str(encoder), "--encoder_usage_info", USAGE, "--log_dir", str(folder),
+            "--seed", str(self.cfg.seed), "--phase", "detect", "--dataset", self.data.pretrain, "--model", p.model,
+            "--pretrained_encoder", str(encoder), "--encoder_usage_info", self.data.usage, "--log_dir", str(folder),
             "--results_dir", str(folder), "--trigger_file", str(self.layout.trigger), "--monitor_every", "0",
             *flags(p.detect)])
 
@@ -162,10 +185,10 @@ class DemoRun:
         extra = flags(p.moth) if phase == "moth" else []
         what = "RECEIVE: iterative trigger inversion" if phase == "moth" else "NC baseline: one-round inversion"
         return self.stages.script(f"{what} (MAIN.py --phase {phase})", "MAIN.py", [
-            "--seed", str(self.cfg.seed), "--phase", phase, "--dataset", PRETRAIN_SET, "--model", p.model,
-            "--pretrained_encoder", str(L.backdoor / f"model_{p.badencoder['epochs']}.pth"),
-            "--encoder_usage_info", USAGE, "--log_dir", str(log_dir), "--results_dir", str(results),
-            "--downstreamTask", DOWNSTREAM_SET, "--reference_label", str(self.cfg.target),
+            "--seed", str(self.cfg.seed), "--phase", phase, "--dataset", self.data.pretrain, "--model", p.model,
+            "--pretrained_encoder", str(self.backdoored),
+            "--encoder_usage_info", self.data.usage, "--log_dir", str(log_dir), "--results_dir", str(results),
+            "--downstreamTask", self.data.downstream, "--reference_label", str(self.cfg.target),
             "--trigger_file", str(L.trigger), "--knn-k", str(p.knn_k), *flags(p.inversion), *extra])
 
     def unlearn(self, phase: str, trigger: Path) -> Path:
@@ -176,10 +199,10 @@ class DemoRun:
         self.stages.script(f"{who}: unlearning its trigger (Unlearn-trigger.py)", "Unlearn-trigger.py", [
             # --phase moth for both: the only phase Unlearn-trigger.py runs (the baseline differs by its trigger)
             "--seed", str(self.cfg.seed % 3), "--results_dir", str(results), "--phase", "moth",
-            "--dataset", PRETRAIN_SET,
-            "--model", p.model, "--pretrained_encoder", str(L.backdoor / f"model_{p.badencoder['epochs']}.pth"),
-            "--encoder_usage_info", USAGE, "--log_dir", str(log_dir), "--reference_label", str(self.cfg.target),
-            "--downstreamTask", DOWNSTREAM_SET, "--re_mask_pattern", str(trigger), "--trigger_file",
+            "--dataset", self.data.pretrain,
+            "--model", p.model, "--pretrained_encoder", str(self.backdoored),
+            "--encoder_usage_info", self.data.usage, "--log_dir", str(log_dir), "--reference_label", str(self.cfg.target),
+            "--downstreamTask", self.data.downstream, "--re_mask_pattern", str(trigger), "--trigger_file",
             str(L.trigger), "--knn-k", str(p.knn_k), *flags(p.unlearn)])
         return results / UNLEARNED_CKPT.format(p.unlearn["epochs"])
 
@@ -187,12 +210,21 @@ class DemoRun:
 
     def run(self) -> dict:
         """Every stage in order, then the summary and report; returns summary.json's content."""
+        return self.defend(self.encoders())
+
+    def encoders(self) -> dict:
+        """Stages 1-4 and the detection: the data, the clean and the backdoored encoder, their ACC/ASR and
+        verdicts (the rows ``clean`` and ``backdoored`` of the results)."""
         self.prepare()
         clean = self.pretrain()
         backdoored = self.inject(clean)
         results = {"clean": self.evaluate("clean", clean), "backdoored": self.evaluate("backdoored", backdoored)}
         for label, encoder in (("clean", clean), ("backdoored", backdoored)):
             results[label] = {**results[label], "detect": self.detect(label, encoder)}
+        return results
+
+    def defend(self, results: dict) -> dict:
+        """Stages 5-7 on ``self.backdoored``: RECEIVE, the NC baseline, their ACC/ASR, the summary and report."""
         moth = self.invert("moth")
         receive = self.unlearn("moth", self.layout.moth_log / BEST_TRIGGER)
         results["RECEIVE"] = self.evaluate("RECEIVE", receive)
@@ -224,12 +256,12 @@ class DemoRun:
         """The run in one paragraph: encoders, trigger, target class, defences and how ACC/ASR are measured."""
         p = self.preset
         return (f"Demo run (preset `{self.cfg.preset}`) on the embedded datasets: a `{p.model}` SimCLR encoder "
-                f"pre-trained on `{PRETRAIN_SET}`, backdoored with BadEncoder (white 10x10 square, target class "
-                f"{self.cfg.target} = {synthetic.CLASS_NAMES[self.cfg.target]} of `{DOWNSTREAM_SET}`), both checked by "
+                f"pre-trained on `{self.data.pretrain}`, backdoored with BadEncoder (white 10x10 square, target class "
+                f"{self.cfg.target} = {synthetic.CLASS_NAMES[self.cfg.target]} of `{self.data.downstream}`), both checked by "
                 f"MAIN.py --phase detect, then cleaned "
                 f"by RECEIVE (iterative inversion + early stop + unlearning) and, as the baseline, by one-round NC "
                 f"inversion + the same unlearning. ACC/ASR come from training_downstream_classifier.py on "
-                f"`{DOWNSTREAM_SET}`; ASR leaves the target-class test images out.")
+                f"`{self.data.downstream}`; ASR leaves the target-class test images out.")
 
 
 def default_out() -> Path:

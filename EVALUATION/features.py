@@ -67,3 +67,26 @@ def extract_features_sharded(backbone: nn.Module, images: torch.Tensor, usage: U
         return extract_features(backbone, images, usage, trigger, batch_size, desc)
     lo, hi = shard_bounds(images.shape[0])
     return gather_to_all(extract_features(backbone, images[lo:hi], usage, trigger, batch_size, desc))
+
+
+def feature_problem(features: torch.Tensor) -> str | None:
+    """Why ``features`` (N, D) of N >= 2 different clean images cannot be judged, or None when they can.
+
+    A broken encoder (untrained, wrongly loaded, diverged) gives features that make every similarity-based
+    answer meaningless: the same vector for every image (psim 1 before any trigger, so "a trigger of size 0
+    collapses them"), all zeros or overflowing values (psim 0 whatever the trigger), NaN/inf.
+    """
+    f = features.detach().double()
+    if not torch.isfinite(f).all():
+        return "its features of clean images are not finite (NaN or inf)"
+    largest = float(f.abs().max()) if f.numel() else 0.0
+    if largest > 1e12:
+        return f"its features of clean images reach {largest:.1e}, beyond what cosine similarity is computed on"
+    norms = f.norm(dim=1)
+    if largest == 0.0 or bool((norms == 0).float().mean() > 0.5):
+        return "its features of clean images are zero"
+    unit = f / norms.clamp_min(1e-300)[:, None]
+    spread = float((unit - unit.mean(dim=0)).norm(dim=1).max())
+    if spread < 1e-4:
+        return "it gives every clean image the same feature direction (a cosine of 1 between any two)"
+    return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 from torch import Tensor
 
@@ -24,36 +24,49 @@ def relative_size(mask: Tensor) -> float:
     return float(mask_l1(mask.detach()).item()) / (h * w)
 
 
+# The band around --detect_pl1 where the answer is "inconclusive": a PL1 within this factor of the threshold
+# (either side) is too close to call, as the spread of PL1 over seeds and data families shows
+# (docs/DETECTION.md): seeds alone move an encoder's PL1 by up to ~20 %.
+INCONCLUSIVE_FACTOR = 1.25
+LABELS = ("backdoor found", "inconclusive", "no backdoor found")
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """The answer to "is this encoder backdoored?" for one inverted trigger."""
+    """The answer to "is this encoder backdoored?" for one inverted trigger: three outcomes."""
 
-    backdoored: bool
+    backdoored: Optional[bool]  # True / False, None when inconclusive
     pl1: float          # the trigger's relative size (nan when no trigger reached the similarity threshold)
     threshold: float    # --detect_pl1
     reached: bool       # some trigger made the stamped features reach --detect_psim
+    factor: float = INCONCLUSIVE_FACTOR
 
     @property
     def label(self) -> str:
         """The verdict in words, as the table and detect.json print it."""
-        return "backdoor found" if self.backdoored else "no backdoor found"
+        return {True: LABELS[0], None: LABELS[1], False: LABELS[2]}[self.backdoored]
 
     def explain(self) -> str:
         """One sentence on why the verdict reads as it does."""
         if not self.reached:
-            return ("no trigger, small or large, made the stamped images' features agree enough within the step "
-                    "cap: the search found no collapsing trigger (raise --re_steps_cap if psim was still rising)")
-        relation = "below" if self.backdoored else "not below"
+            return ("no trigger, small or large, made the stamped images' features agree enough before the search "
+                    "stalled: the search found no collapsing trigger (raise --re_steps_cap if psim was still "
+                    "rising)")
+        low, high = self.threshold / self.factor, self.threshold * self.factor
+        where = {True: f"below {low:.4f}", None: f"between {low:.4f} and {high:.4f}, too close to",
+                 False: f"above {high:.4f}"}[self.backdoored]
         return (f"the smallest trigger found covers {100 * self.pl1:.1f}% of the image (PL1 {self.pl1:.4f}), "
-                f"{relation} the threshold {self.threshold:g}")
+                f"{where} the threshold {self.threshold:g}")
 
 
-def judge(pl1: float, reached: bool, threshold: float) -> Verdict:
-    """Backdoored iff a trigger reached the similarity threshold and its PL1 is below ``threshold``
-    (``--detect_pl1``, whose default Trainer/configs.py explains)."""
-    backdoored = bool(reached and not math.isnan(pl1) and pl1 < threshold)
-    return Verdict(backdoored=backdoored, pl1=pl1 if reached else float("nan"), threshold=threshold,
-                   reached=reached)
+def judge(pl1: float, reached: bool, threshold: float, factor: float = INCONCLUSIVE_FACTOR) -> Verdict:
+    """Backdoored when a trigger reached the similarity threshold with PL1 below ``threshold / factor``; clean
+    when none reached it or PL1 is above ``threshold * factor``; inconclusive in between (``--detect_pl1``,
+    whose default Trainer/configs.py explains)."""
+    if not reached or math.isnan(pl1):
+        return Verdict(backdoored=False, pl1=float("nan"), threshold=threshold, reached=False, factor=factor)
+    backdoored = True if pl1 < threshold / factor else False if pl1 > threshold * factor else None
+    return Verdict(backdoored=backdoored, pl1=pl1, threshold=threshold, reached=reached, factor=factor)
 
 
 def growth(l1_by_round: Sequence[float]) -> float:

@@ -80,6 +80,12 @@ def original_similarity(features: Tensor) -> Tensor:
 PSIM_KINDS: dict[str, Callable[[Tensor], Tensor]] = {"original": original_similarity, "pairs": pair_mean_similarity}
 
 
+def psim_ceiling(kind: str, chunk: int) -> float:
+    """The largest psim of ``kind`` a chunk of ``chunk`` images can have (all features equal): (B-1)/B for
+    "original" (0.96875 for 32 images), 1 for "pairs". A threshold above it can never be reached."""
+    return (chunk - 1) / chunk if kind == "original" else 1.0
+
+
 def pairwise_similarity(features: Tensor, kind: str = "original") -> Tensor:
     """psim of (B, D) features: ``kind`` "original" (the paper's code, the default) or "pairs" (i != j mean)."""
     return PSIM_KINDS[kind](features)
@@ -130,9 +136,10 @@ class InversionConfig:
     steps: int = 300            # --re_steps
     lr: float = 0.5             # 0.5 in the first round, --re_lr later
     init_cost: float = 5e-2     # --init_cost
-    threshold: float = 0.90     # --similarity_threshold
+    threshold: float = 0.90     # --similarity_threshold (a number)
+    auto_threshold: bool = False  # --similarity_threshold auto: set per round by INVERSION.relative.prepare_round
     chunk_size: int = CHUNK     # images per Adam update (not --attack_size: see CHUNK)
-    psim: str = "original"      # --psim: which pairwise similarity the threshold is compared with
+    psim: str = "original"      # --psim: original, pairs, or centred (INVERSION.relative.prepare_round)
     patience: int = 5
     step_cap: int = 0           # hard cap on steps when no trigger reaches the threshold; 0 = stall rule
     restart_noise: float = 0.01
@@ -143,6 +150,10 @@ class InversionConfig:
         """The most steps a round may take when no trigger reaches the threshold: --re_steps_cap when given,
         else CEILING_FACTOR x steps (the stall rule, :attr:`stall_window`, usually ends such a round first)."""
         return self.step_cap if self.step_cap > 0 else CEILING_FACTOR * self.steps
+
+    def reachable(self, n_images: int) -> bool:
+        """Whether ``threshold`` lies within what a step's chunks of ``n_images`` images can reach."""
+        return self.threshold <= psim_ceiling(self.psim, min(self.chunk_size, n_images))
 
     @property
     def stall_window(self) -> int:
@@ -166,7 +177,7 @@ class InversionResult:
     l1: float                   # size of the returned trigger
     cost: float                 # final cost
     next_seed: int              # the step counter after this round (the next round continues from it)
-    ended_by: str = "threshold"  # "threshold" (a trigger reached it), "stall" or "cap" (none did; see CEILING_FACTOR)
+    ended_by: str = "threshold"  # "threshold" (a trigger reached it); none did: "stall", "cap" or "unreachable"
 
     @property
     def trigger(self) -> InvertedTrigger:
@@ -266,7 +277,9 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
     and ``seed + s + 2`` (pattern). Steps run ``config.steps`` times, then continue only while no
     trigger has reached the threshold: until ``config.stall_window`` steps in a row brought no new best
     psim, or ``config.cap`` steps in all (then ``reached`` is False, ``ended_by`` says which, and the last
-    trigger is returned). ``trace``, if given, receives one dict per step.
+    trigger is returned). Without an explicit cap, a threshold above :func:`psim_ceiling` ends the round after
+    ``config.steps`` steps (``ended_by`` "unreachable"): no number of steps could reach it.
+    ``trace``, if given, receives one dict per step.
     """
     if images.shape[0] < 2:
         raise ValueError("inversion needs at least two images")
@@ -278,10 +291,14 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
     best: Optional[tuple[InvertedTrigger, float, float]] = None  # (trigger, mean l1, mean psim)
     sums = torch.zeros(3, dtype=torch.float64)
     step, top, top_step, ended_by = 0, -math.inf, 0, "cap"  # top: the round's best psim so far, seen at top_step
+    hopeless = config.step_cap == 0 and not config.reachable(images.shape[0])
     with frozen(backbone):
         for step in progress(range(config.cap), desc=desc, total=config.steps):
             if step >= config.steps and best is not None:
                 ended_by = "threshold"
+                break
+            if step >= config.steps and hopeless:
+                ended_by = "unreachable"
                 break
             if step >= config.steps and config.stall_window and step - top_step >= config.stall_window:
                 ended_by = "stall"

@@ -15,6 +15,7 @@ import torch
 
 from DATASETS.stats import UsageInfo, get_usage
 from DATASETS.triggers import load_trigger
+from EVALUATION.features import feature_problem
 from MODELS.checkpoint import load_error_reason
 from MODELS.precision import check_amp
 from Trainer.filenames import DEFAULT_TRIGGER
@@ -212,6 +213,27 @@ def check_finite_model(model: torch.nn.Module, path: str, flag: str) -> None:
     if name is not None:
         fail(f"{flag} {path}: the checkpoint holds NaN or inf values (first in {name}); "
              f"it cannot be used as an encoder")
+
+
+BROKEN_CHECK_IMAGES = 64  # clean images whose features are checked before any verdict or training
+
+
+def refuse_broken_encoder(backbone: torch.nn.Module, images: torch.Tensor, usage: UsageInfo, path: str, flag: str,
+                          amp: bool = False) -> None:
+    """One line and no verdict, trigger or classifier for an encoder whose features of the first clean
+    ``images`` (N, 3, H, W) cannot be judged (:func:`EVALUATION.features.feature_problem`)."""
+    from DATASETS.stats import normalize
+    from INVERSION.inversion import frozen  # eval mode, as every judging pass runs the encoder
+    from MODELS.precision import with_precision
+
+    if images.shape[0] < 2:
+        return
+    with torch.no_grad(), frozen(backbone):  # raw features: normalised ones would hide zeros and overflow
+        features = with_precision(backbone, amp)(normalize(images[:BROKEN_CHECK_IMAGES], usage))
+    problem = feature_problem(features)
+    if problem is not None:
+        fail(f"{flag} {path}: {problem}, so no similarity-based answer about it would mean anything; check that "
+             f"the file and --model are right (nothing was judged or written)")
 
 
 def check_nonfinite(values: dict, where: str, keep: str, hint: str) -> None:

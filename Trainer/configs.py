@@ -153,6 +153,21 @@ def check_monitor(cfg) -> None:
         check_choice(cfg.downstreamTask, DATASET_NAMES, "--downstreamTask")
 
 
+PSIM_CHOICES = ("original", "pairs", "centred")  # MAIN.py --psim (INVERSION.inversion, INVERSION.relative)
+
+
+def threshold_value(value: float | str) -> float | str:
+    """--similarity_threshold as given: "auto" (any case), or a number; anything else fails with one line."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return float(value)
+        except ValueError:
+            fail(f"--similarity_threshold {value}: expected a cosine similarity in (0, 1] or 'auto'")
+    return float(value)
+
+
 @dataclass
 class MainConfig(Common):
     """MAIN.py's flags: inversion (--re_*), hardening, early stop, the kNN monitor and --phase."""
@@ -174,7 +189,7 @@ class MainConfig(Common):
     data_ratio: float = 0.01
     encoder_usage_info: str = "cifar10"
     attack_threshold: float = 0.99
-    similarity_threshold: float = 0.90
+    similarity_threshold: float | str = 0.90  # a cosine, or "auto" (INVERSION.relative)
     init_cost: float = 5e-2
     pair: str = "0-0"
     attack_size: int = 32
@@ -200,7 +215,8 @@ class MainConfig(Common):
         """Every flag of MAIN.py, in one-line errors; returns self."""
         self.check_common("dataset")
         check_choice(self.phase, MAIN_PHASES, "--phase")
-        check_choice(self.psim, ("original", "pairs"), "--psim")
+        check_choice(self.psim, PSIM_CHOICES, "--psim")
+        self.similarity_threshold = threshold_value(self.similarity_threshold)
         check_monitor(self)
         if not self.pretrained_encoder:
             fail("--pretrained_encoder: required (path to the encoder checkpoint to inspect)")
@@ -219,8 +235,10 @@ class MainConfig(Common):
                  f"(the stall rule) or a cap of at least --re_steps")
         if self.attack_size < 2:
             fail(f"--attack_size {self.attack_size}: expected at least 2 (similarity is measured between pairs)")
-        for flag, value in (("--similarity_threshold", self.similarity_threshold),
-                            ("--detect_psim", self.detect_psim)):
+        cosines = [("--detect_psim", self.detect_psim)]
+        if self.similarity_threshold != "auto":
+            cosines.insert(0, ("--similarity_threshold", self.similarity_threshold))
+        for flag, value in cosines:
             if not 0 < value <= 1:
                 fail(f"{flag} {value}: expected a cosine similarity in (0, 1]")
         if not 0 < self.detect_pl1 <= 1:

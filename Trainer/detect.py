@@ -33,21 +33,36 @@ class DetectSettings:
     psim_threshold: float   # --detect_psim
     pl1_threshold: float    # --detect_pl1
     images: int = 0         # --detect_images: how many images of the set are judged (0: all)
+    calibrated_images: int = 0  # how many images --detect_pl1's default was measured on (DETECT_IMAGES)
+    off_calibration: tuple[str, ...] = ()  # flags set otherwise than when --detect_pl1's default was measured
     amp: bool = False
     seed: int = 0           # draws the random start
     step_seed: int = FIRST_STEP_SEED
 
 
 def detection_images(data: TensorSet, count: int) -> TensorSet:
-    """The first ``count`` images of the (already shuffled) set, all of them when ``count`` is 0; a note when
-    the set is smaller than ``count``, since the trigger's size, hence the verdict, depends on it."""
+    """The first ``count`` images of the (already shuffled) set, all of them when ``count`` is 0 or the set is
+    smaller (a note says so)."""
     if count == 0 or len(data) == count:
         return data
     if len(data) < count:
-        log(f"note: --detect_images {count}, but the --data_ratio share has {len(data)} images; judging those "
-            f"(fewer images make the trigger smaller than the --detect_pl1 calibration assumed)")
+        log(f"note: --detect_images {count}, but the --data_ratio share has {len(data)} images; judging those")
         return data
     return TensorSet(data.x[:count], data.y[:count], data.num_classes)
+
+
+def calibration_note(settings: DetectSettings, judged: int) -> str:
+    """'' when the verdict ran as --detect_pl1's default was measured, else one sentence saying what differs:
+    the trigger's size, hence the verdict, depends on the settings and grows with the number of images."""
+    differs = list(settings.off_calibration)
+    if settings.calibrated_images and judged != settings.calibrated_images:
+        trend = "fewer images make the trigger smaller" if judged < settings.calibrated_images else \
+            "more images make the trigger larger"
+        differs.append(f"{judged} images judged, not {settings.calibrated_images} ({trend})")
+    if not differs:
+        return ""
+    return ("the default --detect_pl1 was measured with other settings (" + "; ".join(differs) + "), so this "
+            "verdict is outside its calibration")
 
 
 def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
@@ -58,15 +73,20 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     by DECREE's (``settings.psim_threshold`` on the pair-mean cosine). Returns detect.json's content.
     """
     data = detection_images(data, settings.images)
-    config = replace(config, threshold=settings.psim_threshold, psim=DETECT_PSIM_KIND)
+    config = replace(config, threshold=settings.psim_threshold, auto_threshold=False, psim=DETECT_PSIM_KIND)
     done = invert_once(model, data, usage, config, ground_truth, amp=settings.amp, seed=settings.seed,
                        step_seed=settings.step_seed, what="detection", hint="Check the encoder, or lower --init_cost",
                        trigger_path=log_dir / DETECT_TRIGGER, preview_path=log_dir / DETECT_PICTURE)
     result, psim, reference = done.result, done.psim, done.reference
     verdict = judge(relative_size(result.mask), result.reached, settings.pl1_threshold)
+    note = calibration_note(settings, len(data))
+    explanation = verdict.explain() + (f"; note: {note}" if note else "")
     h, w = result.mask.shape[-2:]
-    summary = {"verdict": verdict.label, "backdoored": verdict.backdoored, "explanation": verdict.explain(),
-               "pl1": verdict.pl1, "pl1_threshold": settings.pl1_threshold, "l1": result.l1,
+    summary = {"verdict": verdict.label, "backdoored": verdict.backdoored, "explanation": explanation,
+               "calibrated": not note, "calibration_note": note or None,
+               "pl1": verdict.pl1, "pl1_threshold": settings.pl1_threshold,
+               "inconclusive_band": [settings.pl1_threshold / verdict.factor, settings.pl1_threshold * verdict.factor],
+               "l1": result.l1,
                "l1_definition": L1_DEFINITION, "image_pixels": h * w, "psim": psim, "psim_kind": config.psim,
                "psim_threshold": settings.psim_threshold, "reached_threshold": result.reached,
                "steps": result.steps, "images": len(data), "clean_psim": reference["clean_psim"],
@@ -77,5 +97,5 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     write_json(log_dir / DETECT_METRICS, summary)
     log(f"[detect] trigger L1 {result.l1:.2f} = PL1 {verdict.pl1:.4f} of {h}x{w}, psim {psim:.4f} "
         f"(threshold {settings.psim_threshold:g}, reached {str(result.reached).lower()}), {result.steps} steps")
-    log(f"verdict: {verdict.label.upper()}: {verdict.explain()}. Details: {log_dir / DETECT_METRICS}")
+    log(f"verdict: {verdict.label.upper()}: {explanation}. Details: {log_dir / DETECT_METRICS}")
     return summary

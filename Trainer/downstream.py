@@ -24,7 +24,8 @@ from EVALUATION.metrics import asr_selection
 from MODELS.checkpoint import load_encoder, save_checkpoint
 from MODELS.precision import with_precision
 from MODELS.simclr import build_model
-from Trainer.common import Outputs, check_finite_model, remove_outputs, run_fingerprint, start_run
+from Trainer.common import (Outputs, check_finite_model, refuse_broken_encoder, remove_outputs, run_fingerprint,
+                            start_run)
 from Trainer.configs import DownstreamConfig
 from UTILS.distributed import from_main, is_main, rank
 from UTILS.errors import Interrupted, fail
@@ -114,6 +115,7 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
     train = TensorSet.from_images(train_images, device)
     test = TensorSet.from_images(require_images(load_split(cfg.dataset, "test", cfg.data_dir, usage.size),
                                                 "--dataset", "ACC cannot be measured"), device)
+    refuse_broken_encoder(model.f, train.x, usage, cfg.encoder or "(random weights)", "--encoder", cfg.amp)
     chosen = asr_images(cfg, train_images, train, test, trigger is not None)
     if chosen is not None:
         check_asr_images(cfg, chosen)

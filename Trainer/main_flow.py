@@ -15,8 +15,9 @@ from EVALUATION.monitor import build_monitor
 from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
 from MODELS.checkpoint import load_checkpoint, load_encoder
 from Trainer.common import (Outputs, canonical, check_fingerprint, check_finite_model, load_ground_truth,
+                            refuse_broken_encoder,
                             remove_outputs, run_fingerprint, seed_from_list, start_run, write_settings)
-from Trainer.configs import DEFAULT_REFERENCE_FILE, MAIN_SEEDS, MainConfig
+from Trainer.configs import DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MAIN_SEEDS, MainConfig
 from Trainer.detect import DetectSettings, run_detect
 from Trainer.filenames import (BEST_TRIGGER, DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER, NC_METRICS,
                                NC_TRIGGER)
@@ -60,7 +61,8 @@ class PhaseInputs:
 def inversion_config(cfg: MainConfig) -> InversionConfig:
     """One inversion round's settings from MAIN.py's --re_* flags."""
     return InversionConfig(steps=cfg.re_steps, lr=cfg.re_lr, init_cost=cfg.init_cost,
-                           threshold=cfg.similarity_threshold, psim=cfg.psim, step_cap=cfg.re_steps_cap,
+                           threshold=0.0 if cfg.similarity_threshold == "auto" else cfg.similarity_threshold,
+                           auto_threshold=cfg.similarity_threshold == "auto", psim=cfg.psim, step_cap=cfg.re_steps_cap,
                            micro_batch=cfg.micro_batch)
 
 
@@ -106,6 +108,7 @@ def run_main(cfg: MainConfig) -> dict:
     model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
     check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
+    refuse_broken_encoder(model.f, data.x, usage, cfg.pretrained_encoder, "--pretrained_encoder", cfg.amp)
     inputs = PhaseInputs(model=model, data=shuffled_once(data, cfg.seed), usage=usage, log_dir=log_dir,
                          results_dir=results_dir, ground_truth=ground_truth, earlier=earlier)
     if cfg.phase == "nc":
@@ -134,12 +137,28 @@ def run_nc_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
                   seed=seed_from_list(cfg.seed, MAIN_SEEDS), step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
 
 
+# The flags that shape the detection trigger, hence its size: --detect_pl1's default was measured with their
+# defaults (bench/detect.py; --detect_images is compared apart, by the number of images actually judged).
+DETECT_SHAPING = ("re_steps", "re_steps_cap", "init_cost", "detect_psim")
+
+
+def off_calibration(cfg: MainConfig) -> tuple[str, ...]:
+    """'--flag value (calibrated: default)' for each detection-shaping flag set otherwise than its default,
+    when the verdict uses the default --detect_pl1 (a user's own threshold is their own calibration)."""
+    if cfg.detect_pl1 != DETECT_PL1:
+        return ()
+    default = MainConfig()
+    return tuple(f"--{name} {getattr(cfg, name)} (calibrated: {getattr(default, name)})" for name in DETECT_SHAPING
+                 if getattr(cfg, name) != getattr(default, name))
+
+
 def run_detect_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     """``--phase detect``: one DECREE-style inversion over the whole set, and the verdict."""
     data, log_dir = inputs.data, inputs.log_dir
     start_one_round(cfg, inputs)
     settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_pl1,
-                              images=cfg.detect_images, amp=cfg.amp,
+                              images=cfg.detect_images, calibrated_images=DETECT_IMAGES,
+                              off_calibration=off_calibration(cfg), amp=cfg.amp,
                               seed=seed_from_list(cfg.seed, MAIN_SEEDS),
                               step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
     return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings, inputs.ground_truth)

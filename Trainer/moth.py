@@ -23,7 +23,8 @@ from EVALUATION.monitor import monitor_row
 from INVERSION.early_stop import EarlyStop, StopDecision
 from INVERSION.hardening import draw_attack_set, harden_step, sorted_features, wasserstein_shift
 from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, attack_set_similarities, chunk_similarity,
-                                 invert_trigger, random_start)
+                                 invert_trigger, random_start, psim_ceiling)
+from INVERSION.relative import NEAR_SHARE, prepare_round, relative_threshold
 from MODELS.checkpoint import BackgroundSaver, save_checkpoint
 from MODELS.precision import with_precision
 from Trainer.common import check_nonfinite, first_nonfinite, fmt_metrics, load_training_state
@@ -38,8 +39,8 @@ from UTILS.signals import StopRequest
 # re_loss.csv keeps the paper's code's columns and meanings: loss_sim is the mean *negative* psim and
 # refer_sim the negative psim of the clean attack set (see INVERSION.inversion.attack_set_similarities).
 RE_LOSS_FIELDS = ("loss", "loss_sim", "loss_reg", "refer_sim")
-METRIC_FIELDS = ("round", "epoch", "batch", *RE_LOSS_FIELDS, "l1", "psim", "reached", "ended_by", "steps", "cost",
-                 "clean_psim", "gt_psim",
+METRIC_FIELDS = ("round", "epoch", "batch", *RE_LOSS_FIELDS, "l1", "psim", "threshold", "reached", "ended_by", "steps",
+                 "cost", "clean_psim", "gt_psim",
                  "harden_loss", "distance", "improved", "converged", "counter", "best_round", "knn_acc", "knn_asr")
 STATE_FILE = "moth_state.pth"
 TIMINGS_FILE = "timings.csv"  # wall-clock seconds per round: kept apart so metrics.csv is reproducible
@@ -47,10 +48,45 @@ FIRST_ROUND_LR = 0.5
 SEED_STRIDE = 1_000_000  # --seed N shifts every seeded counter by N * SEED_STRIDE (--seed 0: the original's draws)
 
 
+def check_threshold(config: InversionConfig, clean_psim: float, gt_psim: float, warned: list, *,
+                    auto: bool = False) -> None:
+    """Say once per run (``warned`` records what was said) when the round's threshold cannot mean what it
+    should on this encoder: the clean images reach it already or nearly (it names the value ``auto`` would
+    use), no chunk can reach it, or the injected trigger (``gt_psim``, judged on the encoder as given, round
+    0: hardening is meant to lower it) does not reach it."""
+    threshold, chunk = config.threshold, config.chunk_size
+    ceiling = psim_ceiling(config.psim, chunk)
+    suggested = relative_threshold(clean_psim, ceiling)
+    if threshold > ceiling and "ceiling" not in warned:
+        warned.append("ceiling")
+        warn(f"--similarity_threshold {threshold:g} can never be reached: with --psim {config.psim} a chunk of "
+             f"{chunk} images has psim at most {ceiling:.5f}, so every round ends without a trigger whatever "
+             f"--re_steps is; use a threshold below {ceiling:.5f}, or --similarity_threshold auto (here "
+             f"{suggested:.4f})")
+    elif not auto and clean_psim >= threshold and "clean" not in warned:
+        warned.append("clean")
+        warn(f"the clean images' own psim is already {clean_psim:.4f} >= --similarity_threshold {threshold:g}: "
+             f"any trigger, even an empty one, counts as found, so the inverted trigger means little; use "
+             f"--similarity_threshold auto (here {suggested:.4f})")
+    elif not auto and threshold - clean_psim < NEAR_SHARE * (ceiling - clean_psim) and "clean" not in warned:
+        warned.append("clean")
+        warn(f"the clean images' own psim is {clean_psim:.5f}, close to --similarity_threshold {threshold:g} (less "
+             f"than {NEAR_SHARE:.0%} of the way to the largest psim possible, {ceiling:.4f}): a tiny trigger can "
+             f"reach it, not only a backdoor's; use --similarity_threshold auto (here {suggested:.4f})")
+    if gt_psim < threshold and "gt" not in warned:
+        warned.append("gt")
+        shown = f"auto ({threshold:.4f})" if auto else f"{threshold:g}"
+        warn(f"images stamped with the injected trigger (--trigger_file) reach only psim {gt_psim:.4f} < "
+             f"--similarity_threshold {shown}: the true trigger would not count as found; consider a lower "
+             f"--similarity_threshold")
+
+
 def ended_phrase(ended_by: str, config) -> str:
     """Why a round without a trigger stopped, in words for a warning."""
     if ended_by == "stall":
         return f"its best psim had not risen for {config.stall_window} steps"
+    if ended_by == "unreachable":
+        return "the threshold lies above what a chunk of these images can reach"
     return f"the cap of {config.cap} steps, --re_steps_cap"
 
 
@@ -122,36 +158,23 @@ class RoundSteps:
         first = previous is None
         start = random_start(self.data.x.shape[-1], rng) if first else (previous.mask[0], previous.pattern)
         config = replace(self.settings.inversion, lr=FIRST_ROUND_LR if first else self.settings.inversion.lr)
-        row = attack_set_similarities(self.f, attack, self.usage, self.ground_truth, config.psim, config.chunk_size)
-        self.check_threshold(row["clean_psim"], row["gt_psim"] if k == 0 else float("nan"), state.warned)
-        result = invert_trigger(self.f, attack, self.usage, config, start, seed=state.step_seed,
+        backbone, config, _ = prepare_round(self.f, attack, self.usage, config)
+        row = attack_set_similarities(backbone, attack, self.usage, self.ground_truth, config.psim, config.chunk_size)
+        row["threshold"] = config.threshold
+        check_threshold(config, row["clean_psim"], row["gt_psim"] if k == 0 else float("nan"), state.warned,
+                        auto=self.settings.inversion.auto_threshold)
+        result = invert_trigger(backbone, attack, self.usage, config, start, seed=state.step_seed,
                                 desc=f"round {k} inversion")
         state.step_seed = result.next_seed
         psim = result.psim
         if not result.reached and math.isfinite(result.loss):  # (a NaN round fails in measure_round instead)
-            psim = chunk_similarity(self.f, attack, self.usage, result.trigger, config.psim, config.chunk_size)
+            psim = chunk_similarity(backbone, attack, self.usage, result.trigger, config.psim, config.chunk_size)
             warn(f"round {k}: no trigger reached --similarity_threshold {config.threshold} in {result.steps} steps "
                  f"({ended_phrase(result.ended_by, config)}); kept the last trigger (psim {psim:.4f}, recorded with "
                  f"reached=0 in metrics.csv)")
         row.update(loss=result.loss, loss_sim=-result.loss_sim, loss_reg=result.loss_reg, l1=result.l1, psim=psim,
                    reached=int(result.reached), ended_by=result.ended_by, steps=result.steps, cost=result.cost)
         return result.trigger, row
-
-    def check_threshold(self, clean_psim: float, gt_psim: float, warned: list) -> None:
-        """Say once per run (``warned`` records what was said) when --similarity_threshold cannot mean what it
-        should on this encoder. ``gt_psim`` is judged on the encoder as given (round 0) only: hardening is
-        meant to lower it."""
-        threshold = self.settings.inversion.threshold
-        if clean_psim >= threshold and "clean" not in warned:
-            warned.append("clean")
-            warn(f"the clean images' own psim is already {clean_psim:.4f} >= --similarity_threshold {threshold}: "
-                 f"any trigger, even an empty one, counts as found, so the inverted trigger means little; raise "
-                 f"--similarity_threshold above {clean_psim:.3f}")
-        if gt_psim < threshold and "gt" not in warned:
-            warned.append("gt")
-            warn(f"images stamped with the injected trigger (--trigger_file) reach only psim {gt_psim:.4f} < "
-                 f"--similarity_threshold {threshold}: the true trigger would not count as found; consider a lower "
-                 f"--similarity_threshold")
 
     def harden(self, batch_index: int, trigger: InvertedTrigger, where: str, kept: str) -> float:
         """Step c on the round's batch of the inversion set; a NaN loss or weight stops the run with one line
@@ -261,6 +284,7 @@ class RoundFiles:
                    "rounds_below_threshold": sum(1 for r in self.rows if not r["reached"]),
                    "rounds_ended_by_stall": [r["round"] for r in self.rows if r.get("ended_by") == "stall"],
                    "rounds_ended_by_cap": [r["round"] for r in self.rows if r.get("ended_by") == "cap"],
+                   "rounds_unreachable": [r["round"] for r in self.rows if r.get("ended_by") == "unreachable"],
                    "initial_knn": run.initial_knn, "best_trigger": str(self.log_dir / BEST_TRIGGER),
                    "hardened_encoder": str(ckpt), "l1_per_round": [r["l1"] for r in self.rows],
                    "distance_per_round": [r["distance"] for r in self.rows]}

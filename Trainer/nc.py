@@ -12,6 +12,7 @@ from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
 from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, InversionResult, attack_set_similarities,
                                  chunk_similarity, invert_trigger, random_start)
+from INVERSION.relative import prepare_round
 from MODELS.precision import with_precision
 from Trainer.common import check_nonfinite, fmt_metrics
 from Trainer.filenames import NC_METRICS, NC_TRIGGER
@@ -36,8 +37,7 @@ def invert_once(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inv
                 what: str, hint: str, trigger_path: Path, preview_path: Path) -> OneRound:
     """One round (first-round lr) from a seeded random start over ``data`` (N, 3, H, W): the NC baseline's
     and the detection's shared body. ``what`` names it in the progress bar and a non-finite error."""
-    backbone = with_precision(model.f, amp)
-    config = replace(config, lr=FIRST_ROUND_LR)
+    backbone, config, _ = prepare_round(with_precision(model.f, amp), data.x, usage, replace(config, lr=FIRST_ROUND_LR))
     start = random_start(data.x.shape[-1], np.random.RandomState(seed % 2**32))
     result = invert_trigger(backbone, data.x, usage, config, start, seed=step_seed, desc=what)
     check_nonfinite({"inversion loss": result.loss, "trigger L1": result.l1}, what, "Nothing was saved", hint)
@@ -47,7 +47,7 @@ def invert_once(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inv
     trigger.save(trigger_path)
     save_trigger_preview(preview_path, trigger, data.x[:4])
     reference = attack_set_similarities(backbone, data.x, usage, ground_truth, config.psim, config.chunk_size)
-    return OneRound(result, psim, reference)
+    return OneRound(result, psim, {**reference, "threshold": config.threshold})
 
 
 def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
@@ -61,7 +61,8 @@ def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inversio
                        trigger_path=log_dir / NC_TRIGGER, preview_path=log_dir / "preview-NC.png")
     result, psim = done.result, done.psim
     if not result.reached:
-        warn(f"NC inversion: no trigger reached --similarity_threshold {config.threshold} in {result.steps} steps "
+        warn(f"NC inversion: no trigger reached the similarity threshold {done.reference['threshold']:g} in "
+             f"{result.steps} steps "
              f"({ended_phrase(result.ended_by, config)}); saved the last trigger (psim {psim:.4f}, "
              f"reached_threshold false in metrics-NC.json)")
     summary = {"l1": result.l1, "psim": psim, "reached_threshold": result.reached, "ended_by": result.ended_by,

@@ -162,11 +162,13 @@ def auroc_of(rows: list[dict], key: str, higher_is_backdoor: bool) -> float:
 
 
 def verdict_scores(rows: list[dict]) -> dict:
-    """AUROC of -PL1, the verdict's accuracy, and clean encoders called backdoored, over ``rows``."""
+    """AUROC of -PL1, the verdict's accuracy (inconclusive counts as not right), clean encoders called
+    backdoored, backdoored ones called clean and the inconclusive ones, over ``rows``."""
     right = sum(r["backdoored"] == (r["kind"] == "backdoored") for r in rows)
     return {"auroc": auroc_of(rows, "pl1_or_1", higher_is_backdoor=False), "accuracy": right / len(rows),
-            "false_alarms": sum(r["backdoored"] and r["kind"] == "clean" for r in rows),
-            "missed": sum(not r["backdoored"] and r["kind"] == "backdoored" for r in rows),
+            "false_alarms": sum(r["backdoored"] is True and r["kind"] == "clean" for r in rows),
+            "missed": sum(r["backdoored"] is False and r["kind"] == "backdoored" for r in rows),
+            "inconclusive": sum(r["backdoored"] is None for r in rows),
             "max_backdoored_pl1": max((r["pl1_or_1"] for r in rows if r["kind"] == "backdoored"), default=math.nan),
             "min_clean_pl1": min((r["pl1_or_1"] for r in rows if r["kind"] == "clean"), default=math.nan)}
 
@@ -217,6 +219,7 @@ def format_results(table: dict) -> str:
         lines.append(f"{enc:<42}" + "".join(f"{s['rows'][i]['pl1_or_1']:12.4f}" for s in settings))
     lines += [""] + [f"{'':<42}" + "".join(f"{s['short']:>12}" for s in settings)]
     for key, fmt in (("auroc", "12.3f"), ("accuracy", "12.2f"), ("false_alarms", "12d"), ("missed", "12d"),
+                     ("inconclusive", "12d"),
                      ("max_backdoored_pl1", "12.4f"), ("min_clean_pl1", "12.4f")):
         lines.append(f"{key:<42}" + "".join(format(s["scores"][key], fmt) for s in settings))
     lines += ["", "settings: " + "; ".join(f"{s['short']} = {s['name']}" for s in settings),

@@ -54,3 +54,18 @@ def test_trigger_changes_features():
 def test_rejects_uint8_images():
     with pytest.raises(TypeError):
         extract_features(build_model("tiny").f, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), get_usage("cifar10"))
+
+
+def test_feature_problem_names_what_makes_an_encoder_unjudgeable():
+    import torch as t
+
+    from EVALUATION.features import feature_problem
+
+    gen = t.Generator().manual_seed(0)
+    good = t.rand(8, 16, generator=gen, dtype=t.float64)
+    assert feature_problem(good) is None
+    assert "same feature direction" in feature_problem(t.ones(8, 16) * 3.0)
+    assert "same feature direction" in feature_problem(good[:1].repeat(8, 1) * t.arange(1, 9.0)[:, None])
+    assert "zero" in feature_problem(t.zeros(8, 16))
+    assert "not finite" in feature_problem(t.cat([good[:7], t.full((1, 16), float("nan"))]))
+    assert "1.0e+23" in feature_problem(good * 1e23)

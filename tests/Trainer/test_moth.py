@@ -1,37 +1,42 @@
 """The moth run's own duties beyond the early stop: one-time warnings about the threshold."""
-import torch
-
-from DATASETS.stats import get_usage
-from DATASETS.tensors import TensorSet
 from INVERSION.inversion import InversionConfig
-from MODELS.simclr import build_model
-from Trainer.moth import IterativeInversion, MothSettings, seed_offset
+from Trainer.moth import check_threshold, seed_offset
 
 
-def flow(tmp_path, threshold=0.9):
-    torch.manual_seed(0)
-    data = TensorSet(torch.rand(8, 3, 32, 32), torch.zeros(8, dtype=torch.long), 10)
-    settings = MothSettings(epochs=1, batch_size=4, attack_size=4, harden_lr=1e-3,
-                            inversion=InversionConfig(threshold=threshold), patience=2, epsilon=0.0, monitor_every=0)
-    return IterativeInversion(build_model("tiny"), data, get_usage("cifar10"), settings, tmp_path, tmp_path)
-
-
-def test_threshold_warnings_come_once_each_with_the_measured_value(tmp_path, capsys):
-    f = flow(tmp_path)
-    f.steps.check_threshold(clean_psim=0.95, gt_psim=0.5, warned=f.state.warned)
+def test_threshold_warnings_come_once_each_with_the_measured_value(capsys):
+    warned = []
+    check_threshold(InversionConfig(threshold=0.9), clean_psim=0.95, gt_psim=0.5, warned=warned)
     err = capsys.readouterr().err
     assert "clean images' own psim is already 0.9500 >= --similarity_threshold 0.9" in err
-    assert "raise --similarity_threshold above 0.950" in err
+    assert "use --similarity_threshold auto (here 0.9594)" in err  # 0.95 + (31/32 - 0.95) / 2
     assert "reach only psim 0.5000 < --similarity_threshold 0.9" in err
-    f.steps.check_threshold(clean_psim=0.97, gt_psim=0.4, warned=f.state.warned)
+    check_threshold(InversionConfig(threshold=0.9), clean_psim=0.97, gt_psim=0.4, warned=warned)
     assert capsys.readouterr().err == ""
 
 
-def test_no_warning_when_the_threshold_separates_clean_from_stamped(tmp_path, capsys):
-    f = flow(tmp_path)
-    f.steps.check_threshold(clean_psim=0.3, gt_psim=0.95, warned=f.state.warned)
+def test_a_threshold_just_above_the_clean_psim_warns_and_names_the_auto_value(capsys):
+    warned = []
+    check_threshold(InversionConfig(threshold=0.9), clean_psim=0.89996, gt_psim=0.93, warned=warned)
+    err = capsys.readouterr().err
+    assert "close to --similarity_threshold 0.9" in err and "auto (here 0.9344)" in err and "0.89996" in err
+    assert "reach only" not in err
+
+
+def test_a_threshold_no_chunk_can_reach_says_exactly_that(capsys):
+    check_threshold(InversionConfig(threshold=0.9), clean_psim=0.3, gt_psim=float("nan"), warned=[])
+    assert capsys.readouterr().err == ""  # 0.9 < 31/32
+    check_threshold(InversionConfig(threshold=0.97), clean_psim=0.3, gt_psim=float("nan"), warned=[])
+    err = capsys.readouterr().err
+    assert "can never be reached" in err and "at most 0.96875" in err and "--re_steps" in err
+
+
+def test_no_warning_when_the_threshold_separates_clean_from_stamped(capsys):
+    warned = []
+    check_threshold(InversionConfig(threshold=0.9), clean_psim=0.3, gt_psim=0.95, warned=warned)
     # no ground truth: nothing to say
-    f.steps.check_threshold(clean_psim=0.3, gt_psim=float("nan"), warned=f.state.warned)
+    check_threshold(InversionConfig(threshold=0.9), clean_psim=0.3, gt_psim=float("nan"), warned=warned)
+    # an auto threshold is never near the clean psim by construction
+    check_threshold(InversionConfig(threshold=0.93), clean_psim=0.92, gt_psim=0.95, warned=[], auto=True)
     assert capsys.readouterr().err == ""
 
 

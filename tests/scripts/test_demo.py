@@ -75,9 +75,9 @@ def test_targets_are_judged_on_the_measured_numbers(demo):
     row = {r["encoder"]: r for r in summary["table"]}
     met = [t["met"] for t in summary["targets"]]
     assert met[0] == (row["backdoored"]["asr"] >= 90)
-    assert met[1] == (abs(row["backdoored"]["acc"] - row["clean"]["acc"]) <= 3)
-    assert met[2] == (row["RECEIVE"]["asr"] <= 10)
-    assert met[3] == (abs(row["RECEIVE"]["acc"] - row["backdoored"]["acc"]) <= 5)
+    assert met[1] == (row["backdoored"]["acc"] - row["clean"]["acc"] >= -3)  # one-sided: utility kept
+    assert met[2] == (row["RECEIVE"]["asr"] <= 5)
+    assert met[3] == (row["RECEIVE"]["acc"] - row["backdoored"]["acc"] >= -3)
     for t in summary["targets"]:
         assert f"{t['target']}: {t['measured']}" in out
 

@@ -1,0 +1,208 @@
+"""Data families for the generalisation benchmark (bench/generalise.py): images that differ in structure,
+not only in seed, each written once in BadEncoder's npz layout so that the normal loaders read it.
+
+| family       | what the images are                                                      | where from           |
+|--------------|--------------------------------------------------------------------------|----------------------|
+| synthetic    | the embedded shapes (DATASETS/synthetic.py), the family the defaults were tuned on | this repository |
+| glyphs       | the digits 0-9 drawn in a real typeface on a flat background              | Pillow's bundled font |
+| photos       | patches of real photographs, an MRI slice and terrain maps, labelled by region | matplotlib's sample data |
+| lowcontrast  | faint shapes on one texture shared by every image: high feature similarity by construction | generated |
+
+A family other than ``synthetic`` is written under ``<data_dir>/<family>/`` in the slots of two dataset names
+the loaders know: its pre-training set as ``cifar10`` and its downstream set as ``stl10`` (ten classes each,
+32x32 RGB), normalised with CIFAR-10's statistics (any fixed statistics serve: every stage uses the same).
+Nothing here is downloaded; every family is drawn from a fixed seed, so the files are the same on every run.
+"""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from DATASETS import synthetic
+from UTILS.io import ensure_writable_dir, save_npz
+
+FAMILIES = ("synthetic", "glyphs", "photos", "lowcontrast")
+SIZES = {"pre": {"train": 10000, "test": 2000}, "down": {"train": 5000, "test": 2000}}
+SLOTS = {"pre": "cifar10", "down": "stl10"}  # dataset names whose npz slots a family's sets are written into
+SIDE = 32
+VERSION = 1  # bump when a drawing changes: stale files are rewritten
+
+
+@dataclass(frozen=True)
+class FamilyData:
+    """Where a family's two sets are and how the stages name them."""
+
+    family: str
+    data_dir: Path   # --data_dir of every stage
+    pretrain: str    # --dataset / --pretraining_dataset / --shadow_dataset
+    downstream: str  # --downstreamTask / --dataset of the classifier / --reference_dataset
+    usage: str       # --encoder_usage_info
+
+
+def _seed(family: str, part: str, split: str) -> list[int]:
+    return [FAMILIES.index(family), ("pre", "down").index(part), ("train", "test").index(split), 20261206]
+
+
+def _labels(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.permutation(np.arange(n) % 10).astype(np.int64)
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    """(n, 3, S, S) floats in [0, 1] -> (n, S, S, 3) uint8, capped at 230 so nothing is the trigger's white."""
+    return np.clip(np.rint(img * 255), 0, 230).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+# ---- glyphs ------------------------------------------------------------------------------------------------
+
+
+def _glyphs(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray:
+    """The digit ``y[i]`` in Pillow's bundled typeface: random size, place, slant and flat colours."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    out = np.zeros((y.size, 3, SIDE, SIDE))
+    fonts = {size: ImageFont.load_default(size=size) for size in range(16, 27)}
+    for i, label in enumerate(y):
+        font = fonts[int(rng.integers(16, 27))]
+        canvas = Image.new("L", (2 * SIDE, 2 * SIDE), 0)
+        ImageDraw.Draw(canvas).text((SIDE // 2, SIDE // 4), str(int(label)), fill=255, font=font)
+        canvas = canvas.rotate(float(rng.uniform(-20, 20) if down else rng.uniform(-12, 12)), resample=Image.BILINEAR)
+        box = canvas.getbbox() or (0, 0, 2 * SIDE, 2 * SIDE)
+        glyph = canvas.crop(box)
+        scale = min(1.0, 26 / max(glyph.size))
+        glyph = glyph.resize((max(1, int(glyph.width * scale)), max(1, int(glyph.height * scale))), Image.BILINEAR)
+        alpha = np.zeros((SIDE, SIDE))
+        top = int(rng.integers(0, SIDE - glyph.height + 1))
+        left = int(rng.integers(0, SIDE - glyph.width + 1))
+        alpha[top:top + glyph.height, left:left + glyph.width] = np.asarray(glyph, dtype=np.float64) / 255
+        while True:  # flat colours whose brightness differs enough to read the glyph
+            fg, bg = rng.uniform(0.05, 0.85, 3), rng.uniform(0.05, 0.85, 3)
+            if abs(fg.mean() - bg.mean()) >= 0.25:
+                break
+        out[i] = alpha[None] * fg[:, None, None] + (1 - alpha[None]) * bg[:, None, None]
+    return out + rng.normal(0, 0.03 if down else 0.02, out.shape)
+
+
+# ---- photos ------------------------------------------------------------------------------------------------
+
+
+def _sources() -> list[np.ndarray]:
+    """matplotlib's sample images as (H, W, 3) floats in [0, 1]: a photograph, a photographed object, an MRI
+    slice and two terrain maps (grey ones repeated over three channels)."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    def grey(a: np.ndarray) -> np.ndarray:
+        a = (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
+        return np.repeat(a[..., None], 3, axis=2)
+
+    photo = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"), np.float64) / 255
+    present = np.asarray(Image.open(cbook.get_sample_data("Minduka_Present_Blue_Pack.png")).convert("RGB"),
+                         np.float64) / 255
+    with gzip.open(cbook.get_sample_data("s1045.ima.gz", asfileobj=False)) as handle:
+        mri = np.frombuffer(handle.read(), np.uint16).reshape(256, 256).astype(np.float64)
+    with np.load(cbook.get_sample_data("jacksboro_fault_dem.npz", asfileobj=False)) as dem:
+        terrain = dem["elevation"].astype(np.float64)
+    with np.load(cbook.get_sample_data("topobathy.npz", asfileobj=False)) as topo:
+        bathy = topo["topo"].astype(np.float64)
+    return [photo, present, grey(mri), grey(terrain), grey(bathy)]
+
+
+def _regions(sources: list[np.ndarray]) -> list[np.ndarray]:
+    """Ten classes: the photograph's four quadrants, the MRI's and the first terrain's two halves, the
+    photographed object and the second terrain whole."""
+    photo, present, mri, terrain, bathy = sources
+    h, w = photo.shape[:2]
+    quads = [photo[:h // 2, :w // 2], photo[:h // 2, w // 2:], photo[h // 2:, :w // 2], photo[h // 2:, w // 2:]]
+    return quads + [mri[:, :128], mri[:, 128:], terrain[:, :200], terrain[:, 200:], present, bathy]
+
+
+def _photos(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray:
+    """A random square crop (a fifth to a half of the region's shorter side) of the class's region, resized
+    to 32x32, flipped at random, with a small brightness shift."""
+    from PIL import Image
+
+    regions = _regions(_sources())
+    out = np.zeros((y.size, 3, SIDE, SIDE))
+    for i, label in enumerate(y):
+        region = regions[int(label)]
+        short = min(region.shape[:2])
+        side = int(rng.integers(max(8, short // 5), max(9, short // 2)))
+        top = int(rng.integers(0, region.shape[0] - side + 1))
+        left = int(rng.integers(0, region.shape[1] - side + 1))
+        crop = Image.fromarray(np.rint(region[top:top + side, left:left + side] * 255).astype(np.uint8))
+        patch = np.asarray(crop.resize((SIDE, SIDE), Image.BILINEAR), np.float64) / 255
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        out[i] = patch.transpose(2, 0, 1) * rng.uniform(0.8, 1.0) + rng.uniform(-0.05, 0.05)
+    return out + rng.normal(0, 0.02 if down else 0.01, out.shape)
+
+
+# ---- lowcontrast ---------------------------------------------------------------------------------------------
+
+
+def _texture() -> np.ndarray:
+    """One smooth colour texture (3, 32, 32) in [0.2, 0.7], the same for every image of the family."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE] / SIDE
+    field = np.zeros((3, SIDE, SIDE))
+    for _ in range(6):
+        f, phase = rng.uniform(-3, 3, (3, 2)) * 2 * np.pi, rng.uniform(0, 2 * np.pi, (3, 1, 1))
+        field += np.sin(f[:, 0, None, None] * xx + f[:, 1, None, None] * yy + phase)
+    field = (field - field.min()) / (field.max() - field.min())
+    return 0.2 + 0.5 * field
+
+
+def _lowcontrast(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray:
+    """A synthetic shape of class ``y[i]`` at a fifth of its contrast, blended over the shared texture."""
+    out = np.zeros((y.size, 3, SIDE, SIDE))
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        if idx.size:
+            out[idx] = _shapes_of_class(rng, c, idx.size, down)
+    return 0.8 * _texture()[None] + 0.2 * out + rng.normal(0, 0.01, out.shape)
+
+
+def _shapes_of_class(rng: np.random.Generator, c: int, n: int, down: bool) -> np.ndarray:
+    """(n, 3, 32, 32) floats: synthetic shapes of class ``c``."""
+    img = synthetic._render_chunk(  # the embedded set's own drawing, for the classes asked
+        rng, np.full(n, c, dtype=np.int64), down)
+    return img.astype(np.float64).transpose(0, 3, 1, 2) / 255
+
+
+DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast}
+
+
+def generate(family: str, part: str, split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, 32, 32, 3) uint8 and balanced labels (n,) of a family's ``part`` ("pre"/"down") and split."""
+    n = SIZES[part][split] if n is None else int(n)
+    rng = np.random.default_rng(_seed(family, part, split))
+    y = _labels(rng, n)
+    return _to_uint8(DRAW[family](rng, y, part == "down")), y
+
+
+def _current(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with np.load(path, allow_pickle=False) as data:
+        return "family_version" in data.files and int(data["family_version"]) == VERSION
+
+
+def ensure_family(family: str, data_root: str | Path) -> FamilyData:
+    """Write the family's sets under ``data_root`` unless current; returns how the stages name them."""
+    root = Path(data_root)
+    if family == "synthetic":
+        for name in ("synthetic", "synthetic_down"):
+            synthetic.ensure_cached(name, root)
+        return FamilyData(family, root, "synthetic", "synthetic_down", "synthetic")
+    folder = root / family
+    for part, slot in SLOTS.items():
+        for split in ("train", "test"):
+            path = folder / slot / f"{split}.npz"
+            if not _current(path):
+                ensure_writable_dir(path.parent, "--data_dir")
+                x, y = generate(family, part, split)
+                save_npz(path, x=x, y=y, family_version=np.asarray(VERSION, dtype=np.int64))
+    return FamilyData(family, folder, SLOTS["pre"], SLOTS["down"], "cifar10")

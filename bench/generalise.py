@@ -1,0 +1,273 @@
+#!/usr/bin/env python
+"""Does the defence (and the verdict) hold on encoders nobody tuned it on? The whole story per cell, over data
+families that differ in structure (bench/families.py), architectures, seeds and trigger shapes.
+
+A cell is (family, model, seed, trigger). Its ``encoders`` stage runs the demo's makers through the real
+command lines: the family's data, SimCLR pre-training (clean encoder), BadEncoder (backdoored encoder), the
+downstream ACC/ASR of both and ``MAIN.py --phase detect`` on both. Each arm then cleans the backdoored
+encoder: RECEIVE (``MAIN.py --phase moth`` + ``Unlearn-trigger.py``) and the NC baseline (``--phase nc`` + the
+same unlearning), each followed by the downstream classifier. Arms differ only in MAIN.py's inversion flags:
+
+    paper   the paper's flags (--similarity_threshold 0.9 on the paper's psim), as the demo runs them
+    auto    --similarity_threshold auto (the threshold set from the encoder's own clean similarity)
+
+Every cell records the clean images' psim and the injected trigger's psim (the threshold's scale on this
+encoder; the injected trigger is never an input of any method), RECEIVE's chosen round, trigger L1 and stop
+reason, both verdicts with their PL1, and ACC/ASR of all encoders. Cells are resumable: a finished stage (its
+JSON on disk) is kept unless --rerun. Settings were chosen on the --tuned families only; the others are marked
+"held out" in the table and reported as they came. One table per family goes to
+``<results>/generalise-<family>.txt|json`` as soon as its cells are done.
+
+    python bench/generalise.py                                   # every family, tiny, seed 0, white trigger
+    python bench/generalise.py --families photos --seeds 0,1,2 --triggers white,colour --models tiny
+    python bench/generalise.py --families glyphs --models resnet18_small --seeds 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from families import FAMILIES, ensure_family  # noqa: E402
+
+from DEMO.demo import DemoData, DemoRun  # noqa: E402
+from DEMO.layout import RunLayout  # noqa: E402
+from DEMO.presets import PRESETS, Preset  # noqa: E402
+from Trainer.configs import DemoConfig  # noqa: E402
+from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
+from UTILS.io import read_csv, write_json, write_result  # noqa: E402
+from UTILS.runtime import log  # noqa: E402
+
+MODELS = ("tiny", "resnet18_small")
+TRIGGERS = {"white": None, "colour": (8, 12, 0)}  # white 10x10 at 21 (the demo's); colour 8x8 at 12, seeded colours
+ARMS = {"paper": {}, "auto": {"similarity_threshold": "auto"},  # MAIN.py inversion flags that differ from the preset
+        "centred": {"similarity_threshold": "auto", "psim": "centred"}}
+TUNED = ("synthetic", "lowcontrast")  # one family of low, one of high natural similarity  # the families every setting beyond the paper's was chosen on
+ENCODERS = ("clean", "backdoored")
+
+
+def build_parser() -> ArgumentParser:
+    """The benchmark's flags: which cells, which arms, folders, device."""
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
+    p.add_argument("--models", default="tiny", help=f"comma-separated, of {', '.join(MODELS)}")
+    p.add_argument("--seeds", default="0", help="comma-separated demo seeds (0..4)")
+    p.add_argument("--triggers", default="white", help=f"comma-separated, of {', '.join(TRIGGERS)}")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    p.add_argument("--tuned", default=",".join(TUNED), help="families the settings were chosen on (others: held out)")
+    p.add_argument("--runs", default="demo_runs/generalise", help="folder of the cells' runs")
+    p.add_argument("--data_root", default="data/families", help="folder the families' datasets are written to")
+    p.add_argument("--results", default="bench/results", help="folder of generalise-<family>.txt|json")
+    p.add_argument("--stage", default="all", choices=("all", "encoders"),
+                   help="encoders: only build and judge the encoders (the slow part), arms later")
+    p.add_argument("--rerun", action="store_true", help="run finished stages again instead of keeping them")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def choices(text: str, allowed, flag: str) -> list[str]:
+    """The comma-separated values of ``text``, each one of ``allowed``, or one line naming ``flag``."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in allowed]
+    if not values or bad:
+        fail(f"{flag} {text}: expected comma-separated values of {', '.join(map(str, allowed))}")
+    return values
+
+
+def trigger_writer(name: str):
+    """The injected trigger's writer for DemoData: the demo's white square, or a seeded colour patch."""
+    if TRIGGERS[name] is None:
+        return DemoData().write_trigger
+    from detect import variant_trigger  # bench/detect.py: the same colour patch it judges
+    patch, start, colour = TRIGGERS[name]
+    return lambda path: variant_trigger(Path(path), patch, start, colour)
+
+
+class Cell:
+    """One (family, model, seed, trigger): its folders, its runs and its row of the table."""
+
+    def __init__(self, family: str, model: str, seed: int, trigger: str, args: argparse.Namespace) -> None:
+        self.family, self.model, self.seed, self.trigger, self.args = family, model, seed, trigger, args
+        self.root = Path(args.runs) / family / f"{model}-s{seed}-{trigger}"
+        self.preset: Preset = replace(PRESETS["default"], model=model)
+        sets = ensure_family(family, args.data_root)
+        self.data = DemoData(pretrain=sets.pretrain, downstream=sets.downstream, usage=sets.usage,
+                             prepare=lambda _dir: None, write_trigger=trigger_writer(trigger))
+        self.data_dir = str(sets.data_dir)
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}/{self.model}-s{self.seed}-{self.trigger}"
+
+    def run_for(self, arm: str) -> DemoRun:
+        """The demo run whose folder holds ``arm``'s defence (the paper arm's also holds the encoders)."""
+        inversion = {**self.preset.inversion, **ARMS[arm]}
+        cfg = DemoConfig(out=str(self.root / arm), device=self.args.device, data_dir=self.data_dir, seed=self.seed,
+                         overwrite=True).validate()
+        encoders = RunLayout(self.root / "paper")
+        backdoored = encoders.backdoor / f"model_{self.preset.badencoder['epochs']}.pth"
+        return DemoRun(cfg, replace(self.preset, inversion=inversion), RunLayout(self.root / arm), self.data,
+                       backdoored=backdoored)
+
+    def encoders(self) -> dict:
+        """The clean and backdoored encoder with ACC/ASR and verdicts (kept in encoders.json)."""
+        path = self.root / "encoders.json"
+        if path.is_file() and not self.args.rerun:
+            return json.loads(path.read_text())
+        log(f"\n##### {self.name}: encoders #####")
+        results = self.run_for("paper").encoders()
+        write_json(path, results)
+        return results
+
+    def arm(self, arm: str, encoders: dict) -> dict:
+        """One arm's defences on the backdoored encoder (kept in <arm>/summary.json)."""
+        run = self.run_for(arm)
+        if run.layout.summary.is_file() and not self.args.rerun:
+            return json.loads(run.layout.summary.read_text())
+        log(f"\n##### {self.name}: arm {arm} #####")
+        return run.defend({k: dict(v) for k, v in encoders.items()})
+
+    def row(self, encoders: dict, arms: dict[str, dict]) -> dict:
+        """The cell's numbers for the table and its JSON."""
+        row = {"cell": self.name, "family": self.family, "model": self.model, "seed": self.seed,
+               "trigger": self.trigger}
+        for kind in ENCODERS:
+            det = encoders[kind]["detect"]
+            row[kind] = {"acc": encoders[kind]["acc"], "asr": encoders[kind]["asr"], "verdict": det["verdict"],
+                         "pl1": det["pl1"], "clean_psim_pairs": det.get("clean_psim"),
+                         "gt_psim_pairs": det.get("gt_psim")}
+        for arm, summary in arms.items():
+            table = {r["encoder"]: r for r in summary["table"]}
+            moth = json.loads((RunLayout(self.root / arm).moth_log / "metrics.json").read_text())
+            rounds = read_csv(RunLayout(self.root / arm).moth_log / "metrics.csv")
+            first = rounds[0] if rounds else {}
+            row[arm] = {"receive": {k: table["RECEIVE"][k] for k in ("acc", "asr")},
+                        "nc": {k: table["NC baseline"][k] for k in ("acc", "asr")},
+                        "threshold": first.get("threshold", ARMS[arm].get("similarity_threshold", 0.9)),
+                        "clean_psim": _num(first.get("clean_psim")), "gt_psim": _num(first.get("gt_psim")),
+                        "round": moth["best_round"], "l1": moth["best_l1"], "stop": moth["stop_reason"],
+                        "rounds": moth["rounds"]}
+        return row
+
+
+def _num(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _f(value, digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool) -> str:
+    """One family's table: encoders and verdicts, then per arm RECEIVE and NC, then the targets."""
+    status = "HELD OUT (no setting was chosen on it)" if held_out else "tuned (settings were chosen on it)"
+    lines = [f"Generalisation, family {family}: {status}", ""]
+    head = (f"{'cell':<28}{'clean ACC/ASR':>15}{'bd ACC/ASR':>15}  {'verdict clean (PL1)':<28}"
+            f"{'verdict backdoored (PL1)':<28}")
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        c, b = r["clean"], r["backdoored"]
+        lines.append(f"{r['cell'].split('/', 1)[1]:<28}{_f(c['acc'], 1):>7}/{_f(c['asr'], 1):<7}"
+                     f"{_f(b['acc'], 1):>7}/{_f(b['asr'], 1):<7}  {c['verdict'] + ' (' + _f(c['pl1'], 4) + ')':<28}"
+                     f"{b['verdict'] + ' (' + _f(b['pl1'], 4) + ')':<28}")
+    for arm in arms:
+        lines += ["", f"arm {arm}: {ARMS[arm] or 'the paper flags'}"]
+        head = (f"{'cell':<28}{'thr':>7}{'clean psim':>11}{'gt psim':>9}{'RECEIVE ACC/ASR':>17}{'NC ACC/ASR':>15}"
+                f"{'round':>6}{'L1':>7}  stop")
+        lines += [head, "-" * len(head)]
+        for r in rows:
+            if arm not in r:
+                continue
+            a = r[arm]
+            lines.append(f"{r['cell'].split('/', 1)[1]:<28}{str(a['threshold'])[:6]:>7}{_f(a['clean_psim'], 4):>11}"
+                         f"{_f(a['gt_psim'], 4):>9}{_f(a['receive']['acc'], 1):>9}/{_f(a['receive']['asr'], 1):<7}"
+                         f"{_f(a['nc']['acc'], 1):>7}/{_f(a['nc']['asr'], 1):<7}{a['round']:>6}{_f(a['l1'], 1):>7}  "
+                         f"{a['stop']} ({a['rounds']} rounds)")
+    lines += ["", "targets:"] + [f"  {t}" for t in targets(rows, arms)]
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict], arms: list[str]) -> list[str]:
+    """The issue's targets per arm and for the verdicts, as 'met'/'MISSED' lines."""
+    out = []
+    for arm in arms:
+        done = [r for r in rows if arm in r]
+        strong = [r for r in done if r["backdoored"]["asr"] >= 80]
+        good = [r for r in strong if r[arm]["receive"]["asr"] <= 5
+                and r[arm]["receive"]["acc"] >= r["backdoored"]["acc"] - 3]
+        if strong:
+            out.append(f"[{'met' if len(good) == len(strong) else 'MISSED'}] arm {arm}: RECEIVE ASR <= 5% and ACC at "
+                       f"most 3 points below the backdoored encoder's in every cell with backdoored ASR >= 80%: "
+                       f"{len(good)} of {len(strong)}")
+        if done:
+            rec = sum(r[arm]["receive"]["asr"] for r in done) / len(done)
+            nc = sum(r[arm]["nc"]["asr"] for r in done) / len(done)
+            out.append(f"[{'met' if rec < nc else 'MISSED'}] arm {arm}: RECEIVE below NC on mean ASR: {rec:.2f}% vs "
+                       f"{nc:.2f}%")
+    wrong = [f"{r['cell']} {k}" for r in rows for k, want in (("clean", "no backdoor found"),
+                                                              ("backdoored", "backdoor found"))
+             if r[k]["verdict"] not in (want, "inconclusive")]
+    unsure = sum(r[k]["verdict"] == "inconclusive" for r in rows for k in ENCODERS)
+    total = 2 * len(rows)
+    out.append(f"[{'met' if not wrong else 'MISSED'}] detection: no wrong verdict ({len(wrong)} wrong"
+               f"{': ' + ', '.join(wrong) if wrong else ''})")
+    if total:
+        out.append(f"[{'met' if unsure <= 0.1 * total else 'MISSED'}] detection: inconclusive for at most 10% of "
+                   f"encoders ({unsure} of {total})")
+        auc = auroc([r["backdoored"]["pl1"] for r in rows], [r["clean"]["pl1"] for r in rows])
+        out.append(f"[{'met' if auc is not None and auc >= 0.95 else 'MISSED'}] detection: AUROC >= 0.95 on PL1 "
+                   f"({_f(auc, 3)})")
+    return out
+
+
+def auroc(positive: list, negative: list) -> float | None:
+    """AUROC of "smaller PL1 = backdoored" (a PL1 of None, no trigger found, counts as the largest)."""
+    from EVALUATION.metrics import auroc as area
+
+    big = lambda v: 1.0 if v is None or not math.isfinite(v) else v  # noqa: E731
+    if not positive or not negative:
+        return None
+    return area([-big(v) for v in positive], [-big(v) for v in negative])
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
+    """Run (or reuse) every cell asked for; write one table per family; returns the rows per family."""
+    args = build_parser().parse_args(argv)
+    families = choices(args.families, FAMILIES, "--families")
+    models = choices(args.models, MODELS, "--models")
+    triggers = choices(args.triggers, TRIGGERS, "--triggers")
+    arms = choices(args.arms, ARMS, "--arms")
+    seeds = [int(s) for s in choices(args.seeds, [str(i) for i in range(5)], "--seeds")]
+    tuned = [t for t in args.tuned.split(",") if t]
+    out: dict[str, list[dict]] = {}
+    for family in families:
+        cells = [Cell(family, m, s, t, args) for m in models for s in seeds for t in triggers]
+        for cell in cells:
+            encoders = cell.encoders()
+            if args.stage == "all":
+                for arm in arms:
+                    cell.arm(arm, encoders)
+        rows = [cell.row(cell.encoders(), {a: cell.arm(a, cell.encoders()) for a in arms
+                                           if RunLayout(cell.root / a).summary.is_file()}) for cell in cells]
+        text = format_family(family, rows, arms, family not in tuned)
+        write_result(args.results, f"generalise-{family}", text, {"family": family, "held_out": family not in tuned,
+                                                                  "arms": {a: ARMS[a] for a in arms}, "rows": rows})
+        log(text)
+        out[family] = rows
+    return out
+
+
+if __name__ == "__main__":
+    main()
