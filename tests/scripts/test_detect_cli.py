@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from INVERSION.detect import judge
 from tests.scripts.conftest import run_cli
 
 
@@ -14,7 +15,10 @@ def test_main_phase_detect_through_the_command_line(workspace):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "verdict: " in proc.stdout + proc.stderr
     summary = json.loads((workspace / "logs-detect" / "detect.json").read_text())
-    assert summary["backdoored"] == (summary["reached_threshold"] and summary["pl1"] < summary["pl1_threshold"])
+    expected = judge(summary["pl1"] if summary["reached_threshold"] else float("nan"), summary["reached_threshold"],
+                     summary["pl1_threshold"])
+    assert summary["backdoored"] == expected.backdoored and summary["verdict"] == expected.label
+    assert summary["calibrated"] is False and "--re_steps 3 (calibrated: 300)" in summary["calibration_note"]
     assert summary["psim_kind"] == "pairs" and summary["psim_threshold"] == 0.99 and summary["image_pixels"] == 1024
     assert summary["gt_pl1"] == pytest.approx(100 / 1024)  # the default trigger file of the workspace
     assert (workspace / "logs-detect" / "detect.png").is_file()
