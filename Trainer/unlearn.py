@@ -176,8 +176,9 @@ INIT_SIM_CHUNK = 4096  # images per forward pass of the initial-similarity check
 
 
 def _chunked(backbone: nn.Module, x: Tensor) -> Tensor:
-    """backbone(x) as float32 (N, D), in chunks of INIT_SIM_CHUNK images."""
-    return torch.cat([backbone(x[s:s + INIT_SIM_CHUNK]).float() for s in range(0, x.shape[0], INIT_SIM_CHUNK)])
+    """backbone(x) as float32 (torch's default dtype) (N, D), in chunks of INIT_SIM_CHUNK images."""
+    dtype = torch.get_default_dtype()
+    return torch.cat([backbone(x[s:s + INIT_SIM_CHUNK]).to(dtype) for s in range(0, x.shape[0], INIT_SIM_CHUNK)])
 
 
 def mean_cos(a: Tensor, b: Tensor) -> Tensor:
