@@ -36,7 +36,8 @@ from UTILS.runtime import log, progress, warn
 from UTILS.signals import StopRequest
 
 # re_loss.csv keeps the paper's code's columns and meanings: loss_sim is the mean *negative* psim and
-# refer_sim the negative psim of the clean attack set (see INVERSION.inversion.attack_set_similarities).
+# refer_sim the negative psim of the clean attack set, normalised twice as there
+# (INVERSION.inversion.attack_set_similarities).
 RE_LOSS_FIELDS = ("loss", "loss_sim", "loss_reg", "refer_sim")
 METRIC_FIELDS = ("round", "epoch", "batch", *RE_LOSS_FIELDS, "l1", "psim", "reached", "steps", "cost", "clean_psim", "gt_psim",
                  "harden_loss", "distance", "improved", "converged", "counter", "best_round", "knn_acc", "knn_asr")

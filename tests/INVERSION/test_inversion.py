@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from DATASETS.stats import UsageInfo
-from INVERSION.inversion import (CostSchedule, InversionConfig, chunk_similarity, chunks, invert_trigger,
+from DATASETS.stats import UsageInfo, get_usage, normalize
+from INVERSION.inversion import (CostSchedule, InversionConfig, attack_set_similarities, chunk_similarity, chunks, invert_trigger,
                                  logits_from_values, mask_from_logits, mask_l1, original_similarity,
                                  pair_mean_similarity, pairwise_similarity, pattern_from_logits, restart_noise,
                                  random_start, step_permutation)
@@ -253,3 +253,23 @@ def test_chunk_similarity_is_the_mean_over_chunks():
     with torch.no_grad():
         expected = (original_similarity(backbone(images[:32])) + original_similarity(backbone(images[32:]))) / 2
     assert chunk_similarity(backbone, images, PLAIN) == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_refer_sim_is_the_papers_logged_value_of_twice_normalised_images():
+    """The paper's code takes the attack set from a loader that normalises, then normalises it again before
+    the encoder, and logs -(S - diag_embed(S)).mean() of the clean chunks' features (re_loss.csv refer_sim)."""
+    usage = get_usage("cifar10")  # a real mean/std: normalising twice differs from once
+    backbone = Linear().double()
+    images = torch.rand(70, 3, 8, 8, dtype=torch.float64)  # two chunks of 32, the remainder dropped
+    loaded = normalize(images, usage)  # what the paper's loader hands over
+    with torch.no_grad():
+        feats = torch.cat([backbone(normalize(loaded[i * 32:(i + 1) * 32], usage)) for i in range(2)])
+    z = F.normalize(feats, dim=-1)
+    s = z @ z.T
+    expected = -(s - torch.diag_embed(s)).mean().item()
+    got = attack_set_similarities(backbone, images, usage, None)
+    assert got["refer_sim"] == pytest.approx(expected, rel=0, abs=1e-12)  # float64: two summation orders
+    once = -original_similarity(torch.cat([backbone(normalize(images[i * 32:(i + 1) * 32], usage))
+                                           for i in range(2)])).item()
+    assert abs(once - expected) > 1e-3  # the double normalisation shows: the check can fail
+    assert got["clean_psim"] == pytest.approx(chunk_similarity(backbone, images, usage), rel=1e-12)  # decisions: once
