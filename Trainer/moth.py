@@ -26,7 +26,7 @@ from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, attack_set_si
                                  invert_trigger, random_start)
 from MODELS.checkpoint import BackgroundSaver, save_checkpoint
 from MODELS.precision import with_precision
-from Trainer.common import check_nonfinite, first_nonfinite, fmt_metrics, load_training_state
+from Trainer.common import check_nonfinite, first_nonfinite, fmt_metrics, load_training_state, seed_offset
 from Trainer.epochs import read_timings
 from Trainer.filenames import BEST_TRIGGER
 from Trainer.preview import save_trigger_preview
@@ -44,13 +44,6 @@ METRIC_FIELDS = ("round", "epoch", "batch", *RE_LOSS_FIELDS, "l1", "psim", "reac
 STATE_FILE = "moth_state.pth"
 TIMINGS_FILE = "timings.csv"  # wall-clock seconds per round: kept apart so metrics.csv is reproducible
 FIRST_ROUND_LR = 0.5
-SEED_STRIDE = 1_000_000  # --seed N shifts every seeded counter by N * SEED_STRIDE (--seed 0: the original's draws)
-
-
-def seed_offset(seed_index: int) -> int:
-    """Where the run's seeded counters start: 0 for ``--seed 0``, as in the paper's code, whose draws
-    in this phase never depend on ``--seed``; other seeds get streams of their own."""
-    return seed_index * SEED_STRIDE
 
 
 @dataclass

@@ -5,7 +5,8 @@ from DATASETS.stats import get_usage
 from DATASETS.tensors import TensorSet
 from INVERSION.inversion import InversionConfig
 from MODELS.simclr import build_model
-from Trainer.moth import IterativeInversion, MothSettings, seed_offset
+from Trainer.common import seed_offset
+from Trainer.moth import IterativeInversion, MothSettings
 
 
 def flow(tmp_path, threshold=0.9):

@@ -372,3 +372,26 @@ def test_script_refuses_unsupported_flags_in_one_line(tiny_run, capsys):
             main(cli_args(tiny_run, "bad", *extra))
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and err.startswith(text) and "\n" not in err
+
+
+def test_seed_after_loading_a_share_is_the_originals(tiny_run, monkeypatch):
+    """The original's loader reseeds torch with 100 when it takes a --data_ratio < 1 share, so its later draws
+    ignore --seed: --seed 0 reseeds alike at that point, --seed 1 gets its own stream, --data_ratio 1 none."""
+    states = []
+    check = U.check_unlearning_set
+
+    def record(*args):  # called right after the training share is loaded
+        states.append(torch.random.get_rng_state())
+        return check(*args)
+
+    monkeypatch.setattr(U, "check_unlearning_set", record)
+    main = load_script("Unlearn-trigger.py").main
+    for seed, ratio in ((0, "0.5"), (1, "0.5"), (0, "1")):
+        main(cli_args(tiny_run, f"s{seed}-{ratio}", "--seed", str(seed), "--data_ratio", ratio))
+
+    def seeded(seed):
+        return torch.Generator().manual_seed(seed).get_state()
+
+    assert torch.equal(states[0], seeded(100))
+    assert torch.equal(states[1], seeded(100 + 1_000_000))
+    assert not torch.equal(states[2], seeded(100))
