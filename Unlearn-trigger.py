@@ -17,7 +17,9 @@ def build_parser() -> ArgumentParser:
     """Unlearn-trigger.py's flags, each defaulting to its :class:`Trainer.configs.UnlearnConfig` field."""
     d = UnlearnConfig()  # each flag's default is its config field's
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_runtime_flags(p, gpu=d.gpu, seed=0)
+    add_runtime_flags(p, gpu=d.gpu, seed=0, seed_help=(
+        "index 0..2 into the original's seed list; with --data_ratio < 1 the original reseeds torch with 100 "
+        "after loading, so its draws ignore --seed: --seed 0 does the same, other seeds seed 100 + N x 1,000,000"))
     p.add_argument("--results_dir", default=d.results_dir, help="where the checkpoints go ('': the current directory)")
     p.add_argument("--phase", default=d.phase, help="only moth is supported, as in the original")
     p.add_argument("--dataset", default=d.dataset, help="data used for unlearning")

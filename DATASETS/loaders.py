@@ -178,8 +178,9 @@ def take_ratio(ds: ImageSet, ratio: float, flag: str = "--data_ratio") -> ImageS
 
 
 def to_tensor(x: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1] on ``device``."""
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) in [0, 1] on ``device``, in torch's default dtype (float32; the
+    tests set float64 to compare two computation orders beyond float32's rounding)."""
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
         raise ValueError(f"to_tensor expects an (N,H,W,3) uint8 array, got {getattr(x, 'shape', type(x))}")
     t = torch.from_numpy(np.ascontiguousarray(x)).to(device)  # move uint8: 4x less traffic
-    return t.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    return t.permute(0, 3, 1, 2).to(torch.get_default_dtype()).div_(255.0).contiguous()

@@ -399,13 +399,17 @@ def attack_set_similarities(backbone: nn.Module, images: Tensor, usage: UsageInf
     ``clean_psim`` / ``gt_psim``: the chunk-mean psim (of ``kind``, the number the threshold is
     compared with) of the clean images and of the images stamped with the injected trigger (nan
     without one). ``refer_sim``: the value the paper's code logs under that name in re_loss.csv,
-    the negated ``original_similarity`` of all clean chunks taken together.
+    the negated ``original_similarity`` of all clean chunks taken together, with its input as it
+    is there: its loader has already normalised the images and it normalises them a second time
+    (the feature of ``normalize(normalize(x))``), so this monitoring value alone, and no decision,
+    sees twice-normalised images.
     """
     parts = chunks(images, chunk_size)
     with frozen(backbone):
-        clean = [backbone(normalize(c, usage)) for c in parts]
-        out = {"clean_psim": torch.stack([pairwise_similarity(f, kind) for f in clean]).mean().item(),
-               "refer_sim": -original_similarity(torch.cat(clean)).item(), "gt_psim": float("nan")}
+        clean = [pairwise_similarity(backbone(normalize(c, usage)), kind) for c in parts]
+        twice = torch.cat([backbone(normalize(normalize(c, usage), usage)) for c in parts])  # the original's input
+        out = {"clean_psim": torch.stack(clean).mean().item(),
+               "refer_sim": -original_similarity(twice).item(), "gt_psim": float("nan")}
         if ground_truth is not None:
             stamped = [pairwise_similarity(backbone(normalize(ground_truth(c), usage)), kind) for c in parts]
             out["gt_psim"] = torch.stack(stamped).mean().item()

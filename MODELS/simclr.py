@@ -60,9 +60,9 @@ class SimCLR(nn.Module):
         """(L2-normalised features (B, D), L2-normalised projections (B, 128)); the head runs in float32."""
         feature = self.f(x)  # (B, D)
         # Under --amp (MODELS.precision) only the backbone runs in bf16: the head and the
-        # normalisation stay float32 on every device (a no-op without autocast).
+        # normalisation stay float32 (torch's default dtype) on every device (a no-op without autocast).
         with torch.autocast(device_type=x.device.type, enabled=False):
-            feature = feature.float()
+            feature = feature.to(torch.get_default_dtype())
             out = self.g(feature)  # (B, 128)
             return F.normalize(feature, dim=-1), F.normalize(out, dim=-1)
 

@@ -52,7 +52,7 @@ class VisualEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, z): the tower's L2-normalised embedding (B, D) twice (no projection head), as SimCLR's pair."""
         feature = self.visual(x)  # (B, D)
-        # Under --amp only the tower runs in bf16 (MODELS.precision); the normalisation stays float32.
+        # Under --amp only the tower runs in bf16 (MODELS.precision); the normalisation stays float32 (the default dtype).
         with torch.autocast(device_type=x.device.type, enabled=False):
-            z = F.normalize(feature.float(), dim=-1)
+            z = F.normalize(feature.to(torch.get_default_dtype()), dim=-1)
         return z, z

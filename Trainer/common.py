@@ -25,6 +25,25 @@ from UTILS.io import atomic_write, ensure_writable_dir, remove_stale_temps
 from UTILS.runtime import log, seed_everything
 
 
+SEED_STRIDE = 1_000_000  # --seed N shifts every seeded counter by N * SEED_STRIDE (--seed 0: the original's draws)
+LOADER_SEED = 100  # the paper's code reseeds torch's global RNG with 100 when its loader takes a --data_ratio < 1 share
+
+
+def seed_offset(seed_index: int) -> int:
+    """Where a run's seeded counters start: 0 for ``--seed 0``, as in the paper's code, whose draws
+    there never depend on ``--seed``; other seeds get streams of their own."""
+    return seed_index * SEED_STRIDE
+
+
+def reseed_after_loading(ratio: float, seed_index: int) -> None:
+    """Right after the training share is loaded: the paper's code reseeds torch with ``LOADER_SEED`` there when
+    ``ratio`` < 1, so every later torch draw of its stage ignores ``--seed``. ``--seed 0`` does the same here;
+    ``--seed N`` seeds ``LOADER_SEED + seed_offset(N)``, so other seeds still give other runs. ``ratio`` 1: no
+    reseed (the stream of ``--seed``, as there)."""
+    if ratio < 1:
+        torch.manual_seed(LOADER_SEED + seed_offset(seed_index))
+
+
 @dataclasses.dataclass(frozen=True)
 class Outputs:
     """One output folder of a stage: the config field that names it (``log_dir`` -> flag ``--log_dir``),

@@ -39,10 +39,10 @@ DETECT_PL1 = 0.055
 DETECT_IMAGES = 100
 
 
-def add_runtime_flags(parser: argparse.ArgumentParser, gpu: str, seed: int) -> None:
+def add_runtime_flags(parser: argparse.ArgumentParser, gpu: str, seed: int, seed_help: str | None = None) -> None:
     """Flags every script shares: --gpu/--seed (original), --device/--data_dir (ours), safety switches."""
     parser.add_argument("--gpu", default=gpu, help="CUDA device index, as in the original (used by --device auto)")
-    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--seed", type=int, default=seed, help=seed_help)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: cuda:<gpu> if available)")
     parser.add_argument("--data_dir", default="data", help="where datasets live (torchvision or BadEncoder npz layout)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run in the same dirs")

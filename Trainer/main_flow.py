@@ -15,13 +15,13 @@ from EVALUATION.monitor import build_monitor
 from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
 from MODELS.checkpoint import load_checkpoint, load_encoder
 from Trainer.common import (Outputs, canonical, check_fingerprint, check_finite_model, load_ground_truth,
-                            refuse_broken_encoder,
-                            remove_outputs, run_fingerprint, seed_from_list, start_run, write_settings)
+                            LOADER_SEED, refuse_broken_encoder, remove_outputs, run_fingerprint, seed_from_list,
+                            seed_offset, start_run, write_settings)
 from Trainer.configs import DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MAIN_SEEDS, MainConfig
 from Trainer.detect import DetectSettings, run_detect
 from Trainer.filenames import (BEST_TRIGGER, DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER, NC_METRICS,
                                NC_TRIGGER)
-from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings, seed_offset
+from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings
 from Trainer.nc import run_nc
 from UTILS.distributed import world_from_env
 from UTILS.errors import fail
@@ -34,7 +34,7 @@ from UTILS.signals import graceful_stop
 MOTH_OUTPUTS = ("mask-pattern-[0-9]*.npz", BEST_TRIGGER, "re_loss.csv", "metrics.csv", "metrics.json",
                 TIMINGS_FILE, "preview-[0-9]*.png")
 MOTH_RESULTS = ("Harden_model_*.pth", STATE_FILE)
-HARDEN_ORDER_SEED = 100  # the paper's code seeds torch with 100 just before building that loader
+HARDEN_ORDER_SEED = LOADER_SEED  # the paper's code seeds torch with 100 just before building that loader
 NC_OUTPUTS = (NC_TRIGGER, NC_METRICS, "preview-NC.png")
 DETECT_OUTPUTS = (DETECT_TRIGGER, DETECT_METRICS, DETECT_PICTURE)
 ONE_ROUND_OUTPUTS = {"nc": (NC_OUTPUTS, "setting-NC.txt"), "detect": (DETECT_OUTPUTS, "setting-detect.txt")}

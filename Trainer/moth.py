@@ -27,7 +27,7 @@ from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, attack_set_si
 from INVERSION.relative import NEAR_SHARE, prepare_round, relative_threshold
 from MODELS.checkpoint import BackgroundSaver, save_checkpoint
 from MODELS.precision import with_precision
-from Trainer.common import check_nonfinite, first_nonfinite, fmt_metrics, load_training_state
+from Trainer.common import check_nonfinite, first_nonfinite, fmt_metrics, load_training_state, seed_offset
 from Trainer.epochs import read_timings
 from Trainer.filenames import BEST_TRIGGER
 from Trainer.preview import save_trigger_preview
@@ -37,7 +37,8 @@ from UTILS.runtime import log, progress, warn
 from UTILS.signals import StopRequest
 
 # re_loss.csv keeps the paper's code's columns and meanings: loss_sim is the mean *negative* psim and
-# refer_sim the negative psim of the clean attack set (see INVERSION.inversion.attack_set_similarities).
+# refer_sim the negative psim of the clean attack set, normalised twice as there
+# (INVERSION.inversion.attack_set_similarities).
 RE_LOSS_FIELDS = ("loss", "loss_sim", "loss_reg", "refer_sim")
 METRIC_FIELDS = ("round", "epoch", "batch", *RE_LOSS_FIELDS, "l1", "psim", "threshold", "reached", "ended_by", "steps",
                  "cost", "clean_psim", "gt_psim",
@@ -45,7 +46,6 @@ METRIC_FIELDS = ("round", "epoch", "batch", *RE_LOSS_FIELDS, "l1", "psim", "thre
 STATE_FILE = "moth_state.pth"
 TIMINGS_FILE = "timings.csv"  # wall-clock seconds per round: kept apart so metrics.csv is reproducible
 FIRST_ROUND_LR = 0.5
-SEED_STRIDE = 1_000_000  # --seed N shifts every seeded counter by N * SEED_STRIDE (--seed 0: the original's draws)
 
 
 def check_threshold(config: InversionConfig, clean_psim: float, gt_psim: float, warned: list, *,
@@ -88,12 +88,6 @@ def ended_phrase(ended_by: str, config) -> str:
     if ended_by == "unreachable":
         return "the threshold lies above what a chunk of these images can reach"
     return f"the cap of {config.cap} steps, --re_steps_cap"
-
-
-def seed_offset(seed_index: int) -> int:
-    """Where the run's seeded counters start: 0 for ``--seed 0``, as in the paper's code, whose draws
-    in this phase never depend on ``--seed``; other seeds get streams of their own."""
-    return seed_index * SEED_STRIDE
 
 
 @dataclass

@@ -40,7 +40,7 @@ from MODELS.checkpoint import load_encoder
 from MODELS.losses import nt_xent
 from MODELS.precision import unwrap, with_precision
 from Trainer.common import (Outputs, check_finite_model, fmt_metrics, load_ground_truth, remove_outputs,
-                            run_fingerprint, start_run, write_settings)
+                            reseed_after_loading, run_fingerprint, start_run, write_settings)
 from Trainer.configs import UnlearnConfig
 from Trainer.epochs import EpochCheckpoints, EpochLoop
 from Trainer.filenames import UNLEARNED_CKPT
@@ -176,8 +176,9 @@ INIT_SIM_CHUNK = 4096  # images per forward pass of the initial-similarity check
 
 
 def _chunked(backbone: nn.Module, x: Tensor) -> Tensor:
-    """backbone(x) as float32 (N, D), in chunks of INIT_SIM_CHUNK images."""
-    return torch.cat([backbone(x[s:s + INIT_SIM_CHUNK]).float() for s in range(0, x.shape[0], INIT_SIM_CHUNK)])
+    """backbone(x) as float32 (torch's default dtype) (N, D), in chunks of INIT_SIM_CHUNK images."""
+    dtype = torch.get_default_dtype()
+    return torch.cat([backbone(x[s:s + INIT_SIM_CHUNK]).to(dtype) for s in range(0, x.shape[0], INIT_SIM_CHUNK)])
 
 
 def mean_cos(a: Tensor, b: Tensor) -> Tensor:
@@ -249,6 +250,7 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     trigger = load_trigger(cfg.re_mask_pattern, "--re_mask_pattern", expected_size=usage.size)
     ground_truth = load_ground_truth(cfg.trigger_file, usage.size) if cfg.monitor_every > 0 else None
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
+    reseed_after_loading(cfg.data_ratio, cfg.seed)  # --seed 0 with --data_ratio < 1: the original's torch seed
     check_unlearning_set(len(data), cfg.batch_size, cfg.data_ratio)
     monitor = None
     if cfg.monitor_every > 0 and is_main():  # the other ranks write no metrics

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from DATASETS.stats import UsageInfo
-from INVERSION.inversion import (CostSchedule, InversionConfig, chunk_similarity, chunks, invert_trigger,
+from DATASETS.stats import UsageInfo, get_usage, normalize
+from INVERSION.inversion import (CostSchedule, InversionConfig, attack_set_similarities, chunk_similarity, chunks, invert_trigger,
                                  logits_from_values, mask_from_logits, mask_l1, original_similarity,
                                  pair_mean_similarity, pairwise_similarity, pattern_from_logits, restart_noise,
                                  random_start, step_permutation)
@@ -41,17 +41,17 @@ def slow_original(features):
 def test_pair_mean_similarity_matches_a_slow_loop_without_diagonal():
     torch.manual_seed(0)
     for b, d in [(2, 3), (5, 7), (16, 64)]:
-        f = torch.randn(b, d)
-        assert pair_mean_similarity(f).item() == pytest.approx(slow_pair_mean(f), abs=1e-5)
-        assert pairwise_similarity(f, "pairs").item() == pytest.approx(slow_pair_mean(f), abs=1e-5)
+        f = torch.randn(b, d, dtype=torch.float64)  # float64: two summation orders, compared at 1e-12
+        assert pair_mean_similarity(f).item() == pytest.approx(slow_pair_mean(f), rel=0, abs=1e-12)
+        assert pairwise_similarity(f, "pairs").item() == pytest.approx(slow_pair_mean(f), rel=0, abs=1e-12)
 
 
 def test_original_similarity_is_what_the_papers_expression_evaluates_to():
     torch.manual_seed(1)
     for b, d in [(2, 3), (5, 7), (9, 16)]:
-        f = torch.randn(b, d)
-        assert original_similarity(f).item() == pytest.approx(slow_original(f), abs=1e-5)
-        assert pairwise_similarity(f).item() == pytest.approx(slow_original(f), abs=1e-5)  # the default
+        f = torch.randn(b, d, dtype=torch.float64)  # float64: two summation orders, compared at 1e-12
+        assert original_similarity(f).item() == pytest.approx(slow_original(f), rel=0, abs=1e-12)
+        assert pairwise_similarity(f).item() == pytest.approx(slow_original(f), rel=0, abs=1e-12)  # the default
 
 
 def test_original_similarity_by_hand_and_its_ceiling():
@@ -73,13 +73,15 @@ def test_tanh_parametrisation_stays_inside_unit_interval_and_inverts():
     p = pattern_from_logits(torch.linspace(-5, 5, 3 * 4 * 4).reshape(3, 4, 4))
     assert (p > 0).all() and (p < 1).all()
     values = torch.rand(3, 4, 4) * 0.98 + 0.01
+    # a float32 round trip: atanh's condition number (<= 1 / (1 - 0.98^2) = 25) is undone by tanh's
+    # derivative, so the error is a few float32 roundings (~1e-7); 1e-5 is a bound, not a measurement
     assert torch.allclose(pattern_from_logits(logits_from_values(values)), values, atol=1e-5)
 
 
 def test_mask_l1_counts_a_three_channel_mask_once():
-    m = torch.rand(8, 8)
-    assert mask_l1(m).item() == pytest.approx(m.sum().item(), rel=1e-6)
-    assert mask_l1(m.expand(3, 8, 8)).item() == pytest.approx(m.sum().item(), rel=1e-6)
+    m = torch.rand(8, 8, dtype=torch.float64)  # float64: the (3, H, W) sum / 3 adds in another order
+    assert mask_l1(m).item() == pytest.approx(m.sum().item(), rel=1e-12)
+    assert mask_l1(m.expand(3, 8, 8)).item() == pytest.approx(m.sum().item(), rel=1e-12)
 
 
 def slow_schedule(psims, init_cost, threshold, patience=5):
@@ -202,18 +204,24 @@ def slow_original_fast(feats):
 
 
 def test_a_round_equals_the_slow_reference_of_the_papers_round():
+    # The two rounds compute psim in another order (|sum z|^2 against the sum of the cosine matrix). The
+    # encoder and images run in float64, so the gradients agree to ~1e-16 before their cast to the float32
+    # logits (both rounds keep the trigger and Adam in float32, as the paper's code): the rounds then agree
+    # to float32's rounding of the same updates, and no threshold decision can flip on rounding. In float32
+    # Adam's normalised steps would turn rounding differences of small gradients into lr-sized ones.
     torch.manual_seed(0)
-    images = torch.rand(70, 3, 8, 8)  # two chunks of 32, six images dropped each step
+    images = torch.rand(70, 3, 8, 8, dtype=torch.float64)  # two chunks of 32, six images dropped each step
     init = random_start(8, np.random.RandomState(1))
-    backbone = Linear()
+    backbone = Linear().double()
     cfg = InversionConfig(steps=25, lr=0.1, init_cost=1e-3, threshold=0.6)
     trace = []
     ours = invert_trigger(backbone, images, PLAIN, cfg, init, seed=100, trace=trace)
     (mask, pattern), reg, next_seed = slow_round(backbone, images, init, 25, 0.1, 1e-3, 0.6, 100)
     assert sum(t["new_best"] for t in trace) >= 2, "the check needs restarts"
     assert ours.reached and ours.next_seed == next_seed == 125
-    assert torch.allclose(ours.mask, mask, atol=1e-5) and torch.allclose(ours.pattern, pattern, atol=1e-5)
-    assert min(t["l1"] for t in trace if t["new_best"]) == pytest.approx(reg, rel=1e-5)
+    # values in [0, 1] from float32 logits: 1e-5 is ~100 float32 roundings (4e-7 measured), far below a changed decision
+    assert torch.allclose(ours.mask, mask, rtol=0, atol=1e-5) and torch.allclose(ours.pattern, pattern, rtol=0, atol=1e-5)
+    assert min(t["l1"] for t in trace if t["new_best"]) == pytest.approx(reg, rel=1e-5)  # an L1 of ~14 summed in float32: 1e-5 ~ 100 roundings
 
 
 class Orthogonal(nn.Module):
@@ -240,8 +248,28 @@ def test_backbone_parameters_get_no_gradient_and_mode_is_restored():
 
 
 def test_chunk_similarity_is_the_mean_over_chunks():
-    backbone = Linear()
-    images = torch.rand(64, 3, 8, 8)
+    backbone = Linear().double()
+    images = torch.rand(64, 3, 8, 8, dtype=torch.float64)  # float64: compared at 1e-12
     with torch.no_grad():
         expected = (original_similarity(backbone(images[:32])) + original_similarity(backbone(images[32:]))) / 2
-    assert chunk_similarity(backbone, images, PLAIN) == pytest.approx(expected.item(), rel=1e-6)
+    assert chunk_similarity(backbone, images, PLAIN) == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_refer_sim_is_the_papers_logged_value_of_twice_normalised_images():
+    """The paper's code takes the attack set from a loader that normalises, then normalises it again before
+    the encoder, and logs -(S - diag_embed(S)).mean() of the clean chunks' features (re_loss.csv refer_sim)."""
+    usage = get_usage("cifar10")  # a real mean/std: normalising twice differs from once
+    backbone = Linear().double()
+    images = torch.rand(70, 3, 8, 8, dtype=torch.float64)  # two chunks of 32, the remainder dropped
+    loaded = normalize(images, usage)  # what the paper's loader hands over
+    with torch.no_grad():
+        feats = torch.cat([backbone(normalize(loaded[i * 32:(i + 1) * 32], usage)) for i in range(2)])
+    z = F.normalize(feats, dim=-1)
+    s = z @ z.T
+    expected = -(s - torch.diag_embed(s)).mean().item()
+    got = attack_set_similarities(backbone, images, usage, None)
+    assert got["refer_sim"] == pytest.approx(expected, rel=0, abs=1e-12)  # float64: two summation orders
+    once = -original_similarity(torch.cat([backbone(normalize(images[i * 32:(i + 1) * 32], usage))
+                                           for i in range(2)])).item()
+    assert abs(once - expected) > 1e-3  # the double normalisation shows: the check can fail
+    assert got["clean_psim"] == pytest.approx(chunk_similarity(backbone, images, usage), rel=1e-12)  # decisions: once

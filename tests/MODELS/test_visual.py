@@ -9,22 +9,15 @@ from MODELS.checkpoint import file_family
 from MODELS.clip import AttentionPool2d
 from MODELS.names import resolve_model
 from UTILS.errors import UserError
+from tests.precision import calibrated as calibrate
 
 SIDE = 224
 
 
 def calibrated(name: str, seed: int = 0):
-    """A random-weight tower whose BatchNorm statistics come from data (train-mode passes), so its
-    eval-mode features differ between images as a trained encoder's do."""
+    """A random-weight tower with data-set BatchNorm statistics (tests/precision.py)."""
     torch.manual_seed(seed)
-    model = build_model(name).train()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None  # cumulative average over the passes
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.rand(4, 3, SIDE, SIDE))
-    return model.eval()
+    return calibrate(build_model(name), SIDE)
 
 
 @pytest.mark.parametrize("name, params, dim", [("imagenet_resnet50", 25_557_032, 2048), ("clip_rn50", 38_316_896, 1024)])

@@ -1,6 +1,7 @@
 """The moth run's own duties beyond the early stop: one-time warnings about the threshold."""
 from INVERSION.inversion import InversionConfig
-from Trainer.moth import check_threshold, seed_offset
+from Trainer.common import seed_offset
+from Trainer.moth import check_threshold
 
 
 def test_threshold_warnings_come_once_each_with_the_measured_value(capsys):
