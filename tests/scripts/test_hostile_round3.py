@@ -1,0 +1,54 @@
+"""The third round of hostile input (issue 21), through the real entry scripts: links at the lock path,
+look-alike files in an output folder, resume from changed inputs, mixed demo outputs, JSON without NaN and
+the smaller cases. Each case is also a row or paragraph of docs/ROBUSTNESS.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.scripts.fastcli import ENV, ROOT, run_fast
+from tests.scripts.test_bad_input import assert_one_error_line, flags, main_args
+from tests.scripts.test_resume import fresh
+
+M, U, D = "MAIN.py", "Unlearn-trigger.py", "training_downstream_classifier.py"
+
+
+@pytest.fixture
+def ws(workspace, tmp_path):
+    return fresh(workspace, tmp_path / "ws")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- 1. the lock file is never written through a link --------------------------------------------------------
+
+
+@pytest.mark.parametrize("link", ["encoder", "other", "dangling", "hard"])
+def test_a_link_at_the_lock_path_is_refused_and_its_target_untouched(ws, link):
+    out = ws / "out" / "x"
+    out.mkdir(parents=True)
+    other = ws / "notes.txt"
+    other.write_text("my notes\n")
+    lock = out / ".receive.lock"
+    target = {"encoder": ws / "encoder.pth", "other": other, "dangling": ws / "elsewhere" / "new.txt",
+              "hard": other}[link]
+    if link == "hard":
+        os.link(target, lock)
+    else:
+        lock.symlink_to(target)
+    before = {p: digest(p) for p in (ws / "encoder.pth", other)}
+    proc = run_fast(M, main_args("x") + ["--seed", "0"], ws)
+    what = "is a hard link" if link == "hard" else "is a symbolic link"
+    assert_one_error_line(proc, ["--log_dir out/x", ".receive.lock", what, "remove"])
+    assert {p: digest(p) for p in before} == before
+    assert not (ws / "elsewhere").exists()
+    assert not (out / "mask-pattern-0.npz").exists()
