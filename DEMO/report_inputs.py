@@ -17,7 +17,7 @@ from typing import Optional
 
 from DEMO.layout import RunLayout
 from Trainer.configs import ReportConfig
-from Trainer.filenames import NC_METRICS, NC_TRIGGER
+from Trainer.filenames import BEST_TRIGGER, NC_METRICS, NC_TRIGGER, ROUND_TRIGGER, name_matches
 from UTILS.errors import fail
 
 FOLDERS = {"moth_log": "--moth_log", "unlearn_log": "--unlearn_log", "nc_log": "--nc_log",
@@ -25,7 +25,7 @@ FOLDERS = {"moth_log": "--moth_log", "unlearn_log": "--unlearn_log", "nc_log": "
 JSON_FILES = {"moth_log": ("metrics.json",), "nc_log": (NC_METRICS,)}
 CSV_FILES = {"moth_log": ("metrics.csv",), "unlearn_log": ("unlearn-metrics.csv",),
              "nc_unlearn_log": ("unlearn-metrics.csv",)}
-TRIGGER_FILES = {"moth_log": "mask-pattern-*.npz", "nc_log": NC_TRIGGER}
+TRIGGER_FILES = {"moth_log": (ROUND_TRIGGER, BEST_TRIGGER), "nc_log": (NC_TRIGGER,)}  # exact names (name_matches)
 SUMMARY_LISTS = ("table", "targets", "stage_times")  # lists of objects the report walks through
 
 
@@ -88,7 +88,7 @@ def _check_folder(folder: Path, named: str, attr: str) -> None:
         if (folder / name).is_file():
             _read_csv(folder / name, f"{named}: {name}")
     if attr in TRIGGER_FILES:
-        for path in sorted(folder.glob(TRIGGER_FILES[attr])):
+        for path in sorted(p for p in folder.iterdir() if any(name_matches(p.name, t) for t in TRIGGER_FILES[attr])):
             _check_trigger(path, f"{named}: {path.name}")
 
 

@@ -3,7 +3,6 @@ output guard), the ground-truth trigger, settings files, resume fingerprints and
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from DATASETS.stats import UsageInfo, get_usage
 from DATASETS.triggers import load_trigger
 from MODELS.checkpoint import load_error_reason
 from MODELS.precision import check_amp
-from Trainer.filenames import DEFAULT_TRIGGER
+from Trainer.filenames import DEFAULT_TRIGGER, INT, name_matches
 from UTILS.distributed import from_main, start
 from UTILS.errors import fail
 from UTILS.io import atomic_write, ensure_writable_dir, remove_stale_temps
@@ -27,7 +26,7 @@ from UTILS.runtime import log, seed_everything
 @dataclasses.dataclass(frozen=True)
 class Outputs:
     """One output folder of a stage: the config field that names it (``log_dir`` -> flag ``--log_dir``),
-    this stage's own files there (glob patterns; none: the folder is only made writable, not guarded)
+    this stage's own files there (exact names, ``{int}`` for a number: :func:`name_matches`; none: the folder is only made writable, not guarded)
     and the fixed names it also writes there (an input under such a name is refused)."""
 
     field: str
@@ -130,7 +129,7 @@ def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, overwrite
     """
     protect_inputs(directory, tuple(patterns) + tuple(writes), flag, inputs or {})
     remove_stale_temps(directory)  # half-written files of a killed run (the real files are whole)
-    found = sorted({p for pattern in patterns for p in directory.glob(pattern) if p.is_file()})
+    found = stage_files(directory, patterns)
     if found and not (overwrite or resume):
         names = ", ".join(p.name for p in found[:3]) + (" ..." if len(found) > 3 else "")
         fail(f"{flag} {directory}: holds outputs of an earlier run ({names}); "
@@ -138,6 +137,15 @@ def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, overwrite
     if overwrite and remove:
         remove_outputs(found)
     return found
+
+
+def stage_files(directory: Path, templates: Sequence[str]) -> list[Path]:
+    """The files in ``directory`` named exactly as one of ``templates`` (see :func:`name_matches`), sorted."""
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return []
+    return sorted(p for p in entries if any(name_matches(p.name, t) for t in templates) and p.is_file())
 
 
 def protect_inputs(directory: Path, names: Sequence[str], flag: str, inputs: Mapping[str, str]) -> None:
@@ -151,10 +159,10 @@ def protect_inputs(directory: Path, names: Sequence[str], flag: str, inputs: Map
         for candidate in (Path(os.path.abspath(given)), given.resolve()):
             if candidate.parent.resolve() != folder:
                 continue
-            clash = next((n for n in names if fnmatch.fnmatchcase(candidate.name, n)), None)
+            clash = next((n for n in names if name_matches(candidate.name, n)), None)
             if clash is not None:
                 fail(f"{input_flag} {value}: is an input of this run, but lies in {flag} {directory} under a name "
-                     f"this stage writes there ({clash}); inputs are never overwritten or deleted, so move the "
+                     f"this stage writes there ({clash.replace(INT, '<n>')}); inputs are never overwritten or deleted, so move the "
                      f"file or choose another {flag}")
 
 

@@ -94,7 +94,7 @@ def check_asr_images(cfg: DownstreamConfig, chosen: AsrImages) -> None:
 def run_downstream(cfg: DownstreamConfig) -> dict:
     """``training_downstream_classifier.py``: features of the frozen encoder, the MLP, ACC and ASR."""
     clf_name = f"clf_{cfg.nn_epochs}.pth"
-    run = start_run(cfg, (Outputs("results_dir", (clf_name, "downstream-metrics.*")),),
+    run = start_run(cfg, (Outputs("results_dir", (clf_name, "downstream-metrics.csv", SUMMARY)),),
                     inputs={"--encoder": cfg.encoder, "--trigger_file": cfg.trigger_file})
     device, usage, results_dir, earlier = run.device, run.usage, run.dirs["results_dir"], run.earlier["results_dir"]
     clf_path = results_dir / clf_name

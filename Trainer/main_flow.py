@@ -19,7 +19,7 @@ from Trainer.common import (Outputs, canonical, check_fingerprint, check_finite_
 from Trainer.configs import DEFAULT_REFERENCE_FILE, MAIN_SEEDS, MainConfig
 from Trainer.detect import DetectSettings, run_detect
 from Trainer.filenames import (BEST_TRIGGER, DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER, NC_METRICS,
-                               NC_TRIGGER)
+                               NC_TRIGGER, ROUND_TRIGGER)
 from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings, seed_offset
 from Trainer.nc import run_nc
 from UTILS.distributed import world_from_env
@@ -30,9 +30,9 @@ from UTILS.runtime import log
 from UTILS.signals import graceful_stop
 
 # This stage's own files (the README's recipe shares one log dir between stages and phases).
-MOTH_OUTPUTS = ("mask-pattern-[0-9]*.npz", BEST_TRIGGER, "re_loss.csv", "metrics.csv", "metrics.json",
-                TIMINGS_FILE, "preview-[0-9]*.png")
-MOTH_RESULTS = ("Harden_model_*.pth", STATE_FILE)
+MOTH_OUTPUTS = (ROUND_TRIGGER, BEST_TRIGGER, "re_loss.csv", "metrics.csv", "metrics.json",
+                TIMINGS_FILE, "preview-{int}.png")
+MOTH_RESULTS = ("Harden_model_{int}.pth", STATE_FILE)
 HARDEN_ORDER_SEED = 100  # the paper's code seeds torch with 100 just before building that loader
 NC_OUTPUTS = (NC_TRIGGER, NC_METRICS, "preview-NC.png")
 DETECT_OUTPUTS = (DETECT_TRIGGER, DETECT_METRICS, DETECT_PICTURE)

@@ -53,8 +53,8 @@ from UTILS.runtime import log, progress
 
 NAME = "unlearn"  # the epoch loop's files: unlearn-metrics.csv, unlearn-timings.csv
 CKPT = UNLEARNED_CKPT
-RESULTS = ("Harden_Unlearn_model_*.pth",)
-LOGS = ("loss-log.npy", "unlearn-metrics.*", "unlearn-timings.csv")
+RESULTS = ("Harden_Unlearn_model_{int}.pth",)
+LOGS = ("loss-log.npy", "unlearn-metrics.csv", "unlearn-metrics.json", "unlearn-timings.csv")
 # init_sim/test_sim are filled in the epoch-0 row only (the pass runs once, before training)
 METRIC_FIELDS = ("epoch", "loss", "contrastive", "unlearn", "knn_acc", "knn_asr", "init_sim", "test_sim")
 SETTINGS_FILE, PREVIEW_FILE = "unlearn-setting.txt", "unlearn-trigger.png"

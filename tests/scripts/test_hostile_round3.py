@@ -52,3 +52,29 @@ def test_a_link_at_the_lock_path_is_refused_and_its_target_untouched(ws, link):
     assert {p: digest(p) for p in before} == before
     assert not (ws / "elsewhere").exists()
     assert not (out / "mask-pattern-0.npz").exists()
+
+
+# --- 2. a stage claims only the exact names it writes --------------------------------------------------------
+
+LOOK_ALIKES = ("model_best.pth", "Harden_model_1_mybackup.pth", "mask-pattern-2-keep.npz", "preview-0-final.png",
+               "Harden_Unlearn_model_1.pth.bak", "model_1a.pth", "unlearn-metrics.old", "downstream-metrics.txt")
+
+
+def test_look_alike_files_are_neither_refused_nor_deleted(ws):
+    """Files whose names resemble a stage's outputs are not "outputs of an earlier run": a first run beside
+    them is not refused, and --overwrite leaves them byte for byte."""
+    out = ws / "out" / "x"
+    out.mkdir(parents=True)
+    for name in LOOK_ALIKES:
+        (out / name).write_bytes(name.encode() * 3)
+    before = {name: digest(out / name) for name in LOOK_ALIKES}
+    runs = [(M, main_args("x", epochs=2) + ["--seed", "0"]),
+            ("pretraining_encoder.py", ["--pretraining_dataset", "cifar10", "--model", "tiny", "--batch_size", "8",
+                                        "--epochs", "1", "--monitor_every", "0", "--device", "cpu",
+                                        "--data_ratio", "0.25", "--results_dir", "out/x"])]
+    for script, args in runs:
+        for extra in ([], ["--overwrite"]):
+            proc = run_fast(script, args + extra, ws)
+            assert proc.returncode == 0, (script, extra, proc.stderr)
+    assert {name: digest(out / name) for name in LOOK_ALIKES} == before
+    assert (out / "Harden_model_2.pth").is_file() and (out / "model_1.pth").is_file()
