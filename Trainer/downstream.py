@@ -28,7 +28,7 @@ from Trainer.common import Outputs, check_finite_model, remove_outputs, run_fing
 from Trainer.configs import DownstreamConfig
 from UTILS.distributed import from_main, is_main, rank
 from UTILS.errors import Interrupted, fail
-from UTILS.io import write_csv, write_json
+from UTILS.io import dumps_json, write_csv, write_json
 from UTILS.lock import holding
 from UTILS.runtime import log
 from UTILS.signals import graceful_stop
@@ -195,6 +195,7 @@ def _finished(summary_path: Path, clf_path: Path, fingerprint: dict) -> dict | N
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(summary, dict) or summary.get("config") != json.loads(json.dumps(fingerprint)):
+    if not isinstance(summary, dict) or summary.get("config") != json.loads(dumps_json(fingerprint)):
         return None
-    return summary
+    # JSON has no NaN: an ASR that was not measured (no trigger) is stored as null and read back as NaN
+    return {**summary, **{k: math.nan for k in ("acc", "asr") if summary.get(k, 0) is None}}

@@ -159,3 +159,20 @@ def test_default_preset_meets_the_targets(tmp_path):
     total = sum(s["seconds"] for s in summary["stage_times"])
     print(f"default demo: {total:.0f} s")
     assert total < 15 * 60
+
+
+def strict_json(path):
+    """Parse as a standard JSON parser does (JavaScript's JSON.parse): NaN and Infinity are not JSON."""
+    def refuse(token):
+        raise ValueError(f"{path}: {token} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_every_json_file_of_a_run_is_standard_json(demo):
+    """summary.json, detect.json, unlearn-metrics.json, badencoder-metrics.json, ...: unmeasured numbers
+    are null, never NaN."""
+    run, _, _ = demo
+    files = sorted(run.rglob("*.json"))
+    assert {"summary.json", "detect.json", "unlearn-metrics.json", "badencoder-metrics.json"} <= {p.name for p in files}
+    for path in files:
+        strict_json(path)

@@ -78,3 +78,18 @@ def test_look_alike_files_are_neither_refused_nor_deleted(ws):
             assert proc.returncode == 0, (script, extra, proc.stderr)
     assert {name: digest(out / name) for name in LOOK_ALIKES} == before
     assert (out / "Harden_model_2.pth").is_file() and (out / "model_1.pth").is_file()
+
+
+# --- 8. JSON files are standard JSON: null, never NaN --------------------------------------------------------
+
+
+def test_json_files_hold_null_where_a_number_was_not_measured(ws):
+    """Unlearning's epoch-0 row has no loss (nothing trained yet); it is written as null, and the file parses
+    with a standard parser (NaN is not JSON)."""
+    from tests.scripts.test_bad_input import unlearn_args
+    from tests.scripts.test_demo import strict_json
+
+    proc = run_fast(U, unlearn_args("x", re_mask_pattern="trigger.npz"), ws)
+    assert proc.returncode == 0, proc.stderr
+    summary = strict_json(ws / "out" / "x" / "unlearn-metrics.json")
+    assert summary["per_epoch"][0]["loss"] is None and isinstance(summary["per_epoch"][1]["loss"], float)
