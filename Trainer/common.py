@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from DATASETS.loaders import split_files
 from DATASETS.stats import UsageInfo, get_usage
 from DATASETS.triggers import load_trigger
 from MODELS.checkpoint import load_error_reason
@@ -19,7 +20,7 @@ from MODELS.precision import check_amp
 from Trainer.filenames import DEFAULT_TRIGGER, INT, name_matches
 from UTILS.distributed import from_main, start
 from UTILS.errors import fail
-from UTILS.io import atomic_write, ensure_writable_dir, remove_stale_temps
+from UTILS.io import atomic_write, ensure_writable_dir, file_digest, remove_stale_temps
 from UTILS.runtime import log, seed_everything
 
 
@@ -172,17 +173,74 @@ def remove_outputs(paths: Sequence[Path]) -> None:
         p.unlink(missing_ok=True)
 
 
-def run_fingerprint(config) -> dict:
-    """The settings a checkpoint's numbers depend on; stored in resume checkpoints, compared on --resume."""
+INPUTS_KEY = "inputs"  # the fingerprint's record of the input files' contents (input_record)
+
+
+def run_fingerprint(config, inputs: Mapping | None = None) -> dict:
+    """The settings a checkpoint's numbers depend on; stored in resume checkpoints, compared on --resume.
+    ``inputs`` (:func:`input_record`) adds what the run's input files held."""
     items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
-    return {k: v for k, v in items.items() if k not in NOT_FINGERPRINTED}
+    found = {k: v for k, v in items.items() if k not in NOT_FINGERPRINTED}
+    return found if inputs is None else {**found, INPUTS_KEY: dict(inputs)}
 
 
-def check_fingerprint(saved, config, path: Path) -> None:
-    """Refuse to resume a checkpoint written with other settings (the numbers would silently mix)."""
+def input_record(files: Mapping[str, str | Path | Mapping[str, Path] | None]) -> dict:
+    """{flag: {name: [size, sha256]}} of a run's input files, for --resume to compare (:func:`check_inputs`).
+
+    ``files``: {flag: one path (named as given) | {name: path} (a dataset's files by name under --data_dir)
+    | None or "" (no such input)}. Contents decide, not paths or times: a copy of the same file in another
+    place is the same input, a file replaced at the same path is not."""
+    record = {}
+    for flag, value in files.items():
+        if not value:
+            continue
+        named = dict(value) if isinstance(value, Mapping) else {str(value): Path(value)}
+        record[flag] = {name: file_digest(path) for name, path in sorted(named.items())}
+    return record
+
+
+def monitor_files(task: str, data_dir: str, size: int) -> dict[str, Path]:
+    """The files the kNN monitor reads: both splits of the downstream task (for :func:`input_record`)."""
+    return {**split_files(task, "train", data_dir, size), **split_files(task, "test", data_dir, size)}
+
+
+def input_change(saved, now) -> str | None:
+    """The first input file whose record differs between ``saved`` and ``now`` (:func:`input_record`), as
+    ``<flag> <name> (<what changed>)``; None when they agree or ``saved`` predates the records."""
+    if not isinstance(saved, Mapping) or not isinstance(now, Mapping):
+        return None  # a state written before input files were recorded: its settings are all there is to check
+    for flag in sorted(set(saved) | set(now)):
+        before, after = saved.get(flag) or {}, now.get(flag) or {}
+        for name in sorted(set(before) | set(after)):
+            a, b = before.get(name), after.get(name)
+            if a is None and b is None or a is not None and b is not None and list(a) == list(b):
+                continue
+            if a is None or b is None:
+                change = "not read when the run began" if a is None else "read when the run began, not now"
+            elif a[0] != b[0]:
+                change = f"{a[0]} bytes when the run began, {b[0]} now"
+            else:
+                change = f"same size, other contents: sha256 {a[1][:12]}... when the run began, {b[1][:12]}... now"
+            return f"{flag} {name} ({change})"
+    return None
+
+
+def check_inputs(saved, now, path: Path) -> None:
+    """Refuse to resume from a run that began from other input files (the state would mix the two)."""
+    change = input_change(saved, now)
+    if change is not None:
+        fail(f"--resume {path}: {change} is not the file the run began from; resuming would mix two inputs; "
+             f"restore that file, or pass --overwrite to start over")
+
+
+def check_fingerprint(saved, config, path: Path, inputs: Mapping | None = None) -> None:
+    """Refuse to resume a checkpoint written with other settings, or from other input files (``inputs``:
+    this run's :func:`input_record`), since the numbers would silently mix."""
     if not isinstance(saved, dict):
         fail(f"--resume {path}: holds no record of the run's settings (not written by this program?); "
              f"pass --overwrite to start over")
+    saved = dict(saved)
+    saved_inputs = saved.pop(INPUTS_KEY, None)
     now = run_fingerprint(config)
     # A flag added after the checkpoint was written counts as its default there (e.g. --amp: off).
     defaults = ({f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
@@ -193,6 +251,7 @@ def check_fingerprint(saved, config, path: Path) -> None:
     if diff:
         fail(f"--resume {path}: was written by a run with other settings ({'; '.join(diff[:3])}"
              f"{'; ...' if len(diff) > 3 else ''}); repeat the original flags, or pass --overwrite to start over")
+    check_inputs(saved_inputs, inputs, path)
 
 
 def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:

@@ -93,3 +93,77 @@ def test_json_files_hold_null_where_a_number_was_not_measured(ws):
     assert proc.returncode == 0, proc.stderr
     summary = strict_json(ws / "out" / "x" / "unlearn-metrics.json")
     assert summary["per_epoch"][0]["loss"] is None and isinstance(summary["per_epoch"][1]["loss"], float)
+
+
+# --- 5. --resume and reuse compare the input files' contents, not their paths ---------------------------------
+
+
+def _other_encoder(path: Path) -> None:
+    import torch
+
+    from MODELS.checkpoint import save_checkpoint
+    from MODELS.simclr import build_model
+
+    torch.manual_seed(123)
+    save_checkpoint(path, build_model("tiny"), epoch=1)
+
+
+def _other_data(path: Path) -> None:
+    import numpy as np
+
+    with np.load(path) as z:
+        x, y = z["x"].copy(), z["y"]
+    x[0] = 255 - x[0]  # one image changed, same size
+    np.savez(path, x=x, y=y)
+
+
+@pytest.mark.parametrize("changed", ["encoder", "data"])
+def test_main_resume_refuses_inputs_that_changed_since_the_run_began(ws, changed):
+    args = main_args("x", epochs=1, monitor_every=1) + ["--seed", "0"]
+    assert run_fast(M, args, ws).returncode == 0
+    if changed == "encoder":
+        _other_encoder(ws / "encoder.pth")
+        needles = ["--resume out/x/moth_state.pth", "--pretrained_encoder encoder.pth", "other contents"]
+    else:
+        _other_data(ws / "data" / "cifar10" / "train.npz")
+        needles = ["--dataset cifar10/train.npz", "same size, other contents", "sha256"]
+    state = digest(ws / "out" / "x" / "moth_state.pth")
+    proc = run_fast(M, flags(args, epochs=2) + ["--resume"], ws)
+    line = assert_one_error_line(proc, needles + ["not the file the run began from", "--overwrite"])
+    assert "would mix two inputs" in line
+    assert digest(ws / "out" / "x" / "moth_state.pth") == state
+    # the same files under another --data_dir are the same inputs: contents decide, not paths
+    if changed == "encoder":
+        return
+    shutil.copytree(ws / "data", ws / "data2")
+    _other_data(ws / "data2" / "cifar10" / "train.npz")  # back to the original image
+    proc = run_fast(M, flags(args, epochs=2, data_dir="data2") + ["--resume"], ws)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_unlearning_resume_refuses_another_encoder_at_the_same_path(ws):
+    from tests.scripts.test_bad_input import unlearn_args
+
+    args = unlearn_args("x", re_mask_pattern="trigger.npz", epochs=1)
+    assert run_fast(U, args, ws).returncode == 0
+    _other_encoder(ws / "encoder.pth")
+    proc = run_fast(U, flags(args, epochs=2) + ["--resume"], ws)
+    assert_one_error_line(proc, ["--resume out/x/Harden_Unlearn_model_1.pth", "--pretrained_encoder encoder.pth",
+                                 "not the file the run began from"])
+    assert not (ws / "out" / "x" / "Harden_Unlearn_model_2.pth").exists()
+
+
+def test_classifier_resume_does_not_reuse_numbers_of_another_encoder(ws):
+    from tests.scripts.test_bad_input import clf_args
+
+    args = clf_args("x", nn_epochs=2)
+    assert run_fast(D, args, ws).returncode == 0
+    reused = run_fast(D, args + ["--resume"], ws)
+    assert reused.returncode == 0 and "reusing it" in reused.stdout
+    _other_encoder(ws / "encoder.pth")
+    again = run_fast(D, args + ["--resume"], ws)
+    assert again.returncode == 0, again.stderr
+    assert "--encoder encoder.pth" in again.stdout and "training again from the start" in again.stdout
+    fresh_run = run_fast(D, flags(args, results_dir="out/y"), ws)
+    acc = [line for line in again.stdout.splitlines() if line.startswith("ACC ")]
+    assert acc and acc[-1] == [line for line in fresh_run.stdout.splitlines() if line.startswith("ACC ")][-1]
