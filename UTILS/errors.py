@@ -49,7 +49,8 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM where no loop is ready to stop gracefully (loading data, extracting features): stop at once."""
 
 
-def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "") -> Callable[..., T]:
+def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "", resume_hint: str = RESUME_HINT
+              ) -> Callable[..., T]:
     """Wrap an entry script's ``main``: a UserError prints ``error: ...`` and exits 2; an interrupt prints
     ``interrupted: ...`` and exits 130; running out of memory prints one ``error:`` line naming the flags
     to lower (``memory``, e.g. "--batch_size or --data_ratio") and exits 2. None shows a traceback.
@@ -58,11 +59,13 @@ def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "") -> Call
     feature extraction) ends with one line; the loops that can stop gracefully install their own handler
     (UTILS.signals). Use as ``@cli_entry`` or ``@cli_entry(memory=...)``.
 
+    ``resume_hint`` ends the line of an abort (a script without --resume says what to do instead).
+
     Tests that call ``main([...])`` directly see ``SystemExit(2)`` / ``SystemExit(130)``; the message goes
     to stderr.
     """
     if main is None:
-        return functools.partial(cli_entry, memory=memory)
+        return functools.partial(cli_entry, memory=memory, resume_hint=resume_hint)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -78,7 +81,7 @@ def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "") -> Call
         except KeyboardInterrupt as exc:
             what = "SIGTERM: " if isinstance(exc, Terminated) else ""
             _exit_with(f"interrupted: {what}aborted; every file written so far is complete (writes are atomic); "
-                       f"{RESUME_HINT}", EXIT_INTERRUPTED)
+                       f"{resume_hint}", EXIT_INTERRUPTED)
         except (MemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -167,3 +167,67 @@ def test_classifier_resume_does_not_reuse_numbers_of_another_encoder(ws):
     fresh_run = run_fast(D, flags(args, results_dir="out/y"), ws)
     acc = [line for line in again.stdout.splitlines() if line.startswith("ACC ")]
     assert acc and acc[-1] == [line for line in fresh_run.stdout.splitlines() if line.startswith("ACC ")][-1]
+
+
+# --- 6. mixed outputs: demo summaries, demo folders, one folder under two names --------------------------------
+
+FAULT = "tests.scripts.faults:"
+DEMO = ["--preset", "ci", "--device", "cpu", "--data_dir", "data"]
+
+
+def last_line(text: str) -> str:
+    return [line for line in text.splitlines() if line.strip()][-1]
+
+
+def test_an_interrupted_demo_overwrite_leaves_no_old_summary_and_gives_the_right_advice(ws):
+    run = ws / "run"
+    (run / "report").mkdir(parents=True)
+    (run / "summary.json").write_text('{"table": [{"encoder": "clean", "acc": 99.0, "asr": 1.0}]}\n')
+    (run / "stage-times.csv").write_text("stage,seconds\nold,1.0\n")
+    (run / "report" / "report.md").write_text("| clean | 99.00 | 1.00 |\n")
+    proc = run_fast("demo.py", DEMO + ["--out", "run", "--overwrite"], ws, inject=FAULT + "ctrl_c_in_demo_stage_2")
+    assert proc.returncode == 130, proc.stderr
+    line = last_line(proc.stderr)
+    assert line.startswith("interrupted: demo.py stopped in stage 'SimCLR pre-training")
+    assert "plus --overwrite" in line and "--resume" not in line.replace("has no --resume", "")
+    assert not (run / "summary.json").exists() and not (run / "report" / "report.md").exists()
+    report = run_fast("report.py", ["--run", "run", "--out", "again"], ws)
+    assert_one_error_line(report, ["summary.json"])
+
+
+def test_demos_started_in_the_same_second_get_their_own_folders(ws):
+    """The default folder demo_runs/<date-time> is claimed by mkdir: a taken one (another demo started in
+    the same second) makes the next demo use <date-time>-2. A Ctrl-C outside any stage advises --overwrite."""
+    import datetime
+
+    now = datetime.datetime.now()
+    taken = []
+    for dt in range(0, 30):  # the next seconds' folders are taken, as by a demo started just before
+        stamp = (now + datetime.timedelta(seconds=dt)).strftime("%Y%m%d-%H%M%S")
+        (ws / "demo_runs" / stamp).mkdir(parents=True)
+        (ws / "demo_runs" / stamp / "theirs.txt").write_text("another demo\n")
+        taken.append(stamp)
+    proc = run_fast("demo.py", DEMO, ws, inject=FAULT + "ctrl_c_in_demo_stage_1")
+    assert proc.returncode == 130, proc.stderr
+    folder = proc.stdout.split("demo run folder: ")[1].split()[0]
+    assert folder.startswith("demo_runs/") and folder.rsplit("/", 1)[1].rsplit("-", 1)[0] in taken
+    assert folder.endswith("-2") and (ws / folder).is_dir()
+    assert all((ws / "demo_runs" / s / "theirs.txt").is_file() for s in taken)
+    assert last_line(proc.stderr) == ("interrupted: aborted; every file written so far is complete (writes are "
+                                      "atomic); demo.py has no --resume: run the same command plus --overwrite to "
+                                      "start over")
+
+
+def test_one_folder_under_two_names_is_locked_once(ws):
+    """--log_dir and --results_dir naming one folder through a bind mount: the run holds it once instead of
+    locking itself out (needs unshare for a private mount namespace)."""
+    (ws / "a").mkdir()
+    (ws / "b").mkdir()
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount --bind a b"], cwd=ws, capture_output=True).returncode != 0:
+        pytest.skip("no unprivileged mount namespace here")
+    args = " ".join(main_args("x", log_dir="a", results_dir="b", epochs=1)) + " --seed 0"
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind a b && {sys.executable} {ROOT}/MAIN.py {args}"],
+                          cwd=ws, capture_output=True, text=True, env=dict(os.environ, **ENV), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (ws / "a" / "Harden_model_1.pth").is_file() and not (ws / "a" / ".receive.lock").exists()
