@@ -18,7 +18,7 @@ from DATASETS.triggers import load_trigger
 from MODELS.checkpoint import load_error_reason
 from MODELS.precision import check_amp
 from Trainer.filenames import DEFAULT_TRIGGER, INT, name_matches
-from UTILS.distributed import from_main, start
+from UTILS.distributed import agree_on, from_main, start
 from UTILS.errors import fail
 from UTILS.io import atomic_write, ensure_writable_dir, file_digest, remove_stale_temps
 from UTILS.runtime import log, seed_everything
@@ -59,6 +59,7 @@ def start_run(cfg, folders: Sequence[Outputs], inputs: Mapping[str, str] | None 
     Under torchrun the device is this rank's and the folders are rank 0's decision (its disk)."""
     seed_everything(seed_from_list(cfg.seed, cfg.SEEDS) if cfg.SEEDS else cfg.seed)
     device = start(cfg.device, cfg.gpu)  # one process: UTILS.runtime.resolve_device
+    agree_on(rank_settings(cfg))  # under torchrun: every rank the same flags, or every rank stops here
     check_amp(getattr(cfg, "amp", False), device)
     usage = get_usage(cfg.encoder_usage_info)
     dirs, earlier = from_main(lambda: _prepare_folders(cfg, folders, inputs))
@@ -101,6 +102,17 @@ def load_ground_truth(path: str, size: int, flag: str = "--trigger_file"):
 # same file as an uninterrupted one) and out of the resume fingerprint. --epochs may grow on --resume.
 LAUNCH_FLAGS = ("overwrite", "resume")
 NOT_FINGERPRINTED = LAUNCH_FLAGS + ("gpu", "device", "data_dir", "log_dir", "results_dir", "epochs")
+
+
+# Flags that may differ between the processes of one torchrun run: each node's device and paths (only rank 0
+# writes into the output folders; each node reads its own copy of the data).
+PER_RANK_FLAGS = ("gpu", "device", "data_dir", "log_dir", "results_dir")
+
+
+def rank_settings(config) -> dict:
+    """Every flag that must be the same on every rank (all but :data:`PER_RANK_FLAGS`)."""
+    items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
+    return {k: v for k, v in items.items() if k not in PER_RANK_FLAGS}
 
 
 def write_settings(path: Path, config) -> None:

@@ -231,3 +231,74 @@ def test_one_folder_under_two_names_is_locked_once(ws):
                           cwd=ws, capture_output=True, text=True, env=dict(os.environ, **ENV), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (ws / "a" / "Harden_model_1.pth").is_file() and not (ws / "a" / ".receive.lock").exists()
+
+
+# --- 4. torchrun: the ranks agree on their flags; a dead rank is one line on the others --------------------------
+
+
+def _unlearn_rank(rank: int, world: int, port: int, out: str, root: str, per_rank: dict, die: bool) -> None:
+    """One torchrun-style rank of Unlearn-trigger.py (gloo, CPU); writes {code, err} to out/rank<r>.json."""
+    import contextlib
+    import io
+    import json
+    import runpy
+
+    from UTILS.launch import local_rank_env
+
+    os.environ.update({**local_rank_env(rank, world, port), **ENV, "RECEIVE_DIST_TIMEOUT": "60"})
+    os.chdir(root)
+    if die and rank == 1:  # this rank dies in its first epoch, as a killed or crashed worker does
+        import Trainer.unlearn
+
+        Trainer.unlearn.unlearn_epoch = lambda *a, **k: os._exit(3)
+    args = ["--dataset", "stl10", "--model", "tiny", "--pretrained_encoder", "encoder.pth", "--batch_size", "10",
+            "--epochs", "2", "--lr", "0.1", "--data_ratio", "0.5", "--re_mask_pattern", "trigger.npz",
+            "--monitor_every", "0", "--portion", "0.3", "--device", "cpu", "--log_dir", f"out/r{rank}",
+            "--results_dir", "out/ranks"] + per_rank.get(rank, [])
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(str(ROOT / "Unlearn-trigger.py"), run_name="rank_test")["main"](args)
+        except SystemExit as exc:
+            code = exc.code
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"code": code, "err": err.getvalue()}))
+
+
+def _launch(root: Path, per_rank: dict, die: bool = False) -> dict:
+    import json
+    import multiprocessing
+
+    from UTILS.launch import free_port
+
+    ctx, port, out = multiprocessing.get_context("spawn"), free_port(), root / "ranks-out"
+    out.mkdir(exist_ok=True)
+    procs = [ctx.Process(target=_unlearn_rank, args=(r, 2, port, str(out), str(root), per_rank, die)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+        assert p.exitcode is not None, "a rank hung"
+    return {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(2) if (out / f"rank{r}.json").is_file()}
+
+
+@pytest.mark.parametrize("other", [["--lr", "0.2"], ["--data_ratio", "0.25"], ["--epochs", "3"]],
+                         ids=["lr", "data_ratio", "epochs"])
+def test_ranks_started_with_other_flags_all_stop_with_one_line(ws, other):
+    flag = other[0]
+    results = _launch(ws, {1: other})
+    assert set(results) == {0, 1}
+    for r in (0, 1):
+        lines = [line for line in results[r]["err"].splitlines() if line.strip()]
+        assert results[r]["code"] == 2 and len(lines) == 1, results[r]
+        assert lines[0].startswith("error: torchrun: the processes were started with different settings")
+        assert f"{flag} " in lines[0] and "on rank 0" in lines[0] and "on rank 1" in lines[0]
+    assert not (ws / "out" / "ranks" / "Harden_Unlearn_model_1.pth").exists()
+
+
+def test_when_one_rank_dies_the_other_prints_one_line(ws):
+    results = _launch(ws, {}, die=True)
+    assert 1 not in results  # it died without a word
+    lines = [line for line in results[0]["err"].splitlines() if line.strip()]
+    assert results[0]["code"] == 1 and len(lines) == 1, results[0]
+    assert lines[0].startswith("error: torchrun: another process of this run stopped")
