@@ -302,3 +302,27 @@ def test_when_one_rank_dies_the_other_prints_one_line(ws):
     lines = [line for line in results[0]["err"].splitlines() if line.strip()]
     assert results[0]["code"] == 1 and len(lines) == 1, results[0]
     assert lines[0].startswith("error: torchrun: another process of this run stopped")
+
+
+# --- 10. the smaller cases -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, needles", [
+    ({"best_round": "abc"}, ["metrics.json", "'best_round' must be a round number or null, found 'abc'"]),
+    ({"best_round": 99}, ["metrics.json", "'best_round' 99 is not a round of this run", "(it had rounds 0..3)"]),
+], ids=["best-round-abc", "best-round-99"])
+def test_report_on_a_bad_best_round_is_one_line(ws, change, needles):
+    import json
+
+    args = main_args("x", epochs=2) + ["--seed", "0"]
+    assert run_fast(M, args, ws).returncode == 0
+    path = ws / "out" / "x" / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    proc = run_fast("report.py", ["--moth_log", "out/x", "--out", "rep"], ws)
+    assert_one_error_line(proc, needles)
+
+
+def test_report_on_a_target_entry_without_keys_is_one_line(ws):
+    (ws / "s.json").write_text('{"table": [], "targets": [{}], "stage_times": []}\n')
+    proc = run_fast("report.py", ["--table", "s.json", "--out", "rep"], ws)
+    assert_one_error_line(proc, ["s.json", "'targets' entry 0 lacks 'target', 'met', 'measured'"])
