@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import PRESET_NAMES, DemoConfig, config_from_args
+from Trainer.configs import DEMO_RESUME_HINT, PRESET_NAMES, DemoConfig, config_from_args
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
@@ -36,7 +36,7 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@cli_entry(memory="the --preset's sizes")
+@cli_entry(memory="the --preset's sizes", resume_hint=DEMO_RESUME_HINT)
 def main(argv: list[str] | None = None) -> dict:
     """``demo.py``: parse ``argv`` into a validated DemoConfig and run every stage; returns summary.json's content."""
     cfg = config_from_args(DemoConfig, build_parser().parse_args(argv)).validate()

@@ -6,6 +6,7 @@ Every split comes back as uint8 (N, size, size, 3) images and int64 labels.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -100,6 +101,19 @@ def _locate(name: str, split: str, data_dir: Path, size: int = 32) -> tuple[str,
         npz = f"{npz.with_name(f'{split}_{BADENCODER_224}.npz')} or {npz}"
     fail(f"--data_dir {data_dir}: {name} {split} split not found; looked for BadEncoder's npz layout at "
          f"{npz} and torchvision's layout at {' or at '.join(looked)}")
+
+
+def split_files(name: str, split: str, data_dir: str | Path, size: int = 32) -> dict[str, Path]:
+    """{name relative to --data_dir: path} of the files :func:`load_split` reads for ``split`` (a folder of
+    images counts as one entry); for the record of a run's inputs that ``--resume`` compares."""
+    data_dir, key = Path(data_dir), str(name).strip().lower()
+    if key.startswith("synthetic"):
+        from DATASETS import synthetic
+
+        synthetic.ensure_cached(key, data_dir)
+    layout, path = _locate(key, split, data_dir, int(size))
+    paths = [path] if layout == "npz" else tv_layout.files(key, path, split)
+    return {os.path.relpath(p, data_dir): p for p in paths}
 
 
 def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:

@@ -25,11 +25,11 @@ from DATASETS import synthetic
 from DATASETS.triggers import save_ground_truth_trigger
 from DEMO.layout import EVAL_DIRS, RunLayout
 from DEMO.presets import PRESETS, Preset, flags
-from DEMO.report import RunFiles, build_report
+from DEMO.report import REPORT_FILE, RunFiles, build_report
 from DEMO.results import check_targets, format_table, format_targets, injected_l1, results_table
-from Trainer.configs import DemoConfig
+from Trainer.configs import DEMO_RESUME_HINT, DemoConfig
 from Trainer.filenames import BEST_TRIGGER, NC_TRIGGER, UNLEARNED_CKPT
-from UTILS.errors import fail
+from UTILS.errors import EXIT_INTERRUPTED, Interrupted, fail
 from UTILS.io import ensure_writable_dir, write_csv, write_json
 from UTILS.runtime import log
 
@@ -103,6 +103,8 @@ class StageLog:
             except SystemExit as exc:  # the script printed its one-line error already
                 log(f"demo: stage '{name}' failed (exit code {exc.code}); its command line was:\n  "
                     f"{self.commands[-1]}")
+                if exc.code == EXIT_INTERRUPTED:  # the stage's own line advises its --resume; the demo has none
+                    raise Interrupted(f"demo.py stopped in stage '{name}'; {DEMO_RESUME_HINT}") from None
                 raise
 
         return self.stage(name, work)
@@ -265,8 +267,26 @@ class DemoRun:
 
 
 def default_out() -> Path:
-    """``demo_runs/<date-time>``: the run folder when --out is not given."""
-    return Path("demo_runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    """``demo_runs/<date-time>``, created here and new: the run folder when --out is not given. Two demos
+    started in the same second get ``<date-time>`` and ``<date-time>-2`` (mkdir decides, atomically)."""
+    parent = ensure_writable_dir(Path("demo_runs"), "--out")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        folder = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    fail(f"--out: demo_runs/{stamp}-* are all taken; pass --out")
+
+
+def clear_earlier_summary(layout: RunLayout) -> None:
+    """--overwrite: remove the files that present an earlier run's results as a whole (summary.json first,
+    which report.py --run reads; stage-times.csv; report/report.md) before any stage runs, so an
+    interrupted run never leaves them beside files that say otherwise. Each stage replaces its own files."""
+    for path in (layout.summary, layout.times, layout.report / REPORT_FILE):
+        path.unlink(missing_ok=True)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -275,6 +295,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     if root.is_dir() and any(root.iterdir()) and not cfg.overwrite:
         fail(f"--out {root}: not empty (an earlier demo run?); choose another --out or pass --overwrite")
     layout = RunLayout(ensure_writable_dir(root, "--out"))
+    if cfg.overwrite:
+        clear_earlier_summary(layout)
     log(f"demo run folder: {layout.root} (preset {cfg.preset})")
     began = time.perf_counter()
     summary = DemoRun(cfg, PRESETS[cfg.preset], layout).run()

@@ -30,6 +30,7 @@ from UTILS.io import atomic_write, ensure_writable_dir, read_csv  # noqa: E402
 from UTILS.runtime import log  # noqa: E402
 
 TriggerArrays = tuple[np.ndarray, np.ndarray]  # a trigger file as pictures: mask (H, W), pattern (H, W, 3), in [0, 1]
+REPORT_FILE = "report.md"
 SHOWN_ROUNDS = 5  # inverted triggers shown besides the chosen one
 
 
@@ -362,7 +363,7 @@ def write_markdown(files: RunFiles, figures: dict[str, Path], out: Path, title: 
         lines += ["## Commands", "", "Every stage, as its command line:", "", "```bash"]
         lines += summary["commands"] + ["```", ""]
     text = "\n".join(lines)
-    return atomic_write(out / "report.md", lambda h: h.write(text.encode()))
+    return atomic_write(out / REPORT_FILE, lambda h: h.write(text.encode()))
 
 
 def build_report(files: RunFiles, out: Path, title: str = "RECEIVE report") -> dict[str, Path]:

@@ -17,7 +17,7 @@ from typing import Optional
 
 from DEMO.layout import RunLayout
 from Trainer.configs import ReportConfig
-from Trainer.filenames import NC_METRICS, NC_TRIGGER
+from Trainer.filenames import BEST_TRIGGER, NC_METRICS, NC_TRIGGER, ROUND_TRIGGER, name_matches
 from UTILS.errors import fail
 
 FOLDERS = {"moth_log": "--moth_log", "unlearn_log": "--unlearn_log", "nc_log": "--nc_log",
@@ -25,8 +25,9 @@ FOLDERS = {"moth_log": "--moth_log", "unlearn_log": "--unlearn_log", "nc_log": "
 JSON_FILES = {"moth_log": ("metrics.json",), "nc_log": (NC_METRICS,)}
 CSV_FILES = {"moth_log": ("metrics.csv",), "unlearn_log": ("unlearn-metrics.csv",),
              "nc_unlearn_log": ("unlearn-metrics.csv",)}
-TRIGGER_FILES = {"moth_log": "mask-pattern-*.npz", "nc_log": NC_TRIGGER}
-SUMMARY_LISTS = ("table", "targets", "stage_times")  # lists of objects the report walks through
+TRIGGER_FILES = {"moth_log": (ROUND_TRIGGER, BEST_TRIGGER), "nc_log": (NC_TRIGGER,)}  # exact names (name_matches)
+SUMMARY_LISTS = ("table", "targets", "stage_times")
+TARGET_KEYS = ("target", "met", "measured")  # what the report prints of each target  # lists of objects the report walks through
 
 
 class Source:
@@ -76,6 +77,11 @@ def _check_summary(path: str, named: str, from_run: bool) -> None:
         value = summary.get(key, [])
         if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
             fail(f"{named}: '{key}' must be a list of objects, found {type(value).__name__}")
+    for i, target in enumerate(summary.get("targets", [])):
+        missing = [k for k in TARGET_KEYS if k not in target]
+        if missing:
+            fail(f"{named}: 'targets' entry {i} lacks {', '.join(repr(k) for k in missing)} (each target has "
+                 f"{', '.join(TARGET_KEYS)})")
 
 
 def _check_folder(folder: Path, named: str, attr: str) -> None:
@@ -83,13 +89,28 @@ def _check_folder(folder: Path, named: str, attr: str) -> None:
         fail(f"{named}: not a folder")
     for name in JSON_FILES.get(attr, ()):
         if (folder / name).is_file():
-            _read_json(folder / name, f"{named}: {name}")
+            value = _read_json(folder / name, f"{named}: {name}")
+            if attr == "moth_log":
+                _check_best_round(value, f"{named}: {name}")
     for name in CSV_FILES.get(attr, ()):
         if (folder / name).is_file():
             _read_csv(folder / name, f"{named}: {name}")
     if attr in TRIGGER_FILES:
-        for path in sorted(folder.glob(TRIGGER_FILES[attr])):
+        for path in sorted(p for p in folder.iterdir() if any(name_matches(p.name, t) for t in TRIGGER_FILES[attr])):
             _check_trigger(path, f"{named}: {path.name}")
+
+
+def _check_best_round(summary: dict, named: str) -> None:
+    """metrics.json's best_round: null or a round the run had (0 .. rounds - 1)."""
+    best, rounds = summary.get("best_round"), summary.get("rounds")
+    if best is None:
+        return
+    if isinstance(best, bool) or not isinstance(best, int):
+        fail(f"{named}: 'best_round' must be a round number or null, found {best!r}")
+    if isinstance(rounds, int) and not isinstance(rounds, bool) and not 0 <= best < rounds:
+        fail(f"{named}: 'best_round' {best} is not a round of this run (it had rounds 0..{rounds - 1})")
+    if best < 0:
+        fail(f"{named}: 'best_round' must be a round number (0 or more), found {best}")
 
 
 def _read_json(path: Path, named: str) -> dict:

@@ -42,7 +42,8 @@ from UTILS.runtime import log, progress
 
 NAME = "badencoder"
 REFERENCE_FILE = "reference.npz"
-OUTPUTS = ("model_*.pth", f"{NAME}-metrics.*", f"{NAME}-timings.csv", REFERENCE_FILE)
+OUTPUTS = ("model_{int}.pth", f"{NAME}-metrics.csv", f"{NAME}-metrics.json", f"{NAME}-timings.csv",
+           REFERENCE_FILE)
 FIELDS = ("epoch", "loss", "loss0", "loss1", "loss2", "knn_acc", "knn_asr")
 
 

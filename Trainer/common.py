@@ -3,7 +3,6 @@ output guard), the ground-truth trigger, settings files, resume fingerprints and
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import math
 import os
@@ -13,15 +12,16 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from DATASETS.loaders import split_files
 from DATASETS.stats import UsageInfo, get_usage
 from DATASETS.triggers import load_trigger
 from EVALUATION.features import feature_problem
 from MODELS.checkpoint import load_error_reason
 from MODELS.precision import check_amp
-from Trainer.filenames import DEFAULT_TRIGGER
-from UTILS.distributed import from_main, start
+from Trainer.filenames import DEFAULT_TRIGGER, INT, name_matches
+from UTILS.distributed import agree_on, from_main, start
 from UTILS.errors import fail
-from UTILS.io import atomic_write, ensure_writable_dir, remove_stale_temps
+from UTILS.io import atomic_write, ensure_writable_dir, file_digest, remove_stale_temps
 from UTILS.runtime import log, seed_everything
 
 
@@ -47,7 +47,7 @@ def reseed_after_loading(ratio: float, seed_index: int) -> None:
 @dataclasses.dataclass(frozen=True)
 class Outputs:
     """One output folder of a stage: the config field that names it (``log_dir`` -> flag ``--log_dir``),
-    this stage's own files there (glob patterns; none: the folder is only made writable, not guarded)
+    this stage's own files there (exact names, ``{int}`` for a number: :func:`name_matches`; none: the folder is only made writable, not guarded)
     and the fixed names it also writes there (an input under such a name is refused)."""
 
     field: str
@@ -79,6 +79,7 @@ def start_run(cfg, folders: Sequence[Outputs], inputs: Mapping[str, str] | None 
     Under torchrun the device is this rank's and the folders are rank 0's decision (its disk)."""
     seed_everything(seed_from_list(cfg.seed, cfg.SEEDS) if cfg.SEEDS else cfg.seed)
     device = start(cfg.device, cfg.gpu)  # one process: UTILS.runtime.resolve_device
+    agree_on(rank_settings(cfg))  # under torchrun: every rank the same flags, or every rank stops here
     check_amp(getattr(cfg, "amp", False), device)
     usage = get_usage(cfg.encoder_usage_info)
     dirs, earlier = from_main(lambda: _prepare_folders(cfg, folders, inputs))
@@ -123,6 +124,17 @@ LAUNCH_FLAGS = ("overwrite", "resume")
 NOT_FINGERPRINTED = LAUNCH_FLAGS + ("gpu", "device", "data_dir", "log_dir", "results_dir", "epochs")
 
 
+# Flags that may differ between the processes of one torchrun run: each node's device and paths (only rank 0
+# writes into the output folders; each node reads its own copy of the data).
+PER_RANK_FLAGS = ("gpu", "device", "data_dir", "log_dir", "results_dir")
+
+
+def rank_settings(config) -> dict:
+    """Every flag that must be the same on every rank (all but :data:`PER_RANK_FLAGS`)."""
+    items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
+    return {k: v for k, v in items.items() if k not in PER_RANK_FLAGS}
+
+
 def write_settings(path: Path, config) -> None:
     """setting.txt: every option of the run, one ``name: value`` per line (the original's format)."""
     items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
@@ -150,7 +162,7 @@ def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, overwrite
     """
     protect_inputs(directory, tuple(patterns) + tuple(writes), flag, inputs or {})
     remove_stale_temps(directory)  # half-written files of a killed run (the real files are whole)
-    found = sorted({p for pattern in patterns for p in directory.glob(pattern) if p.is_file()})
+    found = stage_files(directory, patterns)
     if found and not (overwrite or resume):
         names = ", ".join(p.name for p in found[:3]) + (" ..." if len(found) > 3 else "")
         fail(f"{flag} {directory}: holds outputs of an earlier run ({names}); "
@@ -158,6 +170,15 @@ def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, overwrite
     if overwrite and remove:
         remove_outputs(found)
     return found
+
+
+def stage_files(directory: Path, templates: Sequence[str]) -> list[Path]:
+    """The files in ``directory`` named exactly as one of ``templates`` (see :func:`name_matches`), sorted."""
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return []
+    return sorted(p for p in entries if any(name_matches(p.name, t) for t in templates) and p.is_file())
 
 
 def protect_inputs(directory: Path, names: Sequence[str], flag: str, inputs: Mapping[str, str]) -> None:
@@ -171,10 +192,10 @@ def protect_inputs(directory: Path, names: Sequence[str], flag: str, inputs: Map
         for candidate in (Path(os.path.abspath(given)), given.resolve()):
             if candidate.parent.resolve() != folder:
                 continue
-            clash = next((n for n in names if fnmatch.fnmatchcase(candidate.name, n)), None)
+            clash = next((n for n in names if name_matches(candidate.name, n)), None)
             if clash is not None:
                 fail(f"{input_flag} {value}: is an input of this run, but lies in {flag} {directory} under a name "
-                     f"this stage writes there ({clash}); inputs are never overwritten or deleted, so move the "
+                     f"this stage writes there ({clash.replace(INT, '<n>')}); inputs are never overwritten or deleted, so move the "
                      f"file or choose another {flag}")
 
 
@@ -184,17 +205,74 @@ def remove_outputs(paths: Sequence[Path]) -> None:
         p.unlink(missing_ok=True)
 
 
-def run_fingerprint(config) -> dict:
-    """The settings a checkpoint's numbers depend on; stored in resume checkpoints, compared on --resume."""
+INPUTS_KEY = "inputs"  # the fingerprint's record of the input files' contents (input_record)
+
+
+def run_fingerprint(config, inputs: Mapping | None = None) -> dict:
+    """The settings a checkpoint's numbers depend on; stored in resume checkpoints, compared on --resume.
+    ``inputs`` (:func:`input_record`) adds what the run's input files held."""
     items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
-    return {k: v for k, v in items.items() if k not in NOT_FINGERPRINTED}
+    found = {k: v for k, v in items.items() if k not in NOT_FINGERPRINTED}
+    return found if inputs is None else {**found, INPUTS_KEY: dict(inputs)}
 
 
-def check_fingerprint(saved, config, path: Path) -> None:
-    """Refuse to resume a checkpoint written with other settings (the numbers would silently mix)."""
+def input_record(files: Mapping[str, str | Path | Mapping[str, Path] | None]) -> dict:
+    """{flag: {name: [size, sha256]}} of a run's input files, for --resume to compare (:func:`check_inputs`).
+
+    ``files``: {flag: one path (named as given) | {name: path} (a dataset's files by name under --data_dir)
+    | None or "" (no such input)}. Contents decide, not paths or times: a copy of the same file in another
+    place is the same input, a file replaced at the same path is not."""
+    record = {}
+    for flag, value in files.items():
+        if not value:
+            continue
+        named = dict(value) if isinstance(value, Mapping) else {str(value): Path(value)}
+        record[flag] = {name: file_digest(path) for name, path in sorted(named.items())}
+    return record
+
+
+def monitor_files(task: str, data_dir: str, size: int) -> dict[str, Path]:
+    """The files the kNN monitor reads: both splits of the downstream task (for :func:`input_record`)."""
+    return {**split_files(task, "train", data_dir, size), **split_files(task, "test", data_dir, size)}
+
+
+def input_change(saved, now) -> str | None:
+    """The first input file whose record differs between ``saved`` and ``now`` (:func:`input_record`), as
+    ``<flag> <name> (<what changed>)``; None when they agree or ``saved`` predates the records."""
+    if not isinstance(saved, Mapping) or not isinstance(now, Mapping):
+        return None  # a state written before input files were recorded: its settings are all there is to check
+    for flag in sorted(set(saved) | set(now)):
+        before, after = saved.get(flag) or {}, now.get(flag) or {}
+        for name in sorted(set(before) | set(after)):
+            a, b = before.get(name), after.get(name)
+            if a is None and b is None or a is not None and b is not None and list(a) == list(b):
+                continue
+            if a is None or b is None:
+                change = "not read when the run began" if a is None else "read when the run began, not now"
+            elif a[0] != b[0]:
+                change = f"{a[0]} bytes when the run began, {b[0]} now"
+            else:
+                change = f"same size, other contents: sha256 {a[1][:12]}... when the run began, {b[1][:12]}... now"
+            return f"{flag} {name} ({change})"
+    return None
+
+
+def check_inputs(saved, now, path: Path) -> None:
+    """Refuse to resume from a run that began from other input files (the state would mix the two)."""
+    change = input_change(saved, now)
+    if change is not None:
+        fail(f"--resume {path}: {change} is not the file the run began from; resuming would mix two inputs; "
+             f"restore that file, or pass --overwrite to start over")
+
+
+def check_fingerprint(saved, config, path: Path, inputs: Mapping | None = None) -> None:
+    """Refuse to resume a checkpoint written with other settings, or from other input files (``inputs``:
+    this run's :func:`input_record`), since the numbers would silently mix."""
     if not isinstance(saved, dict):
         fail(f"--resume {path}: holds no record of the run's settings (not written by this program?); "
              f"pass --overwrite to start over")
+    saved = dict(saved)
+    saved_inputs = saved.pop(INPUTS_KEY, None)
     now = run_fingerprint(config)
     # A flag added after the checkpoint was written counts as its default there (e.g. --amp: off).
     defaults = ({f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
@@ -205,6 +283,7 @@ def check_fingerprint(saved, config, path: Path) -> None:
     if diff:
         fail(f"--resume {path}: was written by a run with other settings ({'; '.join(diff[:3])}"
              f"{'; ...' if len(diff) > 3 else ''}); repeat the original flags, or pass --overwrite to start over")
+    check_inputs(saved_inputs, inputs, path)
 
 
 def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:

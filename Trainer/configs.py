@@ -493,6 +493,10 @@ class DemoConfig:
         return self
 
 
+# demo.py has no --resume (its stages are quick to run again): what an interrupted demo says instead
+DEMO_RESUME_HINT = "demo.py has no --resume: run the same command plus --overwrite to start over"
+
+
 @dataclass
 class ReportConfig:
     """``report.py``: redraw the report's figures from the metrics files of any run."""

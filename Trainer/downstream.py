@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from DATASETS.loaders import ImageSet, load_split, take_ratio
+from DATASETS.loaders import ImageSet, load_split, split_files, take_ratio
 from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet, check_label, require_images
 from DATASETS.triggers import Trigger, load_trigger
@@ -24,12 +24,12 @@ from EVALUATION.metrics import asr_selection
 from MODELS.checkpoint import load_encoder, save_checkpoint
 from MODELS.precision import with_precision
 from MODELS.simclr import build_model
-from Trainer.common import (Outputs, check_finite_model, refuse_broken_encoder, remove_outputs, run_fingerprint,
-                            start_run)
+from Trainer.common import (INPUTS_KEY, Outputs, check_finite_model, input_change, input_record,
+                            refuse_broken_encoder, remove_outputs, run_fingerprint, start_run)
 from Trainer.configs import DownstreamConfig
 from UTILS.distributed import from_main, is_main, rank
 from UTILS.errors import Interrupted, fail
-from UTILS.io import write_csv, write_json
+from UTILS.io import dumps_json, write_csv, write_json
 from UTILS.lock import holding
 from UTILS.runtime import log
 from UTILS.signals import graceful_stop
@@ -95,18 +95,10 @@ def check_asr_images(cfg: DownstreamConfig, chosen: AsrImages) -> None:
 def run_downstream(cfg: DownstreamConfig) -> dict:
     """``training_downstream_classifier.py``: features of the frozen encoder, the MLP, ACC and ASR."""
     clf_name = f"clf_{cfg.nn_epochs}.pth"
-    run = start_run(cfg, (Outputs("results_dir", (clf_name, "downstream-metrics.*")),),
+    run = start_run(cfg, (Outputs("results_dir", (clf_name, "downstream-metrics.csv", SUMMARY)),),
                     inputs={"--encoder": cfg.encoder, "--trigger_file": cfg.trigger_file})
     device, usage, results_dir, earlier = run.device, run.usage, run.dirs["results_dir"], run.earlier["results_dir"]
     clf_path = results_dir / clf_name
-    fingerprint = run_fingerprint(cfg)
-    if cfg.resume:
-        done = from_main(lambda: _finished(results_dir / SUMMARY, clf_path, fingerprint))
-        if done is not None:
-            log(f"--resume: {results_dir / SUMMARY} records a finished run with these settings; reusing it "
-                f"(pass --overwrite to train again)")
-            log(f"ACC {done['acc']:.2f}%  ASR {done['asr']:.2f}%  ({cfg.dataset}, encoder {cfg.encoder or 'random'})")
-            return done
     # the small files first: a bad trigger is reported before a dataset is read and resized
     trigger = load_trigger(cfg.trigger_file, "--trigger_file", expected_size=usage.size) if cfg.trigger_file else None
     model = _encoder(cfg, device)
@@ -115,6 +107,18 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
     train = TensorSet.from_images(train_images, device)
     test = TensorSet.from_images(require_images(load_split(cfg.dataset, "test", cfg.data_dir, usage.size),
                                                 "--dataset", "ACC cannot be measured"), device)
+    # the files the numbers come from (checked readable above), in the summary for a later --resume (rank 0's)
+    fingerprint = run_fingerprint(cfg) if not is_main() else run_fingerprint(cfg, input_record({
+        "--encoder": cfg.encoder, "--trigger_file": cfg.trigger_file,
+        "--dataset": {**split_files(cfg.dataset, "train", cfg.data_dir, usage.size),
+                      **split_files(cfg.dataset, "test", cfg.data_dir, usage.size)}}))
+    if cfg.resume:
+        done = from_main(lambda: _finished(results_dir / SUMMARY, clf_path, fingerprint))
+        if done is not None:
+            log(f"--resume: {results_dir / SUMMARY} records a finished run with these settings; reusing it "
+                f"(pass --overwrite to train again)")
+            log(f"ACC {done['acc']:.2f}%  ASR {done['asr']:.2f}%  ({cfg.dataset}, encoder {cfg.encoder or 'random'})")
+            return done
     refuse_broken_encoder(model.f, train.x, usage, cfg.encoder or "(random weights)", "--encoder", cfg.amp)
     chosen = asr_images(cfg, train_images, train, test, trigger is not None)
     if chosen is not None:
@@ -197,6 +201,17 @@ def _finished(summary_path: Path, clf_path: Path, fingerprint: dict) -> dict | N
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(summary, dict) or summary.get("config") != json.loads(json.dumps(fingerprint)):
+    if not isinstance(summary, dict):
         return None
-    return summary
+    saved, now = summary.get("config"), json.loads(dumps_json(fingerprint))
+    if isinstance(saved, dict) and {k: v for k, v in saved.items() if k != INPUTS_KEY} == \
+            {k: v for k, v in now.items() if k != INPUTS_KEY}:
+        change = input_change(saved.get(INPUTS_KEY), now.get(INPUTS_KEY))
+        if change is not None:  # same settings, other files: its ACC/ASR are not this encoder's
+            log(f"--resume: {change} is not the file the finished run in {summary_path.parent} measured; "
+                f"training again from the start")
+            return None
+    elif saved != now:
+        return None
+    # JSON has no NaN: an ASR that was not measured (no trigger) is stored as null and read back as NaN
+    return {**summary, **{k: math.nan for k in ("acc", "asr") if summary.get(k, 0) is None}}

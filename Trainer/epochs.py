@@ -44,6 +44,7 @@ class EpochCheckpoints:
     save_every: int
     epochs: int
     pattern: str = CKPT  # Unlearn-trigger.py keeps its original name, Harden_Unlearn_model_{}.pth
+    inputs: Optional[dict] = None  # the run's input_record, compared with a checkpoint's on --resume
 
     def path(self, epoch: int) -> Path:
         """The checkpoint file of epoch ``epoch`` (``pattern`` filled in)."""
@@ -104,7 +105,7 @@ class EpochCheckpoints:
         if missing:
             fail(f"--resume {path}: lacks the resume state ({', '.join(missing)}; written by another program?); "
                  f"pass --overwrite to start over")
-        check_fingerprint(state["config"], cfg, path)
+        check_fingerprint(state["config"], cfg, path, self.inputs)
         state["epoch"] = epoch
         return path, state
 

@@ -9,18 +9,19 @@ import torch
 from torch import nn
 
 from DATASETS.stats import UsageInfo
+from DATASETS.loaders import split_files
 from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import Trigger
 from EVALUATION.monitor import build_monitor
 from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
 from MODELS.checkpoint import load_checkpoint, load_encoder
-from Trainer.common import (Outputs, canonical, check_fingerprint, check_finite_model, load_ground_truth,
-                            LOADER_SEED, refuse_broken_encoder, remove_outputs, run_fingerprint, seed_from_list,
-                            seed_offset, start_run, write_settings)
+from Trainer.common import (LOADER_SEED, Outputs, canonical, check_fingerprint, check_finite_model, input_record,
+                            load_ground_truth, monitor_files, refuse_broken_encoder, remove_outputs, run_fingerprint,
+                            seed_from_list, seed_offset, start_run, write_settings)
 from Trainer.configs import DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MAIN_SEEDS, MainConfig
 from Trainer.detect import DetectSettings, run_detect
 from Trainer.filenames import (BEST_TRIGGER, DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER, NC_METRICS,
-                               NC_TRIGGER)
+                               NC_TRIGGER, ROUND_TRIGGER)
 from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings
 from Trainer.nc import run_nc
 from UTILS.distributed import world_from_env
@@ -31,9 +32,9 @@ from UTILS.runtime import log
 from UTILS.signals import graceful_stop
 
 # This stage's own files (the README's recipe shares one log dir between stages and phases).
-MOTH_OUTPUTS = ("mask-pattern-[0-9]*.npz", BEST_TRIGGER, "re_loss.csv", "metrics.csv", "metrics.json",
-                TIMINGS_FILE, "preview-[0-9]*.png")
-MOTH_RESULTS = ("Harden_model_*.pth", STATE_FILE)
+MOTH_OUTPUTS = (ROUND_TRIGGER, BEST_TRIGGER, "re_loss.csv", "metrics.csv", "metrics.json",
+                TIMINGS_FILE, "preview-{int}.png")
+MOTH_RESULTS = ("Harden_model_{int}.pth", STATE_FILE)
 HARDEN_ORDER_SEED = LOADER_SEED  # the paper's code seeds torch with 100 just before building that loader
 NC_OUTPUTS = (NC_TRIGGER, NC_METRICS, "preview-NC.png")
 DETECT_OUTPUTS = (DETECT_TRIGGER, DETECT_METRICS, DETECT_PICTURE)
@@ -178,12 +179,17 @@ def run_moth(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     settings = MothSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, attack_size=cfg.attack_size,
                             harden_lr=cfg.harden_lr, inversion=inversion_config(cfg), patience=cfg.patience,
                             epsilon=cfg.epsilon, monitor_every=cfg.monitor_every, amp=cfg.amp, seed_index=cfg.seed)
+    files = input_record({"--pretrained_encoder": cfg.pretrained_encoder,
+                          "--trigger_file": cfg.trigger_file if ground_truth is not None else None,
+                          "--dataset": split_files(cfg.dataset, "train", cfg.data_dir, usage.size),
+                          "--downstreamTask": monitor_files(cfg.downstreamTask, cfg.data_dir, usage.size)
+                          if monitor is not None else None})
     flow = IterativeInversion(inputs.model, data, usage, settings, inputs.log_dir, inputs.results_dir,
-                              ground_truth=ground_truth, monitor=monitor, fingerprint=run_fingerprint(cfg))
+                              ground_truth=ground_truth, monitor=monitor, fingerprint=run_fingerprint(cfg, files))
     state_path = Path(inputs.results_dir) / STATE_FILE
     if cfg.resume and state_path.is_file():
         state = canonical(load_checkpoint(state_path, "--resume"))
-        check_fingerprint(state.get("config"), cfg, state_path)
+        check_fingerprint(state.get("config"), cfg, state_path, files)
         flow.load_state(state, state_path)
         log(f"resuming from {state_path}: epoch {flow.state.epoch}, batch {flow.state.batch}, round {flow.state.round}")
     elif cfg.resume and earlier and {p.name for p in earlier} <= UNSAVED_START_FILES:

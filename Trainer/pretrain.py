@@ -20,7 +20,7 @@ from UTILS.lock import holding
 from UTILS.runtime import progress
 
 NAME = "pretrain"
-OUTPUTS = ("model_*.pth", f"{NAME}-metrics.*", f"{NAME}-timings.csv")
+OUTPUTS = ("model_{int}.pth", f"{NAME}-metrics.csv", f"{NAME}-metrics.json", f"{NAME}-timings.csv")
 FIELDS = ("epoch", "loss", "knn_acc")
 
 

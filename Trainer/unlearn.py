@@ -33,14 +33,16 @@ from torch import Tensor, nn
 
 from DATASETS.augment import unlearn_view
 from DATASETS.stats import UsageInfo, normalize
+from DATASETS.loaders import split_files
 from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import Trigger, load_trigger
 from EVALUATION.monitor import Monitor, build_monitor, monitor_row
 from MODELS.checkpoint import load_encoder
 from MODELS.losses import nt_xent
 from MODELS.precision import unwrap, with_precision
-from Trainer.common import (Outputs, check_finite_model, fmt_metrics, load_ground_truth, remove_outputs,
-                            reseed_after_loading, run_fingerprint, start_run, write_settings)
+from Trainer.common import (Outputs, check_finite_model, fmt_metrics, input_record, load_ground_truth,
+                            monitor_files, remove_outputs, reseed_after_loading, run_fingerprint, start_run,
+                            write_settings)
 from Trainer.configs import UnlearnConfig
 from Trainer.epochs import EpochCheckpoints, EpochLoop
 from Trainer.filenames import UNLEARNED_CKPT
@@ -53,8 +55,8 @@ from UTILS.runtime import log, progress
 
 NAME = "unlearn"  # the epoch loop's files: unlearn-metrics.csv, unlearn-timings.csv
 CKPT = UNLEARNED_CKPT
-RESULTS = ("Harden_Unlearn_model_*.pth",)
-LOGS = ("loss-log.npy", "unlearn-metrics.*", "unlearn-timings.csv")
+RESULTS = ("Harden_Unlearn_model_{int}.pth",)
+LOGS = ("loss-log.npy", "unlearn-metrics.csv", "unlearn-metrics.json", "unlearn-timings.csv")
 # init_sim/test_sim are filled in the epoch-0 row only (the pass runs once, before training)
 METRIC_FIELDS = ("epoch", "loss", "contrastive", "unlearn", "knn_acc", "knn_asr", "init_sim", "test_sim")
 SETTINGS_FILE, PREVIEW_FILE = "unlearn-setting.txt", "unlearn-trigger.png"
@@ -261,7 +263,13 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
     sync_batchnorm(model)
     net, backbone = with_precision(model, cfg.amp), with_precision(model.f, cfg.amp)  # = model, model.f without --amp
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
-    checkpoints = EpochCheckpoints(results_dir, save_every=1, epochs=cfg.epochs, pattern=CKPT)  # keep every epoch
+    files = None if not is_main() else input_record({  # rank 0 writes and checks the checkpoints
+        "--pretrained_encoder": cfg.pretrained_encoder, "--re_mask_pattern": cfg.re_mask_pattern,
+        "--trigger_file": cfg.trigger_file if ground_truth is not None else None,
+        "--dataset": split_files(cfg.dataset, "train", cfg.data_dir, usage.size),
+        "--downstreamTask": monitor_files(cfg.downstreamTask, cfg.data_dir, usage.size) if monitor else None})
+    checkpoints = EpochCheckpoints(results_dir, save_every=1, epochs=cfg.epochs, pattern=CKPT,  # keep every epoch
+                                   inputs=files)
     rows, start_epoch = checkpoints.resume(cfg, model, optimizer, earlier_logs)
     if is_main():
         if cfg.overwrite:
@@ -280,7 +288,7 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
                              portion=cfg.portion, beta=cfg.beta, temperature=cfg.knn_t,
                              desc=f"unlearn epoch {epoch}/{cfg.epochs}", kept=kept, first_batch=(epoch - 1) * per_epoch)
 
-    loop = EpochLoop(NAME, checkpoints, model, optimizer, fields=METRIC_FIELDS, fingerprint=run_fingerprint(cfg),
+    loop = EpochLoop(NAME, checkpoints, model, optimizer, fields=METRIC_FIELDS, fingerprint=run_fingerprint(cfg, files),
                      train=train, monitor=lambda epoch: monitor_row(monitor, backbone, epoch, cfg.monitor_every),
                      rows=rows, log_dir=log_dir,
                      write_extra=lambda rows: _write_loss_log(log_dir, rows), shown=("loss", "knn_acc", "knn_asr"))

@@ -30,6 +30,8 @@ identity or a no-op and a run is the single-process run, byte for byte.
 from __future__ import annotations
 
 import atexit
+import datetime
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, TypeVar
@@ -108,11 +110,50 @@ def start(device: str = "auto", gpu: int | str = 0) -> torch.device:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-    dist.init_process_group(backend_for(dev), init_method="env://", **kwargs)
+    dist.init_process_group(backend_for(dev), init_method="env://", timeout=collective_timeout(), **kwargs)
     atexit.register(stop)
     if world.main:
         print(f"data parallel: {world.size} processes, backend {backend_for(dev)}", flush=True)
     return dev
+
+
+TIMEOUT_ENV = "RECEIVE_DIST_TIMEOUT"  # seconds a rank waits in one collective for the others (default 1800)
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective may wait for the other ranks before it fails (instead of hanging for ever when
+    a rank is stuck): ``RECEIVE_DIST_TIMEOUT`` seconds, default 1800 (room for rank 0's kNN monitor or a large
+    checkpoint while the others wait)."""
+    value = os.environ.get(TIMEOUT_ENV, "1800")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        fail(f"{TIMEOUT_ENV}={value}: expected a positive number of seconds")
+    return datetime.timedelta(seconds=seconds)
+
+
+def agree_on(settings: Mapping[str, Any], what: str = "settings") -> None:
+    """Every rank checks that all ranks run with the same ``settings`` ({flag name: value}) before any work.
+
+    A flag typed differently on one node (``--lr``, ``--data_ratio``, ``--epochs``) would otherwise give
+    silently different losses, a hang, or a traceback at the first collective of another shape. Each rank
+    gathers every rank's hash; a mismatch stops every rank with the same one line naming the first
+    differing flags (rank 0's value and the other rank's). Nothing on one process."""
+    if not is_distributed():
+        return
+    digest = hashlib.sha256(repr(sorted((k, repr(v)) for k, v in settings.items())).encode()).hexdigest()
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, (digest, dict(settings)))
+    base_hash, base = every[0]
+    for other, (h, theirs) in enumerate(every):
+        if h == base_hash:
+            continue
+        diff = [f"--{k} {base.get(k)!r} on rank 0, {theirs.get(k)!r} on rank {other}"
+                for k in sorted(set(base) | set(theirs)) if base.get(k) != theirs.get(k)]
+        fail(f"torchrun: the processes were started with different {what} ({'; '.join(diff[:3])}"
+             f"{'; ...' if len(diff) > 3 else ''}); start every process with the same flags")
 
 
 def stop() -> None:
@@ -358,4 +399,5 @@ def check_batch(batch_size: int, flag: str = "--batch_size") -> None:
 __all__ = ["World", "world_from_env", "env_is_main", "backend_for", "rank_device_flag", "start", "stop",
            "is_distributed", "rank", "world_size", "is_main", "barrier", "shard_bounds", "local_rows",
            "gather_rows", "sum_over_ranks", "GlobalBatchNorm", "sync_batchnorm", "data_parallel",
-           "mean_over_ranks", "from_main", "gather_to_all", "any_rank", "check_batch"]
+           "mean_over_ranks", "from_main", "gather_to_all", "any_rank", "check_batch", "agree_on",
+           "collective_timeout"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import re
 import signal
 import sys
 import threading
 from typing import Callable, Iterator, NoReturn, TypeVar
 
-from UTILS.launch import env_is_main
+from UTILS.launch import env_is_main, env_world_size
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
@@ -49,7 +50,8 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM where no loop is ready to stop gracefully (loading data, extracting features): stop at once."""
 
 
-def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "") -> Callable[..., T]:
+def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "", resume_hint: str = RESUME_HINT
+              ) -> Callable[..., T]:
     """Wrap an entry script's ``main``: a UserError prints ``error: ...`` and exits 2; an interrupt prints
     ``interrupted: ...`` and exits 130; running out of memory prints one ``error:`` line naming the flags
     to lower (``memory``, e.g. "--batch_size or --data_ratio") and exits 2. None shows a traceback.
@@ -58,11 +60,13 @@ def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "") -> Call
     feature extraction) ends with one line; the loops that can stop gracefully install their own handler
     (UTILS.signals). Use as ``@cli_entry`` or ``@cli_entry(memory=...)``.
 
+    ``resume_hint`` ends the line of an abort (a script without --resume says what to do instead).
+
     Tests that call ``main([...])`` directly see ``SystemExit(2)`` / ``SystemExit(130)``; the message goes
     to stderr.
     """
     if main is None:
-        return functools.partial(cli_entry, memory=memory)
+        return functools.partial(cli_entry, memory=memory, resume_hint=resume_hint)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -78,8 +82,10 @@ def cli_entry(main: Callable[..., T] | None = None, *, memory: str = "") -> Call
         except KeyboardInterrupt as exc:
             what = "SIGTERM: " if isinstance(exc, Terminated) else ""
             _exit_with(f"interrupted: {what}aborted; every file written so far is complete (writes are atomic); "
-                       f"{RESUME_HINT}", EXIT_INTERRUPTED)
+                       f"{resume_hint}", EXIT_INTERRUPTED)
         except (MemoryError, RuntimeError) as exc:
+            if is_peer_failure(exc):  # this rank is fine; another one died, or hung past the timeout
+                _exit_with(f"error: {peer_failure_line(exc)}", EXIT_PEER_FAILED)
             if not is_out_of_memory(exc):
                 raise
             _exit_with(f"error: {out_of_memory_line(exc, memory)}", EXIT_USER_ERROR)
@@ -147,6 +153,26 @@ def _tolerate_undecodable_output() -> None:
                 reconfigure(errors="surrogateescape")
             except (ValueError, OSError):  # a closed or detached stream
                 pass
+
+
+EXIT_PEER_FAILED = 1  # not this process's input: another process of the torchrun run failed
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """A collective of a torchrun run that failed because another rank is gone (or timed out)."""
+    if env_world_size() <= 1:
+        return False
+    name, text = type(exc).__name__, str(exc).lower()
+    return name in ("DistBackendError", "DistNetworkError", "DistStoreError") or \
+        any(sign in text for sign in ("gloo", "nccl", "connection closed by peer", "connection reset by peer"))
+
+
+def peer_failure_line(exc: BaseException) -> str:
+    """One line for a rank whose partner process failed: what happened, and where to look."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # gloo's "[<source file>:<line>] " prefix
+    return (f"torchrun: another process of this run stopped or stopped answering, so this one (rank "
+            f"{os.environ.get('RANK', '?')}) stops too ({first[:120]}); see the first process's own message above")
 
 
 _OOM_SIGNS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",

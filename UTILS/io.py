@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import threading
@@ -152,9 +154,30 @@ def load_npz(path: str | os.PathLike, keys: Sequence[str], flag: str) -> dict[st
         fail(f"{flag} {path}: not a readable npz ({exc.__class__.__name__}: {exc})")
 
 
-def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write ``obj`` as indented, key-sorted JSON atomically; returns the path."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n"
+def json_safe(obj):
+    """``obj`` with every NaN or infinite float (Python or numpy) replaced by None.
+
+    JSON has no NaN: Python writes a bare ``NaN`` token that standard parsers (JavaScript's ``JSON.parse``,
+    jq, Go) reject. A number that was not measured (an epoch without a kNN check) or not computable is
+    written as ``null``. Finite values are returned as they are, so their text does not change."""
+    if isinstance(obj, (float, np.floating)):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj, *, indent: int | None = 2, sort_keys: bool = True) -> str:
+    """The project's one JSON encoding: NaN/inf as null (:func:`json_safe`), numpy scalars as numbers;
+    ``allow_nan=False`` so a non-finite value that slipped past :func:`json_safe` fails loudly."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=sort_keys, default=float, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int | None = 2, sort_keys: bool = True) -> Path:
+    """Write ``obj`` as indented, key-sorted, valid JSON (:func:`dumps_json`) atomically; returns the path."""
+    text = dumps_json(obj, indent=indent, sort_keys=sort_keys) + "\n"
     return atomic_write(path, lambda h: h.write(text.encode()))
 
 
@@ -211,3 +234,25 @@ def ensure_writable_dir(path: str | os.PathLike, flag: str) -> Path:
     except OSError as exc:
         fail(f"{flag} {path}: directory is not writable ({exc.strerror or exc})")
     return path
+
+
+DIGEST_BLOCK = 1 << 20  # bytes read at a time: a large dataset is hashed in constant memory
+
+
+def file_digest(path: str | os.PathLike) -> list:
+    """[size in bytes, sha256 hex] of a file's contents, read in blocks (about 1 s per GB, usually from the
+    page cache since the run has just read the file). A folder: the digest of its files, by relative name."""
+    path = Path(path)
+    if path.is_dir():
+        h, total = hashlib.sha256(), 0
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            size, digest = file_digest(child)
+            total += size
+            h.update(f"{child.relative_to(path).as_posix()} {size} {digest}\n".encode(errors="surrogateescape"))
+        return [total, h.hexdigest()]
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while block := handle.read(DIGEST_BLOCK):
+            h.update(block)
+            size += len(block)
+    return [size, h.hexdigest()]

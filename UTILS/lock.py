@@ -14,6 +14,7 @@ import errno
 import fcntl
 import functools
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
@@ -37,13 +38,12 @@ class FolderLock:
     def acquire(self) -> None:
         """Take the folder, or fail with one line naming the run that holds it."""
         while self.fd is None:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as exc:
-                fail(f"{self.flag} {self.folder}: cannot create the lock file {LOCK_NAME} ({exc.strerror or exc})")
+            fd = self._open()
             if not self._lock(fd):
                 owner = _read(fd)
                 os.close(fd)
+                if _pid(owner) == os.getpid():  # this run holds it already, through another name of the folder
+                    return
                 fail(f"{self.flag} {self.folder}: another run is writing into this folder ({_describe(owner)}); "
                      f"wait for it to end, or choose another {self.flag}")
             if not _same_file(fd, self.path):  # the previous owner removed it between our open and lock
@@ -52,6 +52,29 @@ class FolderLock:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {' '.join(sys.argv[:1])}\n".encode(errors="surrogateescape"))
             self.fd = fd
+
+    def _open(self) -> int:
+        """The lock file's descriptor: a plain file of this folder, created or taken over, never a link.
+
+        O_NOFOLLOW: a symbolic link at the lock path (to the run's own encoder, to any file, or dangling) is
+        refused, never written through; a hard link (a second name of some other file) likewise. A lock left by
+        an earlier run is a plain file with one name, and is taken over."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or self.path.is_symlink():
+                fail(f"{self.flag} {self.folder}: {self.path} is a symbolic link (to {_target(self.path)}); "
+                     f"a run's lock file is a plain file it creates itself and is never written through a link: "
+                     f"remove the link, or choose another {self.flag}")
+            fail(f"{self.flag} {self.folder}: cannot create the lock file {LOCK_NAME} ({exc.strerror or exc})")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            what = "is not a plain file" if not stat.S_ISREG(info.st_mode) else \
+                f"is a hard link ({info.st_nlink} names for one file)"
+            fail(f"{self.flag} {self.folder}: {self.path} {what}; a run's lock file is a plain file it creates "
+                 f"itself and is never written through a link: remove it, or choose another {self.flag}")
+        return fd
 
     def _lock(self, fd: int) -> bool:
         """True once this process holds ``fd`` exclusively; False when a live run holds it."""
@@ -77,6 +100,13 @@ class FolderLock:
             pass  # a folder gone read-only: the lock is dropped with the descriptor anyway
         os.close(self.fd)
         self.fd = None
+
+
+def _target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
 
 
 def _read(fd: int) -> str:
@@ -112,10 +142,11 @@ def _same_file(fd: int, path: Path) -> bool:
 def hold_folders(folders: Sequence[tuple[Path, str]]) -> Iterator[None]:
     """Hold every (folder, flag) for the duration of the block; a folder named twice is locked once."""
     locks: list[FolderLock] = []
-    seen: set[Path] = set()
+    seen: set[tuple[int, int]] = set()
     try:
         for folder, flag in folders:
-            key = Path(folder).resolve()
+            info = os.stat(folder)  # device + inode: one folder under two names (a bind mount, a link) is one
+            key = (info.st_dev, info.st_ino)
             if key in seen:
                 continue
             seen.add(key)

@@ -50,6 +50,7 @@ from bench import device_name  # noqa: E402  (bench/bench.py, this script's neig
 from Trainer.filenames import BEST_TRIGGER, UNLEARNED_CKPT  # noqa: E402
 from Trainer.moth import FIRST_ROUND_LR  # noqa: E402
 from UTILS.errors import UserError  # noqa: E402
+from UTILS.io import write_json  # noqa: E402
 from UTILS.runtime import resolve_device  # noqa: E402
 
 L1_TOLERANCE, PSIM_TOLERANCE = 0.05, 0.01  # the README's stated tolerance for one round from the same start
@@ -227,7 +228,7 @@ def main(argv=None) -> dict:
         Path(args.table).write_text(table + "\n")
     result = {"device": str(device), "device_name": name, "one_round": rounds, "defence": runs}
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result, indent=1, sort_keys=False)
     return result
 
 

@@ -58,3 +58,25 @@ def test_ensure_writable_dir(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="--log_dir"):
         ensure_writable_dir(tmp_path / "file", "--log_dir")
+
+
+def test_json_writer_writes_null_for_nan_and_keeps_finite_numbers_as_text(tmp_path):
+    import json
+    import math
+
+    import numpy as np
+
+    from UTILS.io import write_json
+
+    path = write_json(tmp_path / "a.json", {"a": float("nan"), "b": [1.5, float("-inf"), np.float32("nan")],
+                                           "c": np.float64(0.1), "d": np.float32(2.0), "e": (math.inf,)})
+    assert json.loads(path.read_text(), parse_constant=lambda t: pytest.fail(t)) == \
+        {"a": None, "b": [1.5, None, None], "c": 0.1, "d": 2.0, "e": [None]}
+    with pytest.raises(ValueError):  # a non-finite number hidden from json_safe fails instead of writing NaN
+        write_json(tmp_path / "b.json", {"x": _NanScalar()})
+    assert not (tmp_path / "b.json").exists()
+
+
+class _NanScalar:
+    def __float__(self) -> float:
+        return float("nan")

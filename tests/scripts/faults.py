@@ -176,3 +176,32 @@ def umask_027() -> None:
     import os
 
     os.umask(0o027)
+
+
+def _small_synthetic() -> None:
+    from DATASETS import synthetic
+
+    synthetic.SIZES["synthetic"] = {"train": 3200, "test": 64}  # as tests/scripts/test_demo.py
+    synthetic.SIZES["synthetic_down"] = {"train": 200, "test": 100}
+
+
+def ctrl_c_in_demo_stage_2() -> None:
+    """Ctrl-C inside the demo's second stage (pre-training), on small embedded datasets."""
+    import Trainer.pretrain
+
+    _small_synthetic()
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    Trainer.pretrain.run_pretrain = interrupted
+
+
+def ctrl_c_in_demo_stage_1() -> None:
+    """Ctrl-C while the demo prepares its datasets (outside any entry script)."""
+    import DEMO.demo
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    DEMO.demo.DemoRun.prepare = interrupted

@@ -63,7 +63,8 @@ def test_table_numbers_are_the_downstream_results_of_the_run(demo):
     for row, folder in zip(summary["table"][:2], EVAL_DIRS):  # the check before removal: clean and backdoored
         detect = json.loads((run / "detect" / folder / "detect.json").read_text())
         assert row["detect_verdict"] == detect["verdict"]
-        assert row["detect_pl1"] == detect["pl1"] or math.isnan(row["detect_pl1"]) and math.isnan(detect["pl1"])
+        # JSON has no NaN: a PL1 that was not measured is null in the file, NaN in memory
+        assert row["detect_pl1"] == detect["pl1"] or math.isnan(row["detect_pl1"]) and detect["pl1"] is None
     assert all("detect_verdict" not in row for row in summary["table"][2:])
     judged = [t for t in summary["targets"] if t["target"].startswith("detection")]
     assert [t["met"] for t in judged] == [summary["table"][0]["detect_verdict"] == "no backdoor found",
@@ -159,3 +160,20 @@ def test_default_preset_meets_the_targets(tmp_path):
     total = sum(s["seconds"] for s in summary["stage_times"])
     print(f"default demo: {total:.0f} s")
     assert total < 15 * 60
+
+
+def strict_json(path):
+    """Parse as a standard JSON parser does (JavaScript's JSON.parse): NaN and Infinity are not JSON."""
+    def refuse(token):
+        raise ValueError(f"{path}: {token} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_every_json_file_of_a_run_is_standard_json(demo):
+    """summary.json, detect.json, unlearn-metrics.json, badencoder-metrics.json, ...: unmeasured numbers
+    are null, never NaN."""
+    run, _, _ = demo
+    files = sorted(run.rglob("*.json"))
+    assert {"summary.json", "detect.json", "unlearn-metrics.json", "badencoder-metrics.json"} <= {p.name for p in files}
+    for path in files:
+        strict_json(path)
