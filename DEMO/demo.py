@@ -25,7 +25,6 @@ from DATASETS import synthetic
 from DATASETS.triggers import save_ground_truth_trigger
 from DEMO.layout import EVAL_DIRS, RunLayout
 from DEMO.presets import PRESETS, Preset, flags
-from DEMO.report import RunFiles, build_report
 from DEMO.results import check_targets, format_table, format_targets, injected_l1, results_table
 from Trainer.configs import DemoConfig
 from Trainer.filenames import BEST_TRIGGER, NC_TRIGGER, UNLEARNED_CKPT
@@ -203,6 +202,9 @@ class DemoRun:
 
     def finish(self, results: dict, moth: dict, nc: dict) -> dict:
         """The table, the targets, summary.json and the report folder; prints the table."""
+        # matplotlib only here: the stages above run where it is not installed (bench/gpu_check.py on a GPU host)
+        from DEMO.report import RunFiles, build_report
+
         table = results_table(results, moth, nc)
         targets = check_targets(table)
         summary = {"description": self.description(), "preset": self.cfg.preset, "target_label": self.cfg.target,
