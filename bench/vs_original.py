@@ -137,18 +137,18 @@ def run_side(side: str, args, log: Path) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                           env=dict(os.environ, RECEIVE_NO_PROGRESS="1", OMP_NUM_THREADS=str(args.threads),
                                    MKL_NUM_THREADS=str(args.threads)))
-    found = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+    found = [ln.split(MARK, 1)[1] for ln in proc.stdout.splitlines() if MARK in ln]
     if proc.returncode != 0 or not found:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"error: vs_original: the {side} side failed (exit {proc.returncode}): {tail}")
-    return json.loads(found[-1][len(MARK):])
+    return json.loads(found[-1])
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.child:
         out = ours_child(args) if args.child == "ours" else original_child(args)
-        print(MARK + json.dumps(out), flush=True)
+        print("\n" + MARK + json.dumps(out), flush=True)  # the original ends its step lines with \r, not \n
         return 0
     if not args.orig:
         print("vs_original: skipped (no --orig DIR: pass a local snapshot of the original RECEIVE code to compare)")
