@@ -25,7 +25,6 @@ from DATASETS import synthetic
 from DATASETS.triggers import save_ground_truth_trigger
 from DEMO.layout import EVAL_DIRS, RunLayout
 from DEMO.presets import PRESETS, Preset, flags
-from DEMO.report import REPORT_FILE, RunFiles, build_report
 from DEMO.results import check_targets, format_table, format_targets, injected_l1, results_table
 from Trainer.configs import DEMO_RESUME_HINT, DemoConfig
 from Trainer.filenames import BEST_TRIGGER, NC_TRIGGER, UNLEARNED_CKPT
@@ -237,6 +236,9 @@ class DemoRun:
 
     def finish(self, results: dict, moth: dict, nc: dict) -> dict:
         """The table, the targets, summary.json and the report folder; prints the table."""
+        # matplotlib only here: the stages above run where it is not installed (bench/gpu_check.py on a GPU host)
+        from DEMO.report import RunFiles, build_report
+
         table = results_table(results, moth, nc)
         targets = check_targets(table)
         summary = {"description": self.description(), "preset": self.cfg.preset, "target_label": self.cfg.target,
@@ -285,7 +287,7 @@ def clear_earlier_summary(layout: RunLayout) -> None:
     """--overwrite: remove the files that present an earlier run's results as a whole (summary.json first,
     which report.py --run reads; stage-times.csv; report/report.md) before any stage runs, so an
     interrupted run never leaves them beside files that say otherwise. Each stage replaces its own files."""
-    for path in (layout.summary, layout.times, layout.report / REPORT_FILE):
+    for path in (layout.summary, layout.times, layout.report_file):
         path.unlink(missing_ok=True)
 
 

@@ -11,6 +11,7 @@ from Trainer.filenames import BEST_TRIGGER, DEFAULT_TRIGGER, UNLEARNED_CKPT
 from UTILS.errors import fail
 
 # <run>/eval/<folder> of each encoder the demo evaluates
+REPORT_FILE = "report.md"  # the report's text, in <run>/report
 EVAL_DIRS = {"clean": "clean", "backdoored": "backdoored", "RECEIVE": "receive", "NC baseline": "nc"}
 
 
@@ -79,6 +80,12 @@ class RunLayout:
     def report(self) -> Path:
         """The report folder (report.md and its figures)."""
         return self.root / "report"
+
+    @property
+    def report_file(self) -> Path:
+        """The report's text (DEMO/report.py writes it; named here so that the demo can clear it without
+        importing the report, and with it matplotlib)."""
+        return self.report / REPORT_FILE
 
     @property
     def summary(self) -> Path:

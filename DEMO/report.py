@@ -23,14 +23,13 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from DATASETS.triggers import load_trigger  # noqa: E402
-from DEMO.layout import RunLayout  # noqa: E402
+from DEMO.layout import REPORT_FILE, RunLayout  # noqa: E402
 from Trainer.filenames import BEST_TRIGGER, NC_METRICS, NC_TRIGGER  # noqa: E402
 from UTILS.errors import fail  # noqa: E402
 from UTILS.io import atomic_write, ensure_writable_dir, read_csv  # noqa: E402
 from UTILS.runtime import log  # noqa: E402
 
 TriggerArrays = tuple[np.ndarray, np.ndarray]  # a trigger file as pictures: mask (H, W), pattern (H, W, 3), in [0, 1]
-REPORT_FILE = "report.md"
 SHOWN_ROUNDS = 5  # inverted triggers shown besides the chosen one
 
 

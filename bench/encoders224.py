@@ -10,6 +10,8 @@ test-only tiny towers), each stage against its floor measured in the same run, w
 
 Images are random uint8 at 224x224, normalised with the CLIP or ImageNet statistics of the tower's
 family. Peak memory (MB) is ``torch.cuda.max_memory_allocated`` of one call, on CUDA only.
+``Rows224(..., amp=True)`` measures the same rows with the tower in bf16 autocast + channels_last
+(``MODELS.precision``), ours and the floor alike (``bench/gpu_check.py`` sets the two precisions side by side).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from DATASETS.triggers import InvertedTrigger
 from EVALUATION.features import extract_features
 from INVERSION.inversion import CHUNK, InversionConfig, chunks, frozen, invert_trigger
 from MODELS.names import family_of
+from MODELS.precision import with_precision
 from MODELS.simclr import build_model
 from Trainer.unlearn import epoch_batches, unlearn_epoch
 
@@ -76,14 +79,22 @@ def unlearn_floor(base: torch.nn.Module, prepared: list) -> Callable[[], Callabl
 
 
 class Rows224:
-    """One method per 224 stage; ``bench`` is bench.py's Bench (timer, idle gate, repeats, row format)."""
+    """One method per 224 stage; ``bench`` is bench.py's Bench (timer, idle gate, repeats, row format).
+    ``amp``: every module measured (ours and the floor) runs in bf16 autocast; the rows' stages say ``--amp``."""
 
-    def __init__(self, bench, micro_batch: int = 8) -> None:
-        self.bench, self.device, self.micro = bench, bench.device, micro_batch
+    def __init__(self, bench, micro_batch: int = 8, amp: bool = False) -> None:
+        self.bench, self.device, self.micro, self.amp = bench, bench.device, micro_batch, amp
 
     def _model(self, name: str):
         torch.manual_seed(0)
         return build_model(name).to(self.device)
+
+    def _precise(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` in the rows' precision: itself, or its bf16 autocast view under ``amp``."""
+        return with_precision(module, self.amp)
+
+    def _stage(self, stage: str) -> str:
+        return f"{stage} --amp" if self.amp else stage
 
     def _usage(self, name: str):
         return get_usage(family_of(name))
@@ -95,7 +106,7 @@ class Rows224:
 
     def inversion(self, name: str, attack_size: int, micro: int = 0) -> object:
         """The inversion-step row of a 224-pixel tower: invert_trigger against the bare forward/backward floor."""
-        backbone, usage = self._model(name).f, self._usage(name)
+        backbone, usage = self._precise(self._model(name).f), self._usage(name)
         attack = images_224(attack_size, self.device, seed=2)
         init = (torch.rand(SIDE, SIDE, device=self.device), torch.rand(3, SIDE, SIDE, device=self.device))
         steps = self.bench.args.steps
@@ -115,7 +126,7 @@ class Rows224:
             return call
 
         t_o, t_f = self.bench.run_measure(ours, floor)
-        stage = f"inversion step (micro {micro})" if micro else "inversion step"
+        stage = self._stage(f"inversion step (micro {micro})" if micro else "inversion step")
         row = self.bench.row(name, stage, "attack_size", attack_size, attack_size, t_o, t_f, per=steps)
         row.note = self._note(ours(), floor(), "floor: whole 32-image chunks" if micro else "")
         return row
@@ -126,7 +137,7 @@ class Rows224:
 
     def unlearn(self, name: str, n: int) -> object:
         """The unlearn-epoch row of a 224-pixel tower on ``n`` random images."""
-        base, usage = self._model(name), self._usage(name)
+        base, usage = self._precise(self._model(name)), self._usage(name)
         data = TensorSet(images_224(n, self.device), torch.zeros(n, dtype=torch.long, device=self.device), 10)
         g = torch.Generator().manual_seed(1)
         trigger = InvertedTrigger((torch.rand(SIDE, SIDE, generator=g) * 0.2).to(self.device),
@@ -143,13 +154,13 @@ class Rows224:
 
         floor = unlearn_floor(base, prepared)
         t_o, t_f = self.bench.run_measure(ours, floor)
-        row = self.bench.row(name, "unlearn epoch", "images", n, n, t_o, t_f)
+        row = self.bench.row(name, self._stage("unlearn epoch"), "images", n, n, t_o, t_f)
         row.note = self._note(ours(), floor(), f"batch {UNLEARN_BATCH_224}")
         return row
 
     def features(self, name: str, n: int) -> object:
         """The feature-extraction row of a 224-pixel tower on ``n`` random images."""
-        backbone, usage = self._model(name).f.eval(), self._usage(name)
+        backbone, usage = self._precise(self._model(name).f.eval()), self._usage(name)
         x = images_224(n, self.device)
         x_norm = normalize(x, usage)
 
@@ -164,6 +175,6 @@ class Rows224:
             return call
 
         t_o, t_f = self.bench.run_measure(ours, floor)
-        row = self.bench.row(name, "feature extraction", "images", n, n, t_o, t_f)
+        row = self.bench.row(name, self._stage("feature extraction"), "images", n, n, t_o, t_f)
         row.note = self._note(ours(), floor(), "batch 64")
         return row
