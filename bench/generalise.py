@@ -51,6 +51,7 @@ ARMS = {"paper": {}, "auto": {"similarity_threshold": "auto"},  # MAIN.py invers
         "centred": {"similarity_threshold": "auto", "psim": "centred"}}
 TUNED = ("synthetic", "lowcontrast")  # one family of low, one of high natural similarity  # the families every setting beyond the paper's was chosen on
 ENCODERS = ("clean", "backdoored")
+PSIM_KINDS = ("original", "pairs", "centred")
 
 
 def build_parser() -> ArgumentParser:
@@ -126,6 +127,36 @@ class Cell:
         write_json(path, results)
         return results
 
+    def probe(self) -> dict:
+        """The similarity scale of both encoders on the first 64 images of the demo's inversion share: the clean
+        images' psim and the injected trigger's, in each psim kind (measured, never an input of a method)."""
+        path = self.root / "probe.json"
+        if path.is_file() and not self.args.rerun:
+            return json.loads(path.read_text())
+        from DATASETS.stats import get_usage
+        from DATASETS.tensors import load_train_share
+        from DATASETS.triggers import load_trigger
+        from INVERSION.inversion import chunk_similarity
+        from INVERSION.relative import CentredFeatures, feature_centre
+        from MODELS.checkpoint import load_encoder
+
+        usage = get_usage(self.data.usage)
+        share = self.preset.inversion["data_ratio"]
+        images = load_train_share(self.data.pretrain, share, self.data_dir, usage, "cpu").x[:64]
+        layout = RunLayout(self.root / "paper")
+        gt = load_trigger(layout.trigger, "--trigger_file", expected_size=usage.size)
+        files = {"clean": layout.clean / f"model_{self.preset.pretrain['epochs']}.pth",
+                 "backdoored": layout.backdoor / f"model_{self.preset.badencoder['epochs']}.pth"}
+        out = {}
+        for kind, file in files.items():
+            f = load_encoder(file, self.model, "cpu").f
+            ways = {"original": (f, "original"), "pairs": (f, "pairs"),
+                    "centred": (CentredFeatures(f, feature_centre(f, images, usage)), "pairs")}
+            out[kind] = {name: {"clean": chunk_similarity(b, images, usage, None, k),
+                                "gt": chunk_similarity(b, images, usage, gt, k)} for name, (b, k) in ways.items()}
+        write_json(path, out)
+        return out
+
     def arm(self, arm: str, encoders: dict) -> dict:
         """One arm's defences on the backdoored encoder (kept in <arm>/summary.json)."""
         run = self.run_for(arm)
@@ -137,7 +168,7 @@ class Cell:
     def row(self, encoders: dict, arms: dict[str, dict]) -> dict:
         """The cell's numbers for the table and its JSON."""
         row = {"cell": self.name, "family": self.family, "model": self.model, "seed": self.seed,
-               "trigger": self.trigger}
+               "trigger": self.trigger, "probe": self.probe()}
         for kind in ENCODERS:
             det = encoders[kind]["detect"]
             row[kind] = {"acc": encoders[kind]["acc"], "asr": encoders[kind]["asr"], "verdict": det["verdict"],
@@ -181,6 +212,14 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
         lines.append(f"{r['cell'].split('/', 1)[1]:<28}{_f(c['acc'], 1):>7}/{_f(c['asr'], 1):<7}"
                      f"{_f(b['acc'], 1):>7}/{_f(b['asr'], 1):<7}  {c['verdict'] + ' (' + _f(c['pl1'], 4) + ')':<28}"
                      f"{b['verdict'] + ' (' + _f(b['pl1'], 4) + ')':<28}")
+    lines += ["", "similarity scale (first 64 images of the inversion share; gt = stamped with the injected "
+              "trigger, a measurement only):",
+              f"{'cell':<28}{'encoder':<12}" + "".join(f"{k + ' clean/gt':>22}" for k in PSIM_KINDS)]
+    for r in rows:
+        for kind in ENCODERS:
+            p = r["probe"][kind]
+            lines.append(f"{r['cell'].split('/', 1)[1]:<28}{kind:<12}" + "".join(
+                f"{_f(p[k]['clean'], 4):>14} /{_f(p[k]['gt'], 4):>6}" for k in PSIM_KINDS))
     for arm in arms:
         lines += ["", f"arm {arm}: {ARMS[arm] or 'the paper flags'}"]
         head = (f"{'cell':<28}{'thr':>7}{'clean psim':>11}{'gt psim':>9}{'RECEIVE ACC/ASR':>17}{'NC ACC/ASR':>15}"
@@ -256,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         cells = [Cell(family, m, s, t, args) for m in models for s in seeds for t in triggers]
         for cell in cells:
             encoders = cell.encoders()
+            cell.probe()
             if args.stage == "all":
                 for arm in arms:
                     cell.arm(arm, encoders)
