@@ -15,7 +15,7 @@ import torch
 
 from DATASETS.stats import UsageInfo, get_usage
 from DATASETS.triggers import load_trigger
-from MODELS.checkpoint import load_error_reason
+from MODELS.checkpoint import load_encoder, load_error_reason
 from MODELS.precision import check_amp
 from Trainer.filenames import DEFAULT_TRIGGER
 from UTILS.distributed import from_main, start
@@ -212,6 +212,16 @@ def check_finite_model(model: torch.nn.Module, path: str, flag: str) -> None:
     if name is not None:
         fail(f"{flag} {path}: the checkpoint holds NaN or inf values (first in {name}); "
              f"it cannot be used as an encoder")
+
+
+def load_stage_encoder(cfg, path: str, device: torch.device, flag: str) -> torch.nn.Module:
+    """A stage's encoder file, loaded (``MODELS.checkpoint.load_encoder``) and checked finite. With ``--model``
+    left at its default (``cfg.model_by_keys``) a CLIP vision transformer's keys choose the tower, and
+    ``cfg.model`` then names the one built, so setting.txt and the resume fingerprint say what ran."""
+    model = load_encoder(path, cfg.model, device, flag=flag, by_keys=getattr(cfg, "model_by_keys", False))
+    cfg.model = getattr(model, "name", cfg.model)
+    check_finite_model(model, path, flag)
+    return model
 
 
 def check_nonfinite(values: dict, where: str, keep: str, hint: str) -> None:

@@ -13,8 +13,8 @@ from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import Trigger
 from EVALUATION.monitor import build_monitor
 from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
-from MODELS.checkpoint import load_checkpoint, load_encoder
-from Trainer.common import (Outputs, canonical, check_fingerprint, check_finite_model, load_ground_truth,
+from MODELS.checkpoint import load_checkpoint
+from Trainer.common import (Outputs, canonical, check_fingerprint, load_ground_truth, load_stage_encoder,
                             remove_outputs, run_fingerprint, seed_from_list, start_run, write_settings)
 from Trainer.configs import DEFAULT_REFERENCE_FILE, MAIN_SEEDS, MainConfig
 from Trainer.detect import DetectSettings, run_detect
@@ -103,8 +103,7 @@ def run_main(cfg: MainConfig) -> dict:
     if cfg.reference_file != DEFAULT_REFERENCE_FILE:  # unused (as in the original), but a named file must exist
         load_npz(cfg.reference_file, keys=("x",), flag="--reference_file")
     ground_truth = load_ground_truth(cfg.trigger_file, usage.size)  # small files before the dataset
-    model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
-    check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
+    model = load_stage_encoder(cfg, cfg.pretrained_encoder, device, "--pretrained_encoder")
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
     inputs = PhaseInputs(model=model, data=shuffled_once(data, cfg.seed), usage=usage, log_dir=log_dir,
                          results_dir=results_dir, ground_truth=ground_truth, earlier=earlier)
