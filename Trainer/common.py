@@ -219,7 +219,10 @@ def load_stage_encoder(cfg, path: str, device: torch.device, flag: str) -> torch
     left at its default (``cfg.model_by_keys``) a CLIP vision transformer's keys choose the tower, and
     ``cfg.model`` then names the one built, so setting.txt and the resume fingerprint say what ran."""
     model = load_encoder(path, cfg.model, device, flag=flag, by_keys=getattr(cfg, "model_by_keys", False))
-    cfg.model = getattr(model, "name", cfg.model)
+    built = getattr(model, "name", cfg.model)
+    if built != cfg.model:
+        log(f"note: {flag} {path} holds a CLIP vision transformer: --model {built} (chosen by the file's keys)")
+    cfg.model = built
     check_finite_model(model, path, flag)
     return model
 
