@@ -2,8 +2,8 @@
 atomic saving."""
 from __future__ import annotations
 
-import os
 import json
+import os
 import pickle
 import re
 import struct
