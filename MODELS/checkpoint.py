@@ -1,9 +1,12 @@
-"""Safe checkpoint loading (no unpickling of arbitrary objects), key-layout detection, atomic saving."""
+"""Safe checkpoint loading (no unpickling of arbitrary objects; ``.safetensors`` too), key-layout detection,
+atomic saving."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
+import struct
 import threading
 import warnings
 import zipfile
@@ -13,7 +16,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from MODELS.names import FAMILY_TEXT
+from MODELS.clip_vit import from_hugging_face, is_hugging_face, vit_named_by
+from MODELS.names import DEFAULT_MODEL, TOWER_TEXT, either, family_of, published, tower_kind
 from MODELS.simclr import build_model
 from MODELS.visual import VisualEncoder
 from UTILS.errors import fail
@@ -24,17 +28,22 @@ _SHOW = 5  # how many offending keys an error message names
 
 
 def load_checkpoint(path: str | os.PathLike, flag: str) -> dict:
-    """``torch.load(weights_only=True)`` on the CPU; every failure becomes one UserError line."""
+    """``torch.load(weights_only=True)`` on the CPU, or the ``safetensors`` package's reader for a safetensors
+    file (told by its bytes, not its name); every failure becomes one UserError line."""
     path = Path(path)
     if not path.exists():
         fail(f"{flag} {path}: file not found")
     if not path.is_file():
         fail(f"{flag} {path}: not a file")
+    if _is_safetensors(path):
+        return _load_safetensors(path, flag)
     try:
         with warnings.catch_warnings():
             # Non-checkpoint bytes make torch warn about pickle protocols before it fails; say it once.
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # an open file, not the path: torch.load would pick the safetensors reader by a .safetensors name
+            with open(path, "rb") as handle:
+                obj = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         _fail_unpickling(path, flag, str(exc))
     except RuntimeError:  # a zip archive that is not a torch checkpoint (an npz, say), or a cut-off one
@@ -60,6 +69,36 @@ def _fail_unpickling(path: Path, flag: str, message: str) -> None:
     fail(f"{flag} {path}: not a PyTorch checkpoint (unreadable pickle stream)")
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its JSON header's length (8 bytes, little-endian) and then ``{``; a torch
+    file starts with a zip's ``PK`` or a pickle's protocol byte, which read as a length far beyond the file."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False  # torch.load's attempt reports it
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 8 + struct.unpack("<Q", head[:8])[0] <= path.stat().st_size
+
+
+def _load_safetensors(path: Path, flag: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (a format that holds tensors only: nothing in it can run)."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        fail(f"{flag} {path}: a safetensors file, but the safetensors package is not installed "
+             "(pip install -r requirements.txt)")
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, json.JSONDecodeError, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        fail(f"{flag} {path}: not a readable safetensors file ({reason or type(exc).__name__})")
+    except OSError as exc:
+        fail(f"{flag} {path}: cannot read ({exc.strerror or exc})")
+
+
 def _is_npz(path: Path) -> bool:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
@@ -76,6 +115,32 @@ def _extract_state_dict(ckpt: dict, path: Path, flag: str) -> dict[str, torch.Te
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+# Keys of a whole CLIP model that are not its image tower: OpenAI's and open_clip's text side (open_clip's
+# CustomTextCLIP keeps it under text.*), the logit scale (and SigLIP-style bias).
+_CLIP_TEXT = re.compile(r"^(token_embedding\.|positional_embedding$|transformer\.|ln_final\.|text_projection$|"
+                        r"logit_scale$|logit_bias$|text\.)")
+
+
+def _clip_layout(state: dict[str, torch.Tensor], path: Path, flag: str) -> tuple[dict[str, torch.Tensor], str]:
+    """A CLIP file's image tower under OpenAI's names, and what the file was (for messages).
+
+    Hugging Face ``CLIPVisionModelWithProjection`` / ``CLIPModel`` (``vision_model.*``, ``visual_projection``)
+    are renamed through ``MODELS.clip_vit.HF_TABLE`` to the bare tower's names; a whole OpenAI or open_clip
+    CLIP model (``visual.*`` beside the text side) keeps its ``visual.*`` keys only. Anything else is
+    returned as it is."""
+    if is_hugging_face(state):
+        if "visual_projection.weight" not in state:
+            fail(f"{flag} {path}: a Hugging Face CLIP vision model without visual_projection (CLIPVisionModel); "
+                 f"expected the file of a CLIPVisionModelWithProjection or a CLIPModel, whose projection gives "
+                 f"CLIP's image embedding")
+        return from_hugging_face(state), "Hugging Face CLIP (vision_model.*)"
+    visual = {k: v for k, v in state.items() if k.startswith("visual.")}
+    rest = [k for k in state if not k.startswith("visual.")]
+    if visual and rest and all(_CLIP_TEXT.match(k) for k in rest):
+        return visual, "whole CLIP model (visual.* kept)"
+    return state, ""
 
 
 def _pick_target(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[nn.Module, dict, str]:
@@ -109,15 +174,19 @@ _SIMCLR_KEY = re.compile(r"^(f\.)?(f\.)?\d+\.|^g\.\d+\.")
 _FAMILY_FOUND = {
     "simclr": "a 32-pixel SimCLR encoder (f.f.* / g.* keys)",
     "clip": "a CLIP image tower (attnpool.* keys)",
+    "clip_vit": "a CLIP vision transformer (class_embedding / transformer.resblocks.* keys)",
     "imagenet": "an ImageNet ResNet (conv1 / layer1..4 / fc keys, no attnpool)",
 }
 
 
 def file_family(state: Mapping[str, torch.Tensor]) -> str | None:
-    """Which architecture family a state dict's keys belong to: 'simclr', 'clip', 'imagenet', or None."""
+    """Which kind of encoder a state dict's keys belong to: 'simclr', 'clip' (CLIP's ResNet), 'clip_vit' (CLIP's
+    vision transformer, OpenAI's or Hugging Face's names), 'imagenet', or None."""
     bare = [k[len("visual."):] if k.startswith("visual.") else k for k in state]
     if any(k.startswith("attnpool.") for k in bare):
         return "clip"
+    if "class_embedding" in bare or is_hugging_face(state):
+        return "clip_vit"
     if any(_SIMCLR_KEY.match(k) for k in state):
         return "simclr"
     if "conv1.weight" in bare and any(k.startswith("layer1.") for k in bare):
@@ -126,18 +195,44 @@ def file_family(state: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def _check_family(model: nn.Module, model_name: str, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """A file of another family than the model fails with one line saying what each is."""
+    """A file of another family (or another tower of the family) than the model fails with one line saying
+    what each is, and which flags read the file."""
     found = file_family(state)
-    own = model.family if isinstance(model, VisualEncoder) else "simclr"
+    own = model.kind if isinstance(model, VisualEncoder) else "simclr"
     if found is None or found == own:
         return
     if own == "simclr":
-        usage = "CLIP" if found == "clip" else "imagenet"
+        usage = "imagenet" if found == "imagenet" else "CLIP"
         fail(f"{where}: the file holds {_FAMILY_FOUND[found]}, but --model {model_name} expects "
              f"{_FAMILY_FOUND['simclr']}; for this file pass --encoder_usage_info {usage}")
-    usage = "CLIP" if own == "clip" else "imagenet"
+    usage = "CLIP" if model.family == "clip" else "imagenet"
+    hint = ""
+    if found in ("clip", "clip_vit") and model.family == "clip":  # the same usage, the other tower
+        towers = tuple(m for m in published("clip") if tower_kind(m) == found)
+        hint = f"; for this file pass --model {either(towers)} (or leave --model at {DEFAULT_MODEL})"
     fail(f"{where}: the file holds {_FAMILY_FOUND[found]}, but --encoder_usage_info {usage} (--model {model_name}) "
-         f"expects {FAMILY_TEXT[own]}, with visual.* keys or the bare tower's")
+         f"expects {TOWER_TEXT[own]}, with visual.* keys or the bare tower's{hint}")
+
+
+def _tower_by_keys(model_name: str, state: Mapping[str, torch.Tensor], by_keys: bool, where: str) -> str:
+    """The CLIP architecture a file's keys name where they may choose it: ``by_keys`` (``--model`` left at its
+    default) and a vision transformer in a CLIP usage. A ViT of other shapes than the ones built here fails in
+    one line; so does ``--model clip_vit_b32`` given a ViT-B/16 file (and the reverse). Else ``model_name``."""
+    if file_family(state) != "clip_vit" or family_of(model_name) != "clip":
+        return model_name
+    own = tower_kind(model_name)
+    if own != "clip_vit" and not by_keys:
+        return model_name  # _check_family names the flags that read it
+    bare = {k[len("visual."):] if k.startswith("visual.") else k: v for k, v in state.items()}
+    named, shapes = vit_named_by(bare)
+    if named is None and own != "clip_vit":
+        vits = tuple(m for m in published("clip") if tower_kind(m) == "clip_vit")
+        fail(f"{where}: the file holds a CLIP vision transformer of {shapes}; expected the shapes of "
+             f"--model {either(vits)} at 224 pixels")
+    if named is not None and own == "clip_vit" and named != model_name:
+        fail(f"{where}: the file holds a CLIP vision transformer of {shapes}, which is --model {named}, "
+             f"not --model {model_name}")
+    return named or model_name
 
 
 def _fill_optional(target: nn.Module, model: nn.Module, state: dict) -> None:
@@ -198,18 +293,25 @@ def _names(keys: list[str]) -> str:
 
 
 def load_encoder(path: str | os.PathLike, model_name: str, device: torch.device | str,
-                 flag: str = "--pretrained_encoder") -> nn.Module:
+                 flag: str = "--pretrained_encoder", *, by_keys: bool = False) -> nn.Module:
     """Build ``model_name`` and load a whole-model or backbone-only checkpoint into it, strictly.
 
     Returns the model on ``device`` in eval mode. A backbone-only file leaves the head as initialised.
-    A 224-pixel tower takes ``visual.*`` keys (``module.visual.*`` too) or the bare tower's.
+    A 224-pixel tower takes ``visual.*`` keys (``module.visual.*`` too) or the bare tower's; a CLIP tower
+    also a whole CLIP model's and Hugging Face's names (:func:`_clip_layout`). ``.pt``/``.pth`` files are
+    read with ``weights_only=True``, safetensors files with the safetensors package. With ``by_keys``
+    (``--model`` left at its default) a CLIP vision transformer's keys choose the architecture instead of
+    ``model_name`` (the RN50): the model's ``name`` says which was built.
     """
-    model = build_model(model_name)
     state = _extract_state_dict(load_checkpoint(path, flag), Path(path), flag)
     _check_real(state, f"{flag} {path}")
+    state, found_layout = _clip_layout(state, Path(path), flag)
+    model_name = _tower_by_keys(model_name, state, by_keys, f"{flag} {path}")
+    model = build_model(model_name)
     _check_family(model, model_name, state, f"{flag} {path}")
     target, state, layout = _pick_target(model, state)
     _fill_optional(target, model, state)
+    layout = found_layout or layout
     where = f"{flag} {path}: {layout} checkpoint does not match --model {model_name}"
     _check_keys(target, state, where)
     try:

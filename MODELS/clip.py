@@ -112,4 +112,4 @@ def build_clip(name: str) -> VisualEncoder:
     """``clip_rn50`` (or the test-only ``clip_tiny``), randomly initialised, on the CPU."""
     layers, width, output_dim = _ARCH[name]
     tower = ModifiedResNet(layers, output_dim, heads=width * 32 // 64, input_resolution=224, width=width)
-    return VisualEncoder(tower, output_dim, 224, "clip")
+    return VisualEncoder(tower, output_dim, 224, "clip", name=name)

@@ -73,4 +73,4 @@ def build_imagenet(name: str) -> VisualEncoder:
     """``imagenet_resnet50`` (or the test-only ``imagenet_tiny``), randomly initialised, on the CPU."""
     blocks, width = _ARCH[name]
     tower = ImageNetResNet(blocks, width)
-    return VisualEncoder(tower, tower.feature_dim, 224, "imagenet", optional_keys=("fc.weight", "fc.bias"))
+    return VisualEncoder(tower, tower.feature_dim, 224, "imagenet", name=name, optional_keys=("fc.weight", "fc.bias"))

@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from MODELS.names import MODEL_NAMES, family_of
+from MODELS.names import MODEL_NAMES, VIT_NAMES, family_of
 from UTILS.errors import fail
 
 PROJECTION_DIM = 128
@@ -126,6 +126,10 @@ def build_model(name: str, flag: str = "--model") -> nn.Module:
         from MODELS.imagenet import build_imagenet
 
         return build_imagenet(name)
+    if name in VIT_NAMES:
+        from MODELS.clip_vit import build_clip_vit
+
+        return build_clip_vit(name)
     if family == "clip":
         from MODELS.clip import build_clip
 

@@ -34,13 +34,15 @@ def add_resnet_stages(tower: nn.Module, block: Callable[..., nn.Module], width: 
 class VisualEncoder(nn.Module):
     """``visual``: an image tower (B, 3, S, S) -> (B, D); ``forward`` returns (z, z), z = the normalised feature."""
 
-    def __init__(self, tower: nn.Module, feature_dim: int, input_size: int, family: str,
-                 optional_keys: tuple[str, ...] = ()) -> None:
+    def __init__(self, tower: nn.Module, feature_dim: int, input_size: int, family: str, *, name: str,
+                 kind: str | None = None, optional_keys: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.visual = tower
         self.feature_dim = feature_dim
         self.input_size = input_size
-        self.family = family  # 'imagenet' | 'clip' (MODELS.names.USAGE_MODELS)
+        self.family = family  # 'imagenet' | 'clip' (MODELS.names.USAGE_MODELS): the normalisation, the usage flag
+        self.name = name  # the --model name it was built as
+        self.kind = kind or family  # the tower within the family ('clip' = the ResNet, 'clip_vit'): its key layout
         # tower keys a file may lack: unused by the forward pass (ImageNet's classifier ``fc``)
         self.optional_keys = optional_keys
 

@@ -30,8 +30,7 @@ from DATASETS.stats import UsageInfo, normalize
 from DATASETS.tensors import TensorSet, check_label, load_train_share
 from DATASETS.triggers import Trigger, load_trigger
 from EVALUATION.monitor import build_monitor, monitor_row
-from MODELS.checkpoint import load_encoder
-from Trainer.common import Outputs, check_finite_model, remove_outputs, run_fingerprint, start_run, write_settings
+from Trainer.common import Outputs, load_stage_encoder, remove_outputs, run_fingerprint, start_run, write_settings
 from Trainer.epochs import EpochCheckpoints, EpochLoop
 from Trainer.configs import BadEncoderConfig
 from UTILS.distributed import check_batch, data_parallel, gather_rows, is_main, local_rows
@@ -163,8 +162,7 @@ def run_badencoder(cfg: BadEncoderConfig) -> dict:
                             "--reference_file": cfg.reference_file})
     device, usage, results_dir, earlier = run.device, run.usage, run.dirs["results_dir"], run.earlier["results_dir"]
     check_batch(cfg.batch_size)
-    model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
-    check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
+    model = load_stage_encoder(cfg, cfg.pretrained_encoder, device, "--pretrained_encoder")
     clean = copy.deepcopy(model.f).eval().requires_grad_(False)
     trigger = load_trigger(cfg.trigger_file, "--trigger_file", expected_size=usage.size)
     references_u8 = load_references(cfg, usage.size)

@@ -16,7 +16,7 @@ from DATASETS.loaders import split_files
 from DATASETS.stats import UsageInfo, get_usage
 from DATASETS.triggers import load_trigger
 from EVALUATION.features import feature_problem
-from MODELS.checkpoint import load_error_reason
+from MODELS.checkpoint import load_encoder, load_error_reason
 from MODELS.precision import check_amp
 from Trainer.filenames import DEFAULT_TRIGGER, INT, name_matches
 from UTILS.distributed import agree_on, from_main, start
@@ -332,6 +332,19 @@ def refuse_broken_encoder(backbone: torch.nn.Module, images: torch.Tensor, usage
     if problem is not None:
         fail(f"{flag} {path}: {problem}, so no similarity-based answer about it would mean anything; check that "
              f"the file and --model are right (nothing was judged or written)")
+
+
+def load_stage_encoder(cfg, path: str, device: torch.device, flag: str) -> torch.nn.Module:
+    """A stage's encoder file, loaded (``MODELS.checkpoint.load_encoder``) and checked finite. With ``--model``
+    left at its default (``cfg.model_by_keys``) a CLIP vision transformer's keys choose the tower, and
+    ``cfg.model`` then names the one built, so setting.txt and the resume fingerprint say what ran."""
+    model = load_encoder(path, cfg.model, device, flag=flag, by_keys=getattr(cfg, "model_by_keys", False))
+    built = getattr(model, "name", cfg.model)
+    if built != cfg.model:
+        log(f"note: {flag} {path} holds a CLIP vision transformer: --model {built} (chosen by the file's keys)")
+    cfg.model = built
+    check_finite_model(model, path, flag)
+    return model
 
 
 def check_nonfinite(values: dict, where: str, keep: str, hint: str) -> None:

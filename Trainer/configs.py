@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Sequence, Type, TypeVar
 
 from DATASETS.names import DATASET_NAMES
-from MODELS.names import resolve_model
+from MODELS.names import DEFAULT_MODEL, resolve_model
 from Trainer.filenames import DEFAULT_TRIGGER
 from UTILS.device_flags import device_choice, gpu_index
 from UTILS.errors import fail
@@ -141,7 +141,12 @@ class Common:
         in the original: MODELS.names)."""
         self.check_runtime()
         check_choice(getattr(self, dataset_field), DATASET_NAMES, "--" + dataset_field)
+        requested = self.model
         self.model, self.encoder_usage_info = resolve_model(self.model, self.encoder_usage_info)
+        # --model left at its default: a CLIP checkpoint's keys may still choose its tower (a ViT) when it is
+        # read (Trainer.common.load_stage_encoder). Not a field: settings and fingerprints keep their lines.
+        self.model_by_keys = getattr(self, "model_by_keys", False) or (
+            requested == DEFAULT_MODEL and self.model != requested)
 
 
 def check_monitor(cfg) -> None:

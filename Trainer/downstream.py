@@ -21,10 +21,10 @@ from DATASETS.triggers import Trigger, load_trigger
 from EVALUATION.downstream import train_downstream
 from EVALUATION.features import extract_features_sharded
 from EVALUATION.metrics import asr_selection
-from MODELS.checkpoint import load_encoder, save_checkpoint
+from MODELS.checkpoint import save_checkpoint
 from MODELS.precision import with_precision
 from MODELS.simclr import build_model
-from Trainer.common import (INPUTS_KEY, Outputs, check_finite_model, input_change, input_record,
+from Trainer.common import (INPUTS_KEY, Outputs, input_change, input_record, load_stage_encoder,
                             refuse_broken_encoder, remove_outputs, run_fingerprint, start_run)
 from Trainer.configs import DownstreamConfig
 from UTILS.distributed import from_main, is_main, rank
@@ -151,9 +151,7 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
 def _encoder(cfg: DownstreamConfig, device: torch.device) -> nn.Module:
     """The --encoder checkpoint (checked finite), or a randomly initialised encoder without one."""
     if cfg.encoder:
-        model = load_encoder(cfg.encoder, cfg.model, device, flag="--encoder")
-        check_finite_model(model, cfg.encoder, "--encoder")
-        return model
+        return load_stage_encoder(cfg, cfg.encoder, device, "--encoder")
     log("note: no --encoder given; using a randomly initialised encoder (a baseline)")
     return build_model(cfg.model).to(device).eval()
 

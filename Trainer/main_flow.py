@@ -14,10 +14,10 @@ from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import Trigger
 from EVALUATION.monitor import build_monitor
 from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
-from MODELS.checkpoint import load_checkpoint, load_encoder
-from Trainer.common import (LOADER_SEED, Outputs, canonical, check_fingerprint, check_finite_model, input_record,
-                            load_ground_truth, monitor_files, refuse_broken_encoder, remove_outputs, run_fingerprint,
-                            seed_from_list, seed_offset, start_run, write_settings)
+from MODELS.checkpoint import load_checkpoint
+from Trainer.common import (LOADER_SEED, Outputs, canonical, check_fingerprint, input_record,
+                            load_ground_truth, load_stage_encoder, monitor_files, refuse_broken_encoder, remove_outputs,
+                            run_fingerprint, seed_from_list, seed_offset, start_run, write_settings)
 from Trainer.configs import DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MAIN_SEEDS, MainConfig
 from Trainer.detect import DetectSettings, run_detect
 from Trainer.filenames import (BEST_TRIGGER, DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER, NC_METRICS,
@@ -106,8 +106,7 @@ def run_main(cfg: MainConfig) -> dict:
     if cfg.reference_file != DEFAULT_REFERENCE_FILE:  # unused (as in the original), but a named file must exist
         load_npz(cfg.reference_file, keys=("x",), flag="--reference_file")
     ground_truth = load_ground_truth(cfg.trigger_file, usage.size)  # small files before the dataset
-    model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
-    check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
+    model = load_stage_encoder(cfg, cfg.pretrained_encoder, device, "--pretrained_encoder")
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
     refuse_broken_encoder(model.f, data.x, usage, cfg.pretrained_encoder, "--pretrained_encoder", cfg.amp)
     inputs = PhaseInputs(model=model, data=shuffled_once(data, cfg.seed), usage=usage, log_dir=log_dir,

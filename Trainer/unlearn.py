@@ -37,12 +37,11 @@ from DATASETS.loaders import split_files
 from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import Trigger, load_trigger
 from EVALUATION.monitor import Monitor, build_monitor, monitor_row
-from MODELS.checkpoint import load_encoder
 from MODELS.losses import nt_xent
 from MODELS.precision import unwrap, with_precision
-from Trainer.common import (Outputs, check_finite_model, fmt_metrics, input_record, load_ground_truth,
-                            monitor_files, remove_outputs, reseed_after_loading, run_fingerprint, start_run,
-                            write_settings)
+from Trainer.common import (Outputs, fmt_metrics, input_record, load_ground_truth,
+                            load_stage_encoder, monitor_files, remove_outputs, reseed_after_loading, run_fingerprint,
+                            start_run, write_settings)
 from Trainer.configs import UnlearnConfig
 from Trainer.epochs import EpochCheckpoints, EpochLoop
 from Trainer.filenames import UNLEARNED_CKPT
@@ -247,8 +246,7 @@ def run_unlearn(cfg: UnlearnConfig) -> dict:
                             "--trigger_file": cfg.trigger_file})
     device, usage, log_dir, results_dir = run.device, run.usage, run.dirs["log_dir"], run.dirs["results_dir"]
     earlier, earlier_logs = run.earlier["results_dir"], run.earlier["log_dir"]
-    model = load_encoder(cfg.pretrained_encoder, cfg.model, device, flag="--pretrained_encoder")
-    check_finite_model(model, cfg.pretrained_encoder, "--pretrained_encoder")
+    model = load_stage_encoder(cfg, cfg.pretrained_encoder, device, "--pretrained_encoder")
     trigger = load_trigger(cfg.re_mask_pattern, "--re_mask_pattern", expected_size=usage.size)
     ground_truth = load_ground_truth(cfg.trigger_file, usage.size) if cfg.monitor_every > 0 else None
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)

@@ -1,5 +1,6 @@
-"""The 224-pixel rows of ``bench/bench.py``: BadEncoder's ImageNet ResNet-50 and CLIP RN50 towers (and the
-test-only tiny towers), each stage against its floor measured in the same run, with peak device memory.
+"""The 224-pixel rows of ``bench/bench.py``: BadEncoder's ImageNet ResNet-50 and CLIP RN50 towers, CLIP's
+ViT-B/32 and ViT-B/16 (and the test-only tiny towers), each stage against its floor measured in the same run,
+with peak device memory.
 
   inversion        one ``invert_trigger`` step over ``attack_size`` images   vs  forward+backward w.r.t. the
                    input, whole chunks of 32 (eval mode, parameters frozen)
@@ -31,14 +32,18 @@ from MODELS.simclr import build_model
 from Trainer.unlearn import epoch_batches, unlearn_epoch
 
 SIDE = 224
-MODELS_224 = ("imagenet_tiny", "clip_tiny", "imagenet_resnet50", "clip_rn50")
+MODELS_224 = ("imagenet_tiny", "clip_tiny", "clip_vit_tiny", "imagenet_resnet50", "clip_rn50", "clip_vit_b32",
+              "clip_vit_b16")
 STAGES_224 = ("inversion", "inversion-micro", "unlearn", "features")
 # quick plan: model -> {stage: sizes} (attack sizes for the inversion rows, images for the others)
 QUICK_224 = {
     "imagenet_tiny": {"inversion": (32,), "inversion-micro": (32,), "unlearn": (64,), "features": (64,)},
     "clip_tiny": {"inversion": (32,), "inversion-micro": (32,), "unlearn": (64,), "features": (64,)},
+    "clip_vit_tiny": {"inversion": (32,), "inversion-micro": (32,), "unlearn": (64,), "features": (64,)},
     "imagenet_resnet50": {"inversion": (32,), "inversion-micro": (32,), "unlearn": (32,), "features": (64,)},
     "clip_rn50": {"inversion": (32,), "inversion-micro": (32,), "unlearn": (32,), "features": (64,)},
+    "clip_vit_b32": {"inversion": (32,), "inversion-micro": (32,), "unlearn": (32,), "features": (64,)},
+    "clip_vit_b16": {"inversion": (32,), "inversion-micro": (32,), "unlearn": (32,), "features": (64,)},
 }
 UNLEARN_BATCH_224 = 16  # BadEncoder-scale towers at 224: a CPU-sized batch (Unlearn-trigger.py --batch_size)
 PORTION, BETA, TEMP = 0.3, 3.5, 0.5

@@ -50,8 +50,9 @@ def test_a_tiny_run_prints_and_writes_one_row_per_measurement(bench, tmp_path, c
 
 
 def test_a_224_tower_plans_its_own_rows(bench):
-    plan = dict(bench.plan(bench.parse_args(["--model", "clip_rn50"])))
-    assert set(plan) == {"clip_rn50"} and set(plan["clip_rn50"]) == set(bench.STAGES_224)
+    for name in ("clip_rn50", "clip_vit_b32", "clip_vit_b16", "clip_vit_tiny"):
+        plan = dict(bench.plan(bench.parse_args(["--model", name])))
+        assert set(plan) == {name} and set(plan[name]) == set(bench.STAGES_224)
     plan = dict(bench.plan(bench.parse_args(["--model", "imagenet_tiny", "--stages", "inversion-micro",
                                              "--sizes-224", "4,8"])))
     assert plan == {"imagenet_tiny": {"inversion-micro": (4, 8)}}

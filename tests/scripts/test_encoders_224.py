@@ -1,6 +1,8 @@
 """Every stage at 224 pixels on BadEncoder-style ImageNet and CLIP encoders (random weights), on the
 embedded data resized to 224: the small test-only towers in the normal suite, the full ResNet-50 and
-CLIP RN50 under ``slow``. Also the two 224 trigger formats and the one-line refusals."""
+CLIP RN50 under ``slow``; CLIP's tiny vision transformer from a Hugging Face and a whole OpenAI CLIP file,
+unlearning also in 2 gloo processes. Also the two 224 trigger formats and the one-line refusals."""
+import csv
 import json
 
 import numpy as np
@@ -11,7 +13,9 @@ from PIL import Image
 from DATASETS import synthetic
 from DATASETS.triggers import save_ground_truth_trigger
 from MODELS.checkpoint import load_encoder
+from tests.MODELS.test_clip_vit import hugging_face, text_side, tiny_vit, write
 from tests.MODELS.test_visual import calibrated
+from tests.ranks import run_ranks
 from tests.scripts.conftest import load_script, run_cli
 
 BADENC_TRIGGER = "trigger/trigger_pt_white_173_50_ap_replace.npz"  # BadEncoder's (1,224,224,3)
@@ -157,9 +161,11 @@ def test_refusals_are_one_line(ws224, monkeypatch, capsys, args, words):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("usage, stem, model", [("CLIP", "clip", "clip_rn50"), ("imagenet", "imagenet", "imagenet_resnet50")])
+@pytest.mark.parametrize("usage, stem, model", [("CLIP", "clip", "clip_rn50"), ("imagenet", "imagenet", "imagenet_resnet50"),
+                                                 ("CLIP", "vit-b32", "clip_vit_b32"), ("CLIP", "vit-b16", "clip_vit_b16")])
 def test_full_size_towers_through_every_stage(ws224, monkeypatch, usage, stem, model):
-    """BadEncoder's real architectures, --model left at its default (the usage picks the tower)."""
+    """BadEncoder's real architectures and CLIP's ViTs, --model left at its default (the usage picks the tower,
+    or a ViT file's keys do)."""
     monkeypatch.chdir(ws224)
     write_encoders(ws224, model, f"full-{stem}")
     args = main_args("resnet18", usage, f"full-{stem}_backdoored.pth", f"full-{stem}-moth") + ["--micro_batch", "2"]
@@ -168,7 +174,8 @@ def test_full_size_towers_through_every_stage(ws224, monkeypatch, usage, stem, m
                                                         f"full-{stem}-moth/mask-pattern-best.npz", f"full-{stem}-unl"))
     load_script("training_downstream_classifier.py").main(downstream_args(
         "resnet18", usage, f"full-{stem}-unl/Harden_Unlearn_model_1.pth", DECREE_TRIGGER, f"full-{stem}-clf"))
-    assert load_encoder(ws224 / f"full-{stem}-unl" / "Harden_Unlearn_model_1.pth", model, "cpu").feature_dim in (1024, 2048)
+    assert load_encoder(ws224 / f"full-{stem}-unl" / "Harden_Unlearn_model_1.pth", model, "cpu").feature_dim in (
+        512, 1024, 2048)
 
 
 @pytest.mark.parametrize("model, usage, stem", [("clip_tiny", "CLIP", "clip"), ("imagenet_tiny", "imagenet", "imagenet")])
@@ -180,3 +187,79 @@ def test_detect_runs_on_the_224_towers(ws224, monkeypatch, model, usage, stem):
     assert out["gt_pl1"] == pytest.approx(50 * 50 / 224**2)  # BadEncoder's 50x50 square
     check_inverted_224(ws224 / f"{stem}-detect" / "mask-pattern-detect.npz")
     check_preview(ws224 / f"{stem}-detect" / "detect.png")
+
+
+# --- CLIP's vision transformer (the test-only clip_vit_tiny) through every stage ---
+
+def write_vit_files(root) -> None:
+    """The tiny ViT as a Hugging Face CLIPVisionModelWithProjection file (model.safetensors) and as a whole
+    OpenAI CLIP state dict (.pth): the layouts people download."""
+    model = tiny_vit()
+    (root / "hf-vit").mkdir(exist_ok=True)
+    write(hugging_face(model.visual.state_dict()), root / "hf-vit" / "model.safetensors", "safetensors")
+    torch.save({**model.state_dict(), **text_side()}, root / "vit_whole.pth")
+
+
+@pytest.fixture(scope="module")
+def vit_runs(ws224):
+    """Unlearning through its command line with --model left at its default (the Hugging Face file's keys
+    choose the tower); inversion with --micro_batch, NC and detect and the downstream classifier in-process."""
+    write_vit_files(ws224)
+    unl = run_cli("Unlearn-trigger.py", unlearn_args("resnet18", "CLIP", "hf-vit/model.safetensors", BADENC_TRIGGER,
+                                                     "vit-unl"), ws224)
+    assert unl.returncode == 0, f"unlearn failed:\n{unl.stdout[-2000:]}\n{unl.stderr[-3000:]}"
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.chdir(ws224)
+    try:
+        main = load_script("MAIN.py").main
+        main(main_args("clip_vit_tiny", "CLIP", "hf-vit/model.safetensors", "vit-moth") + ["--micro_batch", "2"])
+        main(main_args("resnet18", "CLIP", "vit_whole.pth", "vit-nc", "nc"))
+        detect = main(main_args("clip_vit_tiny", "CLIP", "vit_whole.pth", "vit-detect", "detect"))
+        load_script("training_downstream_classifier.py").main(downstream_args(
+            "resnet18", "CLIP", "vit-unl/Harden_Unlearn_model_1.pth", DECREE_TRIGGER, "vit-clf"))
+    finally:
+        monkeypatch.undo()
+    return ws224, detect
+
+
+def test_vit_moth_nc_and_detect_invert_224_triggers(vit_runs):
+    ws, detect = vit_runs
+    check_inverted_224(ws / "vit-moth" / "mask-pattern-best.npz")
+    check_preview(ws / "vit-moth" / "preview-0.png")
+    check_inverted_224(ws / "vit-nc" / "mask-pattern-NC.npz")
+    check_inverted_224(ws / "vit-detect" / "mask-pattern-detect.npz")
+    assert detect["verdict"] in ("backdoor found", "no backdoor found") and detect["image_pixels"] == 224 * 224
+    hardened = torch.load(next((ws / "vit-moth-ckpt").glob("Harden_model_*.pth")), weights_only=True)["state_dict"]
+    assert "visual.class_embedding" in hardened and all(k.startswith("visual.") for k in hardened)
+
+
+def test_vit_unlearn_with_the_default_model_reads_the_tower_from_the_keys(vit_runs):
+    ws, _ = vit_runs
+    assert "model: clip_vit_tiny\n" in (ws / "vit-unl-log" / "unlearn-setting.txt").read_text()  # what ran, not the RN50
+    assert "model: clip_vit_tiny\n" in (ws / "vit-nc" / "setting-NC.txt").read_text()
+    unlearned = load_encoder(ws / "vit-unl" / "Harden_Unlearn_model_1.pth", "clip_vit_tiny", "cpu")
+    assert unlearned.feature_dim == 32  # saved in OpenAI's layout (visual.*), whatever layout it was read in
+    summary = json.loads((ws / "vit-clf" / "downstream-metrics.json").read_text())
+    assert 0 <= summary["acc"] <= 100 and 0 <= summary["asr"] <= 100
+
+
+def _unlearn_in_ranks(out_dir, root, args: list[str]) -> None:
+    """A torchrun rank (tests.ranks): Unlearn-trigger.py's main in the workspace."""
+    import os
+
+    os.chdir(root)
+    load_script("Unlearn-trigger.py").main(args)
+
+
+def test_vit_unlearning_under_two_gloo_processes_follows_the_one_process_run(vit_runs):
+    """No BatchNorm in a ViT: the 2-process run differs from the 1-process one by the order of float sums only."""
+    ws, _ = vit_runs
+    run_ranks(_unlearn_in_ranks, ws, unlearn_args("resnet18", "CLIP", "hf-vit/model.safetensors", BADENC_TRIGGER,
+                                                  "vit-unl-2"), world=2)
+    with open(ws / "vit-unl-log" / "unlearn-metrics.csv") as a, open(ws / "vit-unl-2-log" / "unlearn-metrics.csv") as b:
+        one, two = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert [r["epoch"] for r in one] == [r["epoch"] for r in two] == ["0", "1"]  # before, after the epoch
+    for key in ("loss", "contrastive", "unlearn"):  # the tolerance of tests/scripts/test_data_parallel.py
+        assert two[0][key] == one[0][key] == "nan"
+        assert float(two[1][key]) == pytest.approx(float(one[1][key]), rel=1e-4, abs=1e-5), key
+    assert sorted(p.name for p in (ws / "vit-unl").iterdir()) == sorted(p.name for p in (ws / "vit-unl-2").iterdir())
