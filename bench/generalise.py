@@ -123,7 +123,14 @@ class Cell:
         if path.is_file() and not self.args.rerun:
             return json.loads(path.read_text())
         log(f"\n##### {self.name}: encoders #####")
-        results = self.run_for("paper").encoders()
+        run = self.run_for("paper")
+        run.prepare()
+        clean = run.layout.clean / f"model_{self.preset.pretrain['epochs']}.pth"
+        clean = clean if clean.is_file() and not self.args.rerun else run.pretrain()  # an interrupted cell resumes
+        backdoored = run.backdoored if run.backdoored.is_file() and not self.args.rerun else run.inject(clean)
+        results = {"clean": run.evaluate("clean", clean), "backdoored": run.evaluate("backdoored", backdoored)}
+        for label, encoder in (("clean", clean), ("backdoored", backdoored)):
+            results[label] = {**results[label], "detect": run.detect(label, encoder)}
         write_json(path, results)
         return results
 
