@@ -1,0 +1,95 @@
+"""bench/families.py and bench/generalise.py as tools: the families are real, deterministic and readable by the
+normal loaders; the table and its targets are computed from the rows (no cell is run here: they take minutes)."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(name):
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def families():
+    return load("families")
+
+
+@pytest.fixture(scope="module")
+def generalise():
+    return load("generalise")
+
+
+@pytest.mark.parametrize("family", ["glyphs", "photos", "lowcontrast"])
+def test_a_family_is_ten_balanced_classes_of_32_pixel_images_and_the_same_every_time(families, family):
+    x, y = families.generate(family, "pre", "test", 30)
+    again = families.generate(family, "pre", "test", 30)
+    assert x.shape == (30, 32, 32, 3) and x.dtype == np.uint8 and x.max() <= 230  # never the trigger's white
+    assert np.array_equal(x, again[0]) and np.array_equal(y, again[1])
+    assert np.bincount(y, minlength=10).tolist() == [3] * 10
+    assert not np.array_equal(x, families.generate(family, "down", "test", 30)[0])  # its own downstream set
+    # the classes differ in what they show: mean images of two classes are not the same picture
+    big, labels = families.generate(family, "pre", "train", 200)
+    means = np.stack([big[labels == c].mean(axis=0) for c in range(10)])
+    assert np.abs(means[0] - means[1]).mean() > 1.0
+
+
+def test_lowcontrast_images_share_most_of_their_content(families):
+    x, _ = families.generate("lowcontrast", "pre", "test", 20)
+    g, _ = families.generate("glyphs", "pre", "test", 20)
+    spread = lambda a: a.astype(float).std(axis=0).mean()  # noqa: E731
+    assert spread(x) < 0.5 * spread(g)
+
+
+def test_a_written_family_is_read_by_the_normal_loaders(families, tmp_path, monkeypatch):
+    monkeypatch.setattr(families, "SIZES", {"pre": {"train": 20, "test": 10}, "down": {"train": 20, "test": 10}})
+    data = families.ensure_family("glyphs", tmp_path)
+    from DATASETS.loaders import load_split
+
+    split = load_split(data.pretrain, "train", data.data_dir)
+    assert data.pretrain == "cifar10" and data.downstream == "stl10" and len(split) == 20
+    stamp = (data.data_dir / "cifar10" / "train.npz").stat().st_mtime_ns
+    families.ensure_family("glyphs", tmp_path)  # current: not written again
+    assert (data.data_dir / "cifar10" / "train.npz").stat().st_mtime_ns == stamp
+
+
+def row(generalise, family, seed, clean_pl1, bd_pl1, clean_verdict, bd_verdict, rec_asr, nc_asr):
+    probe = {k: {kind: {"clean": 0.5, "gt": 0.9} for kind in generalise.PSIM_KINDS} for k in generalise.ENCODERS}
+    arm = {"receive": {"acc": 80.0, "asr": rec_asr}, "nc": {"acc": 80.0, "asr": nc_asr}, "threshold": 0.9,
+           "clean_psim": 0.6, "gt_psim": 0.95, "round": 3, "l1": 90.0, "stop": "patience 6", "rounds": 9}
+    return {"cell": f"{family}/tiny-s{seed}-white", "family": family, "model": "tiny", "seed": seed,
+            "trigger": "white", "probe": probe,
+            "clean": {"acc": 80.0, "asr": 1.0, "verdict": clean_verdict, "pl1": clean_pl1},
+            "backdoored": {"acc": 81.0, "asr": 99.0, "verdict": bd_verdict, "pl1": bd_pl1}, "paper": arm}
+
+
+def test_targets_are_judged_from_the_rows(generalise):
+    rows = [row(generalise, "glyphs", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 2.0, 4.0),
+            row(generalise, "glyphs", 1, 0.08, 0.04, "inconclusive", "backdoor found", 7.0, 3.0)]
+    lines = generalise.targets(rows, ["paper"])
+    assert lines[0].startswith("[MISSED]") and "1 of 2" in lines[0]  # 7% ASR misses the 5% target
+    assert "[MISSED] arm paper: RECEIVE below NC on mean ASR: 4.50% vs 3.50%" in lines
+    assert "[met] detection: no wrong verdict (0 wrong)" in lines
+    assert any(line.startswith("[MISSED] detection: inconclusive") and "(1 of 4)" in line for line in lines)
+    assert generalise.auroc([0.03, 0.04], [0.09, 0.08]) == 1.0
+    assert generalise.auroc([None], [0.08]) == 0.0  # no trigger found counts as the largest size
+    text = generalise.format_family("glyphs", rows, ["paper"], held_out=True)
+    assert "HELD OUT" in text and "glyphs" in text and "similarity scale" in text
+
+
+@pytest.mark.parametrize("flag, value", [("--families", "cifar"), ("--models", "vit"), ("--seeds", "9"),
+                                         ("--triggers", "blend"), ("--arms", "magic")])
+def test_bad_flags_are_one_line_errors(flag, value, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "generalise.py"), flag, value, "--runs",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and flag in proc.stderr
