@@ -1,4 +1,4 @@
-"""Trigger formats (README, "Data"): the one place where images get stamped.
+"""Trigger formats (docs/DATA.md): the one place where images get stamped.
 
 Ground truth (BadEncoder) npz: ``t`` (1,H,W,3) in 0..255 and ``tm`` (1,H,W,3) of 0/1, stamped in
 uint8 space as ``x * tm + t`` (DECREE stores its 224-pixel triggers without the leading axis,

@@ -25,7 +25,7 @@ USAGE: dict[str, UsageInfo] = {
                       (0.19803012, 0.20101562, 0.19703614), 32),
     "gtsrb": UsageInfo("gtsrb", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 32),
     # The original RECEIVE's util.py statistics for 'imagenet' (BadEncoder itself feeds its ImageNet
-    # encoder raw [0, 1] pixels: README, "What differs").
+    # encoder raw [0, 1] pixels: docs/DIFFERENCES.md).
     "imagenet": UsageInfo("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224),
     # OpenAI CLIP's statistics, as BadEncoder's CLIP transforms apply them (the original RECEIVE has no
     # 'CLIP' entry: its lookup fails). The flag value is 'CLIP', as in both originals; any case works.

@@ -86,8 +86,8 @@ def refuse_torchrun() -> None:
     world = world_from_env()
     if world.size > 1:
         fail(f"MAIN.py: runs as one process (torchrun started {world.size}): its rounds of trigger inversion on one "
-             f"small attack set do not gain from data parallelism (README, Scaling out); start it with python, "
-             f"not torchrun")
+             f"small attack set do not gain from data parallelism (docs/PERFORMANCE.md, Scaling out); start it "
+             f"with python, not torchrun")
 
 
 @holding(("log_dir", "--log_dir"), ("results_dir", "--results_dir"))

@@ -7,7 +7,7 @@ Two measurements, both in one run on one device:
 
 1. One inversion round, same start: for each seed, the first MAIN.py round (random start, lr 0.5) on the
    same attack set from the same random state, once in float32 and once with ``--amp``. The two
-   triggers are then judged in float32: their L1 and their psim (the README's tolerance: L1 within
+   triggers are then judged in float32: their L1 and their psim (docs/PERFORMANCE.md's tolerance: L1 within
    5 % and psim within 0.01), and as applied to the attack images (pixel difference, feature cosine),
    next to a float32 trigger from another random start as the yardstick.
 2. The whole defence: the demo's MAIN.py (moth) -> Unlearn-trigger.py commands, read from
@@ -53,7 +53,7 @@ from UTILS.errors import UserError  # noqa: E402
 from UTILS.io import write_json  # noqa: E402
 from UTILS.runtime import resolve_device  # noqa: E402
 
-L1_TOLERANCE, PSIM_TOLERANCE = 0.05, 0.01  # the README's stated tolerance for one round from the same start
+L1_TOLERANCE, PSIM_TOLERANCE = 0.05, 0.01  # docs/PERFORMANCE.md's stated tolerance for one round from the same start
 PRECISIONS = ("fp32", "amp")
 
 

@@ -88,7 +88,7 @@ def step_times(world: int, args: argparse.Namespace, mode: str = "global") -> li
 
 def scaling_table(args: argparse.Namespace) -> str:
     """One row per process count; next to each N > 1, the same with each rank's own BatchNorm statistics
-    (what the global BatchNorm's collectives cost: not the method's numbers, see the README), and N unrelated
+    (what the global BatchNorm's collectives cost: not the method's numbers, see docs/PERFORMANCE.md), and N unrelated
     one-process runs at the same time: what the machine gives N processes without any collective."""
     rows, base = [], None
     labels = {"global": "data-parallel", "local": "data-parallel, per-rank BatchNorm", "alone": "unrelated"}

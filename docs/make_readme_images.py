@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate the README's pictures (``images in text/``) from a finished demo run.
+"""Regenerate the pictures of the README and docs/RESULTS.md (``images in text/``) from a finished demo run.
 
     python docs/make_readme_images.py --run demo_runs/<name>
 

@@ -49,7 +49,7 @@ def test_clip_statistics_and_any_spelling():
     x = torch.rand(2, 3, 224, 224)
     ref = transforms.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))(x)
     assert torch.allclose(normalize(x, usage), ref, atol=1e-6)
-    # imagenet keeps the original RECEIVE's util.py statistics (README, "What differs")
+    # imagenet keeps the original RECEIVE's util.py statistics (docs/DIFFERENCES.md)
     assert get_usage("imagenet").mean == (0.485, 0.456, 0.406) and get_usage("imagenet").size == 224
 
 

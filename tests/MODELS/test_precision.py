@@ -75,7 +75,7 @@ def test_cpu_is_supported_and_an_old_gpu_is_refused_with_its_name(monkeypatch):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_inverted_trigger_stays_within_the_stated_tolerance(seed):
-    """The README's tolerance for one inversion round from the same start: L1 within 5 % and psim
+    """docs/PERFORMANCE.md's tolerance for one inversion round from the same start: L1 within 5 % and psim
     (re-measured in float32) within 0.01 of the float32 round; and as applied to images, the --amp
     trigger is closer to the float32 one than a float32 trigger from another random start is."""
     torch.manual_seed(100 + seed)
