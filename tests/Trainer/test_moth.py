@@ -9,7 +9,7 @@ def test_threshold_warnings_come_once_each_with_the_measured_value(capsys):
     check_threshold(InversionConfig(threshold=0.9), clean_psim=0.95, gt_psim=0.5, warned=warned)
     err = capsys.readouterr().err
     assert "clean images' own psim is already 0.9500 >= --similarity_threshold 0.9" in err
-    assert "use --similarity_threshold auto (here 0.9594)" in err  # 0.95 + (31/32 - 0.95) / 2
+    assert "use --similarity_threshold auto (here 0.9650)" in err  # 0.95 + 0.8 * (31/32 - 0.95)
     assert "reach only psim 0.5000 < --similarity_threshold 0.9" in err
     check_threshold(InversionConfig(threshold=0.9), clean_psim=0.97, gt_psim=0.4, warned=warned)
     assert capsys.readouterr().err == ""
@@ -19,7 +19,7 @@ def test_a_threshold_just_above_the_clean_psim_warns_and_names_the_auto_value(ca
     warned = []
     check_threshold(InversionConfig(threshold=0.9), clean_psim=0.89996, gt_psim=0.93, warned=warned)
     err = capsys.readouterr().err
-    assert "close to --similarity_threshold 0.9" in err and "auto (here 0.9344)" in err and "0.89996" in err
+    assert "close to --similarity_threshold 0.9" in err and "auto (here 0.9550)" in err and "0.89996" in err
     assert "reach only" not in err
 
 
