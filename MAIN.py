@@ -61,9 +61,11 @@ def build_parser() -> ArgumentParser:
                         "tuned on); pairs = the mean cosine over pairs i != j; centred = pairs on the features "
                         "minus the clean images' mean feature (about 0 for clean images on every encoder)")
     p.add_argument("--monitor_every", type=int, default=d.monitor_every, help="kNN monitor after every N-th batch of an epoch, and once before the first round (0: off)")
-    p.add_argument("--detect_psim", type=float, default=d.detect_psim,
+    p.add_argument("--detect_psim", default=d.detect_psim,
                    help="--phase detect: mean pairwise cosine (over pairs i != j) the stamped images' features "
-                        "must reach, as DECREE")
+                        "must reach, as DECREE (a number, e.g. its 0.99), or 'auto' (the default): as far from "
+                        "the clean images' own cosine as 0.99 is on the encoders the verdict was calibrated on, "
+                        "so that an encoder whose clean images already agree is asked the same collapse")
     p.add_argument("--detect_pl1", type=float, default=d.detect_pl1,
                    help="--phase detect: verdict threshold on the trigger's size PL1 = mask L1 / (H*W); "
                         "smaller means backdoored (default measured by bench/detect.py)")

@@ -29,6 +29,10 @@ AUTO = "auto"          # the --similarity_threshold value that asks for the enco
 # clean psim (0.61-0.63) to 31/32, so auto asks what the paper asks where its threshold was tuned, and the
 # same share of the remaining way on an encoder whose clean images are already alike.
 AUTO_SHARE = 0.8
+# --detect_psim auto: DECREE's 0.99 sits 0.973 of the way from the clean images' pair-mean cosine (0.636, the
+# backdoored synthetic encoder of bench/generalise.py, seed 0) to 1; the detection's --detect_pl1 was
+# calibrated on encoders of that family, so the collapse it asks for is kept at that share elsewhere.
+DETECT_SHARE = 0.973
 NEAR_SHARE = 0.25      # a fixed threshold nearer than this share to the clean psim draws a warning
 
 

@@ -32,7 +32,8 @@ MAIN_PHASES = ("moth", "nc", "detect")
 # and the relative trigger size (PL1 = mask L1 / (H*W)) below which the verdict reads "backdoor found".
 # DETECT_PL1: the geometric midpoint, at the default settings, between the largest backdoored PL1 (0.047) and the
 # smallest clean PL1 (0.0645) of the 16 encoders bench/detect.py measured (two architectures; docs/DETECTION.md).
-DETECT_PSIM = 0.99
+# DETECT_PSIM "auto": DECREE's 0.99, relative to the encoder (INVERSION.relative.DETECT_SHARE); a number: fixed.
+DETECT_PSIM = "auto"
 DETECT_PL1 = 0.055
 # The inverted trigger grows with the number of images it must collapse (about +0.01 PL1 per doubling in
 # bench/detect.py), so the verdict judges a fixed number of images, the number the threshold was measured on.
@@ -161,15 +162,15 @@ def check_monitor(cfg) -> None:
 PSIM_CHOICES = ("original", "pairs", "centred")  # MAIN.py --psim (INVERSION.inversion, INVERSION.relative)
 
 
-def threshold_value(value: float | str) -> float | str:
-    """--similarity_threshold as given: "auto" (any case), or a number; anything else fails with one line."""
+def threshold_value(value: float | str, flag: str) -> float | str:
+    """A similarity threshold flag as given: "auto" (any case), or a number; anything else fails with one line."""
     if isinstance(value, str):
         if value.strip().lower() == "auto":
             return "auto"
         try:
             return float(value)
         except ValueError:
-            fail(f"--similarity_threshold {value}: expected a cosine similarity in (0, 1] or 'auto'")
+            fail(f"{flag} {value}: expected a cosine similarity in (0, 1] or 'auto'")
     return float(value)
 
 
@@ -212,7 +213,7 @@ class MainConfig(Common):
     monitor_every: int = 5
     asr_include_target: bool = False
     amp: bool = False
-    detect_psim: float = DETECT_PSIM
+    detect_psim: float | str = DETECT_PSIM
     detect_pl1: float = DETECT_PL1
     detect_images: int = DETECT_IMAGES
 
@@ -221,7 +222,8 @@ class MainConfig(Common):
         self.check_common("dataset")
         check_choice(self.phase, MAIN_PHASES, "--phase")
         check_choice(self.psim, PSIM_CHOICES, "--psim")
-        self.similarity_threshold = threshold_value(self.similarity_threshold)
+        self.similarity_threshold = threshold_value(self.similarity_threshold, "--similarity_threshold")
+        self.detect_psim = threshold_value(self.detect_psim, "--detect_psim")
         check_monitor(self)
         if not self.pretrained_encoder:
             fail("--pretrained_encoder: required (path to the encoder checkpoint to inspect)")
@@ -240,10 +242,8 @@ class MainConfig(Common):
                  f"(the stall rule) or a cap of at least --re_steps")
         if self.attack_size < 2:
             fail(f"--attack_size {self.attack_size}: expected at least 2 (similarity is measured between pairs)")
-        cosines = [("--detect_psim", self.detect_psim)]
-        if self.similarity_threshold != "auto":
-            cosines.insert(0, ("--similarity_threshold", self.similarity_threshold))
-        for flag, value in cosines:
+        cosines = [("--similarity_threshold", self.similarity_threshold), ("--detect_psim", self.detect_psim)]
+        for flag, value in [(f, v) for f, v in cosines if v != "auto"]:
             if not 0 < value <= 1:
                 fail(f"{flag} {value}: expected a cosine similarity in (0, 1]")
         if not 0 < self.detect_pl1 <= 1:

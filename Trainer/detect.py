@@ -16,7 +16,9 @@ from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
 from DATASETS.triggers import GroundTruthTrigger
 from INVERSION.detect import judge, relative_size
-from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
+from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig, chunk_similarity, psim_ceiling
+from INVERSION.relative import DETECT_SHARE, relative_threshold
+from MODELS.precision import with_precision
 from Trainer.filenames import DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER
 from Trainer.nc import invert_once
 from UTILS.io import write_json
@@ -30,7 +32,7 @@ L1_DEFINITION = "L1 of the per-pixel mask (H, W): one channel, not summed over t
 class DetectSettings:
     """What a detection run needs beyond the encoder and the data."""
 
-    psim_threshold: float   # --detect_psim
+    psim_threshold: float | str   # --detect_psim: a pair-mean cosine, or "auto" (INVERSION.relative.DETECT_SHARE)
     pl1_threshold: float    # --detect_pl1
     images: int = 0         # --detect_images: how many images of the set are judged (0: all)
     calibrated_images: int = 0  # how many images --detect_pl1's default was measured on (DETECT_IMAGES)
@@ -73,7 +75,12 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     by DECREE's (``settings.psim_threshold`` on the pair-mean cosine). Returns detect.json's content.
     """
     data = detection_images(data, settings.images)
-    config = replace(config, threshold=settings.psim_threshold, auto_threshold=False, psim=DETECT_PSIM_KIND)
+    goal = settings.psim_threshold
+    if goal == "auto":  # the same collapse relative to where this encoder's clean images already stand
+        clean = chunk_similarity(with_precision(model.f, settings.amp), data.x, usage, None, DETECT_PSIM_KIND,
+                                 config.chunk_size)
+        goal = relative_threshold(clean, psim_ceiling(DETECT_PSIM_KIND, config.chunk_size), DETECT_SHARE)
+    config = replace(config, threshold=goal, auto_threshold=False, psim=DETECT_PSIM_KIND)
     done = invert_once(model, data, usage, config, ground_truth, amp=settings.amp, seed=settings.seed,
                        step_seed=settings.step_seed, what="detection", hint="Check the encoder, or lower --init_cost",
                        trigger_path=log_dir / DETECT_TRIGGER, preview_path=log_dir / DETECT_PICTURE)
@@ -88,7 +95,8 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
                "inconclusive_band": [settings.pl1_threshold / verdict.factor, settings.pl1_threshold * verdict.factor],
                "l1": result.l1,
                "l1_definition": L1_DEFINITION, "image_pixels": h * w, "psim": psim, "psim_kind": config.psim,
-               "psim_threshold": settings.psim_threshold, "reached_threshold": result.reached,
+               "psim_threshold": goal, "psim_threshold_rule": "auto" if settings.psim_threshold == "auto" else "fixed",
+               "reached_threshold": result.reached,
                "steps": result.steps, "images": len(data), "clean_psim": reference["clean_psim"],
                "gt_psim": reference["gt_psim"], "trigger": str(log_dir / DETECT_TRIGGER),
                "picture": str(log_dir / DETECT_PICTURE)}
@@ -96,6 +104,6 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
         summary["gt_pl1"] = relative_size(ground_truth.mask)
     write_json(log_dir / DETECT_METRICS, summary)
     log(f"[detect] trigger L1 {result.l1:.2f} = PL1 {verdict.pl1:.4f} of {h}x{w}, psim {psim:.4f} "
-        f"(threshold {settings.psim_threshold:g}, reached {str(result.reached).lower()}), {result.steps} steps")
+        f"(threshold {goal:.4f}, reached {str(result.reached).lower()}), {result.steps} steps")
     log(f"verdict: {verdict.label.upper()}: {explanation}. Details: {log_dir / DETECT_METRICS}")
     return summary

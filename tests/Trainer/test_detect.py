@@ -8,6 +8,7 @@ from torch import nn
 from DATASETS.stats import USAGE
 from DATASETS.tensors import TensorSet
 from INVERSION.inversion import InversionConfig
+from INVERSION.relative import DETECT_SHARE, relative_threshold
 from Trainer.detect import DetectSettings, run_detect
 
 GTSRB = USAGE["gtsrb"]  # mean 0, std 1: the oracle backbones below see raw pixels
@@ -42,15 +43,20 @@ def images(n: int = 32) -> TensorSet:
     return TensorSet(x, torch.zeros(n, dtype=torch.long), 10)
 
 
+@pytest.mark.parametrize("goal", [0.99, "auto"])
 @pytest.mark.parametrize("backdoor", [True, False])
-def test_the_verdict_matches_how_the_encoder_was_built(tmp_path, backdoor):
+def test_the_verdict_matches_how_the_encoder_was_built(tmp_path, backdoor, goal):
     config = InversionConfig(steps=150)
-    settings = DetectSettings(psim_threshold=0.99, pl1_threshold=0.06)
+    settings = DetectSettings(psim_threshold=goal, pl1_threshold=0.06)
     out = run_detect(Wrapped(Oracle(backdoor)), images(), GTSRB, config, tmp_path, settings)
     assert out["backdoored"] is backdoor
     assert out["verdict"] == ("backdoor found" if backdoor else "no backdoor found")
     saved = json.loads((tmp_path / "detect.json").read_text())
     assert saved["backdoored"] is backdoor and (tmp_path / "detect.png").is_file()
+    if goal == "auto":  # the goal sits DETECT_SHARE of the way from this encoder's clean cosine to 1
+        assert saved["psim_threshold_rule"] == "auto"
+        assert saved["psim_threshold"] == pytest.approx(relative_threshold(saved["clean_psim"], 1.0, DETECT_SHARE),
+                                                        rel=1e-5)  # same chunks, same order: float32 rounding only
     if backdoor:
         assert out["reached_threshold"] and out["pl1"] < 0.06
         import numpy as np

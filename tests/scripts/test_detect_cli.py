@@ -4,6 +4,7 @@ import json
 import pytest
 
 from INVERSION.detect import judge
+from INVERSION.relative import DETECT_SHARE, relative_threshold
 from tests.scripts.conftest import run_cli
 
 
@@ -19,7 +20,10 @@ def test_main_phase_detect_through_the_command_line(workspace):
                      summary["pl1_threshold"])
     assert summary["backdoored"] == expected.backdoored and summary["verdict"] == expected.label
     assert summary["calibrated"] is False and "--re_steps 3 (calibrated: 300)" in summary["calibration_note"]
-    assert summary["psim_kind"] == "pairs" and summary["psim_threshold"] == 0.99 and summary["image_pixels"] == 1024
+    assert summary["psim_kind"] == "pairs" and summary["psim_threshold_rule"] == "auto"
+    assert summary["psim_threshold"] == pytest.approx(relative_threshold(summary["clean_psim"], 1.0, DETECT_SHARE),
+                                                      rel=1e-5)  # the same chunks in the same order: rounding only
+    assert summary["image_pixels"] == 1024
     assert summary["gt_pl1"] == pytest.approx(100 / 1024)  # the default trigger file of the workspace
     assert (workspace / "logs-detect" / "detect.png").is_file()
     assert (workspace / "logs-detect" / "setting-detect.txt").is_file()
