@@ -6,7 +6,8 @@ not only in seed, each written once in BadEncoder's npz layout so that the norma
 | synthetic    | the embedded shapes (DATASETS/synthetic.py), the family the defaults were tuned on | this repository |
 | glyphs       | the digits 0-9 drawn in a real typeface on a flat background              | Pillow's bundled font |
 | photos       | patches of real photographs, an MRI slice and terrain maps, labelled by region | matplotlib's sample data |
-| lowcontrast  | faint shapes on one texture shared by every image: high feature similarity by construction | generated |
+| lowcontrast  | faint shapes on one texture shared by every image                         | generated            |
+| nearsame     | one photograph shared by every image, a digit blended in at 8 %: high feature similarity by construction | matplotlib + Pillow |
 
 A family other than ``synthetic`` is written under ``<data_dir>/<family>/`` in the slots of two dataset names
 the loaders know: its pre-training set as ``cifar10`` and its downstream set as ``stl10`` (ten classes each,
@@ -24,7 +25,7 @@ import numpy as np
 from DATASETS import synthetic
 from UTILS.io import ensure_writable_dir, save_npz
 
-FAMILIES = ("synthetic", "glyphs", "photos", "lowcontrast")
+FAMILIES = ("synthetic", "glyphs", "photos", "lowcontrast", "nearsame")
 SIZES = {"pre": {"train": 10000, "test": 2000}, "down": {"train": 5000, "test": 2000}}
 SLOTS = {"pre": "cifar10", "down": "stl10"}  # dataset names whose npz slots a family's sets are written into
 SIDE = 32
@@ -172,7 +173,20 @@ def _shapes_of_class(rng: np.random.Generator, c: int, n: int, down: bool) -> np
     return img.astype(np.float64).transpose(0, 3, 1, 2) / 255
 
 
-DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast}
+def _nearsame(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray:
+    """The same photograph (the sample portrait, 32x32) in every image with a glyph of class ``y[i]`` blended in
+    at 8 %: the images differ little, so an encoder's features of them agree (lowcontrast's shapes at 20 %
+    over a texture did not make them agree: SimCLR spread them apart again)."""
+    from PIL import Image
+
+    photo = _sources()[0]
+    face = Image.fromarray(np.rint(photo[40:440, 100:500] * 255).astype(np.uint8)).resize((SIDE, SIDE),
+                                                                                            Image.BILINEAR)
+    base = np.asarray(face, np.float64).transpose(2, 0, 1) / 255
+    return 0.92 * base[None] + 0.08 * _glyphs(rng, y, down) + rng.normal(0, 0.01, (y.size, 3, SIDE, SIDE))
+
+
+DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast, "nearsame": _nearsame}
 
 
 def generate(family: str, part: str, split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,7 @@ MODELS = ("tiny", "resnet18_small")
 TRIGGERS = {"white": None, "colour": (8, 12, 0)}  # white 10x10 at 21 (the demo's); colour 8x8 at 12, seeded colours
 ARMS = {"paper": {}, "auto": {"similarity_threshold": "auto"},  # MAIN.py inversion flags that differ from the preset
         "centred": {"similarity_threshold": "auto", "psim": "centred"}}
-TUNED = ("synthetic", "lowcontrast")  # one family of low, one of high natural similarity  # the families every setting beyond the paper's was chosen on
+TUNED = ("synthetic", "lowcontrast")  # the families every setting beyond the paper's was chosen on
 ENCODERS = ("clean", "backdoored")
 PSIM_KINDS = ("original", "pairs", "centred")
 

@@ -30,7 +30,7 @@ def generalise():
     return load("generalise")
 
 
-@pytest.mark.parametrize("family", ["glyphs", "photos", "lowcontrast"])
+@pytest.mark.parametrize("family", ["glyphs", "photos", "lowcontrast", "nearsame"])
 def test_a_family_is_ten_balanced_classes_of_32_pixel_images_and_the_same_every_time(families, family):
     x, y = families.generate(family, "pre", "test", 30)
     again = families.generate(family, "pre", "test", 30)
@@ -44,8 +44,9 @@ def test_a_family_is_ten_balanced_classes_of_32_pixel_images_and_the_same_every_
     assert np.abs(means[0] - means[1]).mean() > 1.0
 
 
-def test_lowcontrast_images_share_most_of_their_content(families):
-    x, _ = families.generate("lowcontrast", "pre", "test", 20)
+@pytest.mark.parametrize("family", ["lowcontrast", "nearsame"])
+def test_faint_families_share_most_of_their_content(families, family):
+    x, _ = families.generate(family, "pre", "test", 20)
     g, _ = families.generate("glyphs", "pre", "test", 20)
     spread = lambda a: a.astype(float).std(axis=0).mean()  # noqa: E731
     assert spread(x) < 0.5 * spread(g)
