@@ -72,6 +72,9 @@ def _read_npz(path: Path, flag: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = data["x"], data["y"]
     if x.ndim != 4 or x.shape[3] != 3 or x.dtype != np.uint8:
         fail(f"{flag} {path}: 'x' must be (N,H,W,3) uint8, found {x.shape} {x.dtype}")
+    if x.shape[1] < 2 or x.shape[2] < 2:
+        fail(f"{flag} {path}: 'x' holds images of {x.shape[1]}x{x.shape[2]} pixels; expected images of at least "
+             f"2x2 pixels (they are resized to the encoder's input size)")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.shape != (x.shape[0],):

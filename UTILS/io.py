@@ -140,6 +140,7 @@ def load_npz(path: str | os.PathLike, keys: Sequence[str], flag: str) -> dict[st
         fail(f"{flag} {path}: file not found")
     if not zipfile.is_zipfile(path):  # np.load would take other bytes for a pickle and say so, misleadingly
         fail(f"{flag} {path}: not a readable npz (not a zip archive)")
+    _check_npz_headers(path, flag)
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in keys if k not in data.files]
@@ -152,6 +153,30 @@ def load_npz(path: str | os.PathLike, keys: Sequence[str], flag: str) -> dict[st
         fail(f"{flag} {path}: not a readable npz ({exc})")
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         fail(f"{flag} {path}: not a readable npz ({exc.__class__.__name__}: {exc})")
+
+
+def _check_npz_headers(path: Path, flag: str) -> None:
+    """Refuse an npz member whose header claims more data than the member holds (a corrupt or forged header,
+    e.g. 10^8 images in a file of kilobytes), before numpy tries to allocate it: one line naming the file,
+    not an out-of-memory error blamed on some other flag."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(member)
+                    claimed = math.prod(shape) * dtype.itemsize
+                    if dtype.hasobject or claimed <= info.file_size:
+                        continue
+                    fail(f"{flag} {path}: member {info.filename} claims an array of shape {tuple(shape)} "
+                         f"({claimed:,} bytes) but holds only {info.file_size:,}: the file is corrupt or its "
+                         f"header is wrong")
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return  # np.load below reports an unreadable file in its own words
 
 
 def json_safe(obj):
