@@ -37,10 +37,18 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _as_a_terminal_starts_it() -> None:
+    """Ctrl-C's default action, whatever the test runner inherited: a shell starts background jobs with SIGINT
+    ignored, and Python then never installs its KeyboardInterrupt handler, so a Ctrl-C test would pass or fail
+    by how pytest was launched."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def real(script: str, args: list, cwd: Path, **kwargs) -> subprocess.Popen:
     """A fresh interpreter, as a user starts it (for what depends on start-up: imports, argv bytes)."""
     return subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, env=dict(os.environ, **ENV),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_as_a_terminal_starts_it,
+                            **kwargs)
 
 
 def last_line(text: str) -> str:
