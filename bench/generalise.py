@@ -66,8 +66,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--runs", default="demo_runs/generalise", help="folder of the cells' runs")
     p.add_argument("--data_root", default="data/families", help="folder the families' datasets are written to")
     p.add_argument("--results", default="bench/results", help="folder of generalise-<family>.txt|json")
-    p.add_argument("--stage", default="all", choices=("all", "encoders"),
-                   help="encoders: only build and judge the encoders (the slow part), arms later")
+    p.add_argument("--stage", default="all", choices=("all", "encoders", "detect"),
+                   help="encoders: only build and judge the encoders (the slow part), arms later; detect: judge "
+                        "the finished encoders again (after a change to the check), keeping everything else")
     p.add_argument("--rerun", action="store_true", help="run finished stages again instead of keeping them")
     p.add_argument("--device", default="cpu")
     return p
@@ -132,6 +133,18 @@ class Cell:
         for label, encoder in (("clean", clean), ("backdoored", backdoored)):
             results[label] = {**results[label], "detect": run.detect(label, encoder)}
         write_json(path, results)
+        return results
+
+    def redetect(self) -> dict:
+        """MAIN.py --phase detect on both finished encoders again; encoders.json gets the new verdicts."""
+        results = self.encoders()
+        run = self.run_for("paper")
+        files = {"clean": run.layout.clean / f"model_{self.preset.pretrain['epochs']}.pth",
+                 "backdoored": run.backdoored}
+        log(f"\n##### {self.name}: detection again #####")
+        for label, encoder in files.items():
+            results[label] = {**results[label], "detect": run.detect(label, encoder)}
+        write_json(self.root / "encoders.json", results)
         return results
 
     def probe(self) -> dict:
@@ -301,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     for family in families:
         cells = [Cell(family, m, s, t, args) for m in models for s in seeds for t in triggers]
         for cell in cells:
-            encoders = cell.encoders()
+            encoders = cell.redetect() if args.stage == "detect" else cell.encoders()
             cell.probe()
             if args.stage == "all":
                 for arm in arms:
