@@ -183,6 +183,7 @@ class Cell:
         if run.layout.summary.is_file() and not self.args.rerun:
             return json.loads(run.layout.summary.read_text())
         log(f"\n##### {self.name}: arm {arm} #####")
+        self.data.write_trigger(run.layout.trigger)  # the injected trigger: its ASR sets and gt_psim column
         return run.defend({k: dict(v) for k, v in encoders.items()})
 
     def row(self, encoders: dict, arms: dict[str, dict]) -> dict:
