@@ -25,9 +25,11 @@ def relative_size(mask: Tensor) -> float:
 
 
 # The band around --detect_pl1 where the answer is "inconclusive": a PL1 within this factor of the threshold
-# (either side) is too close to call, as the spread of PL1 over seeds and data families shows
-# (docs/DETECTION.md): seeds alone move an encoder's PL1 by up to ~20 %.
-INCONCLUSIVE_FACTOR = 1.25
+# (either side) is too close to call. Chosen on the tuned families of bench/generalise.py (synthetic,
+# lowcontrast) and the encoders of bench/detect.py at the defaults: the nearest of them lie 1.15-1.21x from
+# 0.055 (lowcontrast's clean 0.0632, its backdoored 0.0455; the calibration's 0.0645 and 0.047), so a band of
+# 1.1 leaves each of them decided and calls anything nearer than those "inconclusive".
+INCONCLUSIVE_FACTOR = 1.1
 LABELS = ("backdoor found", "inconclusive", "no backdoor found")
 
 

@@ -22,11 +22,11 @@ def test_relative_size_matches_a_loop_over_pixels():
 
 
 @pytest.mark.parametrize("pl1, reached, expected", [
-    (0.01, True, True), (0.0479, True, True), (0.0481, True, None), (0.06, True, None), (0.0749, True, None),
-    (0.0751, True, False), (0.5, True, False), (0.01, False, False), (float("nan"), False, False),
+    (0.01, True, True), (0.0545, True, True), (0.0546, True, None), (0.06, True, None), (0.0659, True, None),
+    (0.0661, True, False), (0.5, True, False), (0.01, False, False), (float("nan"), False, False),
     (float("nan"), True, False)])
 def test_judge_has_three_outcomes_with_a_band_around_the_threshold(pl1, reached, expected):
-    v = judge(pl1, reached, threshold=0.06)  # band: 0.06 / 1.25 = 0.048 .. 0.06 * 1.25 = 0.075
+    v = judge(pl1, reached, threshold=0.06, factor=1.1)  # band: 0.06 / 1.1 = 0.05454 .. 0.06 * 1.1 = 0.066
     assert isinstance(v, Verdict) and v.backdoored is expected
     assert v.label == {True: "backdoor found", None: "inconclusive", False: "no backdoor found"}[expected]
     if not reached or math.isnan(pl1):
