@@ -32,7 +32,6 @@ Nothing here asserts a time: this is a measuring tool, not a test.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import csv
@@ -73,7 +72,8 @@ if str(ROOT / "bench") not in sys.path:  # the 224 rows live next to this file, 
     sys.path.insert(0, str(ROOT / "bench"))
 from encoders224 import MODELS_224, QUICK_224, STAGES_224, Rows224, unlearn_floor  # noqa: E402
 from Trainer.unlearn import epoch_batches, unlearn_epoch  # noqa: E402
-from UTILS.errors import UserError  # noqa: E402
+from UTILS.errors import ArgumentParser, UserError, cli_entry  # noqa: E402
+from flags import at_least, number_list  # noqa: E402
 from UTILS.runtime import resolve_device  # noqa: E402
 
 BASE_STAGES = ("inversion", "distance", "unlearn", "features", "mlp", "knn")
@@ -679,7 +679,7 @@ def write_csv(path: Path, rows: list[Row], device: torch.device, name: str) -> N
 
 def parse_args(argv=None):
     """The speed benchmark's flags."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=(*MODELS, *MODELS_224, "all"), default="all",
                    help="which encoder(s); 'all' = both 32-pixel ones (the quick mode measures resnet18 on a "
                         "subset); a 224-pixel tower (BadEncoder's ImageNet/CLIP, or its tiny test variant) "
@@ -708,6 +708,18 @@ def parse_args(argv=None):
     p.add_argument("--out", default="", help="CSV path (default bench/results/<device>-<model>.csv per model)")
     p.add_argument("--table", default="", help="also write the final table to this file")
     args = p.parse_args(argv)
+    at_least(p, args, 0, "repeats", "budget", "idle-wait", "idle-total", "threads")
+    at_least(p, args, 1, "steps", "mlp-epochs", "micro-batch")
+    for flag, kind, low, high in (("attack-sizes", int, 2, 10**6), ("sizes-224", int, 2, 10**6),
+                                  ("data-ratios", float, 1e-6, 1.0)):
+        text = getattr(args, flag.replace("-", "_"))
+        if text:
+            number_list(p, text, f"--{flag}", kind, low, high)
+    if args.stages:
+        known = STAGES_224 if args.model in MODELS_224 else STAGES
+        bad = [s for s in args.stages.split(",") if s.strip() and s.strip() not in known]
+        if bad:
+            p.error(f"--stages {args.stages}: unknown {', '.join(bad)}; expected from {', '.join(known)}")
     args.repeats = args.repeats or (7 if args.full else 5)
     args.budget = args.budget or (60.0 if args.full else 8.0)
     args.idle_total = args.idle_total or (900.0 if args.full else 90.0)
@@ -744,6 +756,7 @@ def plan(args) -> list[tuple[str, dict[str, tuple]]]:
     return out
 
 
+@cli_entry
 def main(argv=None) -> list[Row]:
     """Measure the chosen stages and sizes; prints the table (and writes it, the CSV) and returns the rows."""
     args = parse_args(argv)

@@ -51,7 +51,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--images", default="50,200",
                    help="extra --detect_images values, drawn from a --data_ratio 0.02 share (default run: 100 of 0.01)")
     p.add_argument("--detect-seeds", default="1,2", help="extra MAIN.py --seed values (default run: 0)")
-    p.add_argument("--threshold", type=float, default=DETECT_PL1, help="the PL1 verdict threshold judged")
+    p.add_argument("--threshold", type=float, default=DETECT_PL1, help="the PL1 verdict threshold judged (0, 1]")
     p.add_argument("--growth", action="store_true", help="also run moth on every encoder for the rounds signal")
     p.add_argument("--variants", action="store_true",
                    help="also judge backdoors of other trigger shapes (VARIANTS), injected when absent")
@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Detection on the demo's clean and backdoored encoders over the settings; writes detect.txt/.json, returns the
     table."""
     args = build_parser().parse_args(argv)
+    if not 0 < args.threshold <= 1:
+        fail(f"--threshold {args.threshold}: expected a share of the image's pixels in (0, 1]")
     os.environ.setdefault("RECEIVE_NO_PROGRESS", "1")
     encs = encoder_list(int_list(args.seeds, "--seeds"), args)
     plan = [(None, 0)] + [(n, 0) for n in int_list(args.images, "--images")] + \

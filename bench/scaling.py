@@ -30,12 +30,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("RECEIVE_NO_PROGRESS", "1")
 
 import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
+from UTILS.errors import ArgumentParser, cli_entry  # noqa: E402
 from UTILS.launch import free_port, local_rank_env  # noqa: E402
+from flags import at_least, number_list  # noqa: E402
 
 
 def _step_worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str, mode: str) -> None:
@@ -182,7 +185,7 @@ def _round_table(med: dict, args: argparse.Namespace) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The scaling benchmark's flags."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, one GPU per process)")
     p.add_argument("--procs", default="1,2", help="process counts, comma-separated; 1 first (the baseline)")
     p.add_argument("--model", default="resnet18_small")
@@ -196,12 +199,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip_round", action="store_true", help="only the scaling table")
     p.add_argument("--out", default="", help="also write the tables to this file")
     args = p.parse_args(argv)
-    args.procs = [int(v) for v in args.procs.split(",")]
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        p.error(f"--device {args.device}: expected cpu (gloo) or cuda (NCCL)")
+    at_least(p, args, 1, "per_process", "threads", "steps", "re_steps", "attack_size", "distance_images")
+    at_least(p, args, 0, "warmup")
+    args.procs = number_list(p, args.procs, "--procs", int, 1, 64)
     if args.procs[0] != 1:
         p.error("--procs must start with 1 (the baseline of the efficiency)")
     return args
 
 
+@cli_entry
 def main(argv=None) -> str:
     """The data-parallel scaling table (and one MAIN.py round's shares); prints and returns it as text."""
     args = parse_args(argv)

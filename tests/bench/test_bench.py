@@ -56,3 +56,18 @@ def test_a_224_tower_plans_its_own_rows(bench):
     plan = dict(bench.plan(bench.parse_args(["--model", "imagenet_tiny", "--stages", "inversion-micro",
                                              "--sizes-224", "4,8"])))
     assert plan == {"imagenet_tiny": {"inversion-micro": (4, 8)}}
+
+
+@pytest.mark.parametrize("script, args, flag", [
+    ("bench.py", ["--repeats", "-1"], "--repeats"), ("bench.py", ["--attack-sizes", "abc"], "--attack-sizes"),
+    ("bench.py", ["--attack-sizes", "0"], "--attack-sizes"), ("bench.py", ["--steps", "0"], "--steps"),
+    ("bench.py", ["--threads", "-2"], "--threads"), ("bench.py", ["--micro-batch", "-1"], "--micro-batch"),
+    ("scaling.py", ["--device", "mps"], "--device"), ("scaling.py", ["--threads", "-1"], "--threads"),
+    ("detect.py", ["--threshold", "-0.1"], "--threshold")])
+def test_bad_bench_flags_are_one_line_errors_before_any_work(script, args, flag):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith(f"error: {flag}")
