@@ -19,7 +19,9 @@ def scaling():
 
 def test_the_baseline_comes_first(scaling):
     assert scaling.parse_args([]).procs == [1, 2]
-    with pytest.raises(SystemExit):
+    from UTILS.errors import UserError
+
+    with pytest.raises(UserError, match="--procs must start with 1"):
         scaling.parse_args(["--procs", "2,4"])
 
 
