@@ -87,6 +87,14 @@ def feature_problem(features: torch.Tensor) -> str | None:
         return "its features of clean images are zero"
     unit = f / norms.clamp_min(1e-300)[:, None]
     spread = float((unit - unit.mean(dim=0)).norm(dim=1).max())
-    if spread < 1e-4:
-        return "it gives every clean image the same feature direction (a cosine of 1 between any two)"
+    if spread < COLLAPSED_SPREAD:
+        return (f"it gives every clean image nearly the same feature direction (none lies {spread:.2g} or more "
+                f"from their mean unit feature: a cosine above {1 - COLLAPSED_SPREAD ** 2 / 2:.4f} between any "
+                f"image and the mean), as a collapsed encoder does")
     return None
+
+
+# A collapsed encoder: every clean image within this distance of the mean unit feature (cosine > 0.99875). The
+# BadEncoder-collapsed encoder of bench/generalise.py's nearsame family sat at 0.034 (downstream ACC at chance,
+# 10 %); the working encoders there at 0.54-0.83; CLIP-like anisotropic encoders still spread far wider.
+COLLAPSED_SPREAD = 0.05

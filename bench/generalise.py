@@ -143,7 +143,12 @@ class Cell:
                  "backdoored": run.backdoored}
         log(f"\n##### {self.name}: detection again #####")
         for label, encoder in files.items():
-            results[label] = {**results[label], "detect": run.detect(label, encoder)}
+            try:
+                found = run.detect(label, encoder)
+            except SystemExit:  # refused with one line (a broken encoder): no verdict is the answer
+                found = {"verdict": "no verdict", "pl1": None, "backdoored": None,
+                         "explanation": "MAIN.py --phase detect refused the encoder (see the log)"}
+            results[label] = {**results[label], "detect": found}
         write_json(self.root / "encoders.json", results)
         return results
 

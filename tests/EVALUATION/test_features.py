@@ -65,6 +65,8 @@ def test_feature_problem_names_what_makes_an_encoder_unjudgeable():
     good = t.rand(8, 16, generator=gen, dtype=t.float64)
     assert feature_problem(good) is None
     assert "same feature direction" in feature_problem(t.ones(8, 16) * 3.0)
+    near = t.ones(8, 16, dtype=t.float64) + 0.005 * t.rand(8, 16, generator=gen, dtype=t.float64)
+    assert "nearly the same feature direction" in feature_problem(near)  # all within cosine ~0.99999
     assert "same feature direction" in feature_problem(good[:1].repeat(8, 1) * t.arange(1, 9.0)[:, None])
     assert "zero" in feature_problem(t.zeros(8, 16))
     assert "not finite" in feature_problem(t.cat([good[:7], t.full((1, 16), float("nan"))]))
