@@ -466,7 +466,7 @@ def test_nan_in_the_hardening_stops_and_keeps_the_last_good_state(bad_ws):
     state = torch.load(out / "moth_state.pth", weights_only=True)
     assert state["run_state"]["round"] == 1 and len(state["rows"]) == 1
     assert all(np.isfinite(list(r.values())).all() for r in [{k: v for k, v in state["rows"][0].items()
-                                                              if not k.startswith("knn")}])
+                                                              if not k.startswith("knn") and not isinstance(v, str)}])
     assert not list(out.glob("Harden_model_*.pth"))  # no hardened encoder from a NaN run
 
 
