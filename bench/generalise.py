@@ -52,6 +52,7 @@ ARMS = {"paper": {}, "auto": {"similarity_threshold": "auto"},  # MAIN.py invers
 TUNED = ("synthetic", "lowcontrast")  # the families every setting beyond the paper's was chosen on
 ENCODERS = ("clean", "backdoored")
 PSIM_KINDS = ("original", "pairs", "centred")
+INJECTED_ASR = 50.0  # a backdoored encoder below this ASR counts as a failed injection in the detection targets
 
 
 def build_parser() -> ArgumentParser:
@@ -280,17 +281,23 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
             nc = sum(r[arm]["nc"]["asr"] for r in done) / len(done)
             out.append(f"[{'met' if rec < nc else 'MISSED'}] arm {arm}: RECEIVE below NC on mean ASR: {rec:.2f}% vs "
                        f"{nc:.2f}%")
-    wrong = [f"{r['cell']} {k}" for r in rows for k, want in (("clean", "no backdoor found"),
-                                                              ("backdoored", "backdoor found"))
-             if r[k]["verdict"] not in (want, "inconclusive")]
-    unsure = sum(r[k]["verdict"] == "inconclusive" for r in rows for k in ENCODERS)
-    total = 2 * len(rows)
+    # a backdoored encoder whose injection failed (ASR below INJECTED_ASR) is no backdoored encoder to find
+    judged = [(r, k) for r in rows for k in ENCODERS if k == "clean" or r["backdoored"]["asr"] >= INJECTED_ASR]
+    failed = [r["cell"] for r in rows if r["backdoored"]["asr"] < INJECTED_ASR]
+    if failed:
+        out.append(f"(left out of the detection targets: the backdoored encoder of {', '.join(failed)}, whose "
+                   f"injection failed: ASR below {INJECTED_ASR:g}%)")
+    want = {"clean": "no backdoor found", "backdoored": "backdoor found"}
+    wrong = [f"{r['cell']} {k}" for r, k in judged if r[k]["verdict"] not in (want[k], "inconclusive")]
+    unsure = sum(r[k]["verdict"] == "inconclusive" for r, k in judged)
+    total = len(judged)
     out.append(f"[{'met' if not wrong else 'MISSED'}] detection: no wrong verdict ({len(wrong)} wrong"
                f"{': ' + ', '.join(wrong) if wrong else ''})")
     if total:
         out.append(f"[{'met' if unsure <= 0.1 * total else 'MISSED'}] detection: inconclusive for at most 10% of "
                    f"encoders ({unsure} of {total})")
-        auc = auroc([r["backdoored"]["pl1"] for r in rows], [r["clean"]["pl1"] for r in rows])
+        auc = auroc([r["backdoored"]["pl1"] for r, k in judged if k == "backdoored"],
+                    [r["clean"]["pl1"] for r, k in judged if k == "clean"])
         out.append(f"[{'met' if auc is not None and auc >= 0.95 else 'MISSED'}] detection: AUROC >= 0.95 on PL1 "
                    f"({_f(auc, 3)})")
     return out
