@@ -137,7 +137,7 @@ class InversionConfig:
     lr: float = 0.5             # 0.5 in the first round, --re_lr later
     init_cost: float = 5e-2     # --init_cost
     threshold: float = 0.90     # --similarity_threshold (a number)
-    auto_threshold: bool = False  # --similarity_threshold auto: set per round by INVERSION.relative.prepare_round
+    auto_share: float = 0.0     # > 0: the threshold is set per round at this share (INVERSION.relative.prepare_round)
     chunk_size: int = CHUNK     # images per Adam update (not --attack_size: see CHUNK)
     psim: str = "original"      # --psim: original, pairs, or centred (INVERSION.relative.prepare_round)
     patience: int = 5
@@ -295,7 +295,6 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
     with frozen(backbone):
         for step in progress(range(config.cap), desc=desc, total=config.steps):
             if step >= config.steps and best is not None:
-                ended_by = "threshold"
                 break
             if step >= config.steps and hopeless:
                 ended_by = "unreachable"
@@ -322,7 +321,6 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
             schedule.update(psim)
         else:
             step = config.cap
-            ended_by = "threshold" if best is not None else "cap"
     steps_run = max(step, 1)
     means = (sums / steps_run).tolist()
     if best is None:

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from DATASETS.stats import UsageInfo, normalize
 from INVERSION.inversion import CHUNK, InversionConfig, chunk_similarity, chunks, frozen, psim_ceiling
 
-AUTO = "auto"          # the --similarity_threshold value that asks for the encoder-relative threshold
 # Share of the way from the clean psim to the ceiling. Chosen on the two tuned families of
 # bench/generalise.py (synthetic, lowcontrast; seed 0): there the paper's 0.90 sits 0.80 of the way from the
 # clean psim (0.61-0.63) to 31/32, so auto asks what the paper asks where its threshold was tuned, and the
@@ -66,18 +65,19 @@ def feature_centre(backbone: nn.Module, images: Tensor, usage: UsageInfo, chunk_
 
 
 def prepare_round(backbone: nn.Module, attack: Tensor, usage: UsageInfo,
-                  config: InversionConfig) -> tuple[nn.Module, InversionConfig, float]:
-    """The backbone and settings one round inverts with on ``attack`` (N, 3, H, W), and the clean psim.
+                  config: InversionConfig) -> tuple[nn.Module, InversionConfig]:
+    """The backbone and settings one round inverts with on ``attack`` (N, 3, H, W).
 
     ``--psim centred`` wraps the backbone in :class:`CentredFeatures` (centre: this attack set's clean mean
-    feature) and compares the pair mean; ``config.auto_threshold`` replaces the threshold by :func:`relative_threshold` of the
-    clean psim. Both are measured with the encoder as it is now (moth hardens it between rounds).
+    feature) and compares the pair mean; ``config.auto_share`` > 0 replaces the threshold by
+    :func:`relative_threshold` of the clean psim at that share. Both are measured with the encoder as it is
+    now (moth hardens it between rounds); a fixed threshold costs no extra pass.
     """
     if config.psim == "centred":
         backbone = CentredFeatures(backbone, feature_centre(backbone, attack, usage, config.chunk_size))
         config = replace(config, psim="pairs")
-    clean = chunk_similarity(backbone, attack, usage, None, config.psim, config.chunk_size)
-    if config.auto_threshold:
+    if config.auto_share > 0:
+        clean = chunk_similarity(backbone, attack, usage, None, config.psim, config.chunk_size)
         ceiling = psim_ceiling(config.psim, min(config.chunk_size, attack.shape[0]))
-        config = replace(config, threshold=relative_threshold(clean, ceiling), auto_threshold=False)
-    return backbone, config, clean
+        config = replace(config, threshold=relative_threshold(clean, ceiling, config.auto_share), auto_share=0.0)
+    return backbone, config

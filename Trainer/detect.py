@@ -16,9 +16,8 @@ from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
 from DATASETS.triggers import GroundTruthTrigger
 from INVERSION.detect import judge, relative_size
-from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig, chunk_similarity, psim_ceiling
-from INVERSION.relative import DETECT_SHARE, relative_threshold
-from MODELS.precision import with_precision
+from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
+from INVERSION.relative import DETECT_SHARE
 from Trainer.filenames import DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER
 from Trainer.nc import invert_once
 from UTILS.io import write_json
@@ -75,16 +74,14 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     by DECREE's (``settings.psim_threshold`` on the pair-mean cosine). Returns detect.json's content.
     """
     data = detection_images(data, settings.images)
-    goal = settings.psim_threshold
-    if goal == "auto":  # the same collapse relative to where this encoder's clean images already stand
-        clean = chunk_similarity(with_precision(model.f, settings.amp), data.x, usage, None, DETECT_PSIM_KIND,
-                                 config.chunk_size)
-        goal = relative_threshold(clean, psim_ceiling(DETECT_PSIM_KIND, config.chunk_size), DETECT_SHARE)
-    config = replace(config, threshold=goal, auto_threshold=False, psim=DETECT_PSIM_KIND)
+    auto = settings.psim_threshold == "auto"  # the same collapse relative to where the clean images already stand
+    config = replace(config, psim=DETECT_PSIM_KIND, auto_share=DETECT_SHARE if auto else 0.0,
+                     threshold=config.threshold if auto else settings.psim_threshold)
     done = invert_once(model, data, usage, config, ground_truth, amp=settings.amp, seed=settings.seed,
                        step_seed=settings.step_seed, what="detection", hint="Check the encoder, or lower --init_cost",
                        trigger_path=log_dir / DETECT_TRIGGER, preview_path=log_dir / DETECT_PICTURE)
     result, psim, reference = done.result, done.psim, done.reference
+    goal = reference["threshold"]  # the round's threshold: settings.psim_threshold, or the auto one
     verdict = judge(relative_size(result.mask), result.reached, settings.pl1_threshold)
     note = calibration_note(settings, len(data))
     explanation = verdict.explain() + (f"; note: {note}" if note else "")
@@ -95,7 +92,7 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
                "inconclusive_band": [settings.pl1_threshold / verdict.factor, settings.pl1_threshold * verdict.factor],
                "l1": result.l1,
                "l1_definition": L1_DEFINITION, "image_pixels": h * w, "psim": psim, "psim_kind": config.psim,
-               "psim_threshold": goal, "psim_threshold_rule": "auto" if settings.psim_threshold == "auto" else "fixed",
+               "psim_threshold": goal, "psim_threshold_rule": "auto" if auto else "fixed",
                "reached_threshold": result.reached,
                "steps": result.steps, "images": len(data), "clean_psim": reference["clean_psim"],
                "gt_psim": reference["gt_psim"], "trigger": str(log_dir / DETECT_TRIGGER),

@@ -14,6 +14,7 @@ from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import Trigger
 from EVALUATION.monitor import build_monitor
 from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
+from INVERSION.relative import AUTO_SHARE
 from MODELS.checkpoint import load_checkpoint
 from Trainer.common import (LOADER_SEED, Outputs, canonical, check_fingerprint, input_record,
                             load_ground_truth, load_stage_encoder, monitor_files, refuse_broken_encoder, remove_outputs,
@@ -63,7 +64,8 @@ def inversion_config(cfg: MainConfig) -> InversionConfig:
     """One inversion round's settings from MAIN.py's --re_* flags."""
     return InversionConfig(steps=cfg.re_steps, lr=cfg.re_lr, init_cost=cfg.init_cost,
                            threshold=0.0 if cfg.similarity_threshold == "auto" else cfg.similarity_threshold,
-                           auto_threshold=cfg.similarity_threshold == "auto", psim=cfg.psim, step_cap=cfg.re_steps_cap,
+                           auto_share=AUTO_SHARE if cfg.similarity_threshold == "auto" else 0.0, psim=cfg.psim,
+                           step_cap=cfg.re_steps_cap,
                            micro_batch=cfg.micro_batch)
 
 

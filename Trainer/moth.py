@@ -152,11 +152,11 @@ class RoundSteps:
         first = previous is None
         start = random_start(self.data.x.shape[-1], rng) if first else (previous.mask[0], previous.pattern)
         config = replace(self.settings.inversion, lr=FIRST_ROUND_LR if first else self.settings.inversion.lr)
-        backbone, config, _ = prepare_round(self.f, attack, self.usage, config)
+        backbone, config = prepare_round(self.f, attack, self.usage, config)
         row = attack_set_similarities(backbone, attack, self.usage, self.ground_truth, config.psim, config.chunk_size)
         row["threshold"] = config.threshold
         check_threshold(config, row["clean_psim"], row["gt_psim"] if k == 0 else float("nan"), state.warned,
-                        auto=self.settings.inversion.auto_threshold)
+                        auto=self.settings.inversion.auto_share > 0)
         result = invert_trigger(backbone, attack, self.usage, config, start, seed=state.step_seed,
                                 desc=f"round {k} inversion")
         state.step_seed = result.next_seed

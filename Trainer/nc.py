@@ -37,7 +37,7 @@ def invert_once(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inv
                 what: str, hint: str, trigger_path: Path, preview_path: Path) -> OneRound:
     """One round (first-round lr) from a seeded random start over ``data`` (N, 3, H, W): the NC baseline's
     and the detection's shared body. ``what`` names it in the progress bar and a non-finite error."""
-    backbone, config, _ = prepare_round(with_precision(model.f, amp), data.x, usage, replace(config, lr=FIRST_ROUND_LR))
+    backbone, config = prepare_round(with_precision(model.f, amp), data.x, usage, replace(config, lr=FIRST_ROUND_LR))
     start = random_start(data.x.shape[-1], np.random.RandomState(seed % 2**32))
     result = invert_trigger(backbone, data.x, usage, config, start, seed=step_seed, desc=what)
     check_nonfinite({"inversion loss": result.loss, "trigger L1": result.l1}, what, "Nothing was saved", hint)

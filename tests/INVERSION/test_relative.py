@@ -51,11 +51,11 @@ def test_prepare_round_sets_the_auto_threshold_from_the_clean_psim():
     torch.manual_seed(0)
     images = torch.rand(40, 3, 4, 4, dtype=torch.float64)
     backbone = Flat()
-    config = InversionConfig(psim="original", auto_threshold=True)
-    same, ready, clean = prepare_round(backbone, images, PLAIN, config)
-    assert same is backbone and not ready.auto_threshold
-    assert clean == pytest.approx(chunk_similarity(backbone, images, PLAIN, None, "original"))
-    assert ready.threshold == pytest.approx(relative_threshold(clean, psim_ceiling("original", 32)))
+    config = InversionConfig(psim="original", auto_share=AUTO_SHARE)
+    same, ready = prepare_round(backbone, images, PLAIN, config)
+    assert same is backbone and ready.auto_share == 0.0
+    clean = chunk_similarity(backbone, images, PLAIN, None, "original")
+    assert ready.threshold == pytest.approx(relative_threshold(clean, psim_ceiling("original", 32)), rel=1e-12)
     fixed = prepare_round(backbone, images, PLAIN, InversionConfig(threshold=0.9))[1]
     assert fixed.threshold == 0.9
 
@@ -63,8 +63,8 @@ def test_prepare_round_sets_the_auto_threshold_from_the_clean_psim():
 def test_prepare_round_centres_on_the_attack_sets_mean_feature():
     torch.manual_seed(0)
     images = torch.rand(32, 3, 4, 4, dtype=torch.float64)
-    backbone, config, clean = prepare_round(Flat(), images, PLAIN, InversionConfig(psim="centred",
-                                                                                    auto_threshold=True))
+    backbone, config = prepare_round(Flat(), images, PLAIN, InversionConfig(psim="centred", auto_share=AUTO_SHARE))
     assert isinstance(backbone, CentredFeatures) and config.psim == "pairs"
+    clean = chunk_similarity(backbone, images, PLAIN, None, "pairs")
     assert abs(clean) < 0.1  # one chunk of all 32 images, centred on its own mean
     assert config.threshold == pytest.approx(relative_threshold(clean, 1.0))
