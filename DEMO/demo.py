@@ -147,7 +147,7 @@ class DemoRun:
             "--pretraining_dataset", self.data.pretrain, "--model", p.model, "--encoder_usage_info", self.data.usage,
             "--results_dir", str(L.clean), "--downstreamTask", self.data.downstream, "--knn-k", str(p.knn_k),
             "--seed", str(100 + self.cfg.seed), *flags(p.pretrain)])
-        return L.clean / f"model_{p.pretrain['epochs']}.pth"
+        return self.clean_encoder
 
     def inject(self, clean: Path) -> Path:
         """Stage 3: ``badencoder.py`` into ``clean``; returns the backdoored encoder's checkpoint."""
@@ -213,12 +213,18 @@ class DemoRun:
         """Every stage in order, then the summary and report; returns summary.json's content."""
         return self.defend(self.encoders())
 
-    def encoders(self) -> dict:
+    @property
+    def clean_encoder(self) -> Path:
+        """The clean encoder's checkpoint that pre-training writes."""
+        return self.layout.clean / f"model_{self.preset.pretrain['epochs']}.pth"
+
+    def encoders(self, keep_finished: bool = False) -> dict:
         """Stages 1-4 and the detection: the data, the clean and the backdoored encoder, their ACC/ASR and
-        verdicts (the rows ``clean`` and ``backdoored`` of the results)."""
+        verdicts (the rows ``clean`` and ``backdoored`` of the results). ``keep_finished``: an encoder already
+        on disk is used instead of being made again (bench/generalise.py resumes an interrupted cell so)."""
         self.prepare()
-        clean = self.pretrain()
-        backdoored = self.inject(clean)
+        clean = self.clean_encoder if keep_finished and self.clean_encoder.is_file() else self.pretrain()
+        backdoored = self.backdoored if keep_finished and self.backdoored.is_file() else self.inject(clean)
         results = {"clean": self.evaluate("clean", clean), "backdoored": self.evaluate("backdoored", backdoored)}
         for label, encoder in (("clean", clean), ("backdoored", backdoored)):
             results[label] = {**results[label], "detect": self.detect(label, encoder)}

@@ -69,6 +69,14 @@ def extract_features_sharded(backbone: nn.Module, images: torch.Tensor, usage: U
     return gather_to_all(extract_features(backbone, images[lo:hi], usage, trigger, batch_size, desc))
 
 
+# A collapsed encoder: every clean image within this distance of the mean unit feature (cosine > 0.99995).
+# Set well below what briefly trained working encoders show: a tiny test encoder after two unlearning epochs
+# sits at 0.043, the BadEncoder-damaged encoder of bench/generalise.py's nearsame family (downstream ACC at
+# chance) at 0.034, encoders that work at 0.54-0.83. So a near-collapse like nearsame's is not refused: the
+# check catches only encoders whose features carry no usable direction at all.
+COLLAPSED_SPREAD = 0.01
+
+
 def feature_problem(features: torch.Tensor) -> str | None:
     """Why ``features`` (N, D) of N >= 2 different clean images cannot be judged, or None when they can.
 
@@ -93,10 +101,3 @@ def feature_problem(features: torch.Tensor) -> str | None:
                 f"image and the mean), as a collapsed encoder does")
     return None
 
-
-# A collapsed encoder: every clean image within this distance of the mean unit feature (cosine > 0.99995).
-# Set well below what briefly trained working encoders show: a tiny test encoder after two unlearning epochs
-# sits at 0.043, the BadEncoder-damaged encoder of bench/generalise.py's nearsame family (downstream ACC at
-# chance) at 0.034, encoders that work at 0.54-0.83. So a near-collapse like nearsame's is not refused: the
-# check catches only encoders whose features carry no usable direction at all.
-COLLAPSED_SPREAD = 0.01

@@ -13,11 +13,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 
 from DATASETS.loaders import split_files
-from DATASETS.stats import UsageInfo, get_usage
+from DATASETS.stats import UsageInfo, get_usage, normalize
 from DATASETS.triggers import load_trigger
 from EVALUATION.features import feature_problem
+from INVERSION.inversion import frozen
 from MODELS.checkpoint import load_encoder, load_error_reason
-from MODELS.precision import check_amp
+from MODELS.precision import check_amp, with_precision
 from Trainer.filenames import DEFAULT_TRIGGER, INT, name_matches
 from UTILS.distributed import agree_on, from_main, start
 from UTILS.errors import fail
@@ -320,13 +321,10 @@ def refuse_broken_encoder(backbone: torch.nn.Module, images: torch.Tensor, usage
                           amp: bool = False) -> None:
     """One line and no verdict, trigger or classifier for an encoder whose features of the first clean
     ``images`` (N, 3, H, W) cannot be judged (:func:`EVALUATION.features.feature_problem`)."""
-    from DATASETS.stats import normalize
-    from INVERSION.inversion import frozen  # eval mode, as every judging pass runs the encoder
-    from MODELS.precision import with_precision
-
     if images.shape[0] < 2:
         return
-    with torch.no_grad(), frozen(backbone):  # raw features: normalised ones would hide zeros and overflow
+    with torch.no_grad(), frozen(backbone):  # eval mode as every judging pass; raw features: normalised ones
+        # would hide zeros and overflow
         features = with_precision(backbone, amp)(normalize(images[:BROKEN_CHECK_IMAGES], usage))
     problem = feature_problem(features)
     if problem is not None:

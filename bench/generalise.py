@@ -125,14 +125,7 @@ class Cell:
         if path.is_file() and not self.args.rerun:
             return json.loads(path.read_text())
         log(f"\n##### {self.name}: encoders #####")
-        run = self.run_for("paper")
-        run.prepare()
-        clean = run.layout.clean / f"model_{self.preset.pretrain['epochs']}.pth"
-        clean = clean if clean.is_file() and not self.args.rerun else run.pretrain()  # an interrupted cell resumes
-        backdoored = run.backdoored if run.backdoored.is_file() and not self.args.rerun else run.inject(clean)
-        results = {"clean": run.evaluate("clean", clean), "backdoored": run.evaluate("backdoored", backdoored)}
-        for label, encoder in (("clean", clean), ("backdoored", backdoored)):
-            results[label] = {**results[label], "detect": run.detect(label, encoder)}
+        results = self.run_for("paper").encoders(keep_finished=not self.args.rerun)  # an interrupted cell resumes
         write_json(path, results)
         return results
 
@@ -140,8 +133,7 @@ class Cell:
         """MAIN.py --phase detect on both finished encoders again; encoders.json gets the new verdicts."""
         results = self.encoders()
         run = self.run_for("paper")
-        files = {"clean": run.layout.clean / f"model_{self.preset.pretrain['epochs']}.pth",
-                 "backdoored": run.backdoored}
+        files = {"clean": run.clean_encoder, "backdoored": run.backdoored}
         log(f"\n##### {self.name}: detection again #####")
         for label, encoder in files.items():
             try:
@@ -169,10 +161,9 @@ class Cell:
         usage = get_usage(self.data.usage)
         share = self.preset.inversion["data_ratio"]
         images = load_train_share(self.data.pretrain, share, self.data_dir, usage, "cpu").x[:64]
-        layout = RunLayout(self.root / "paper")
-        gt = load_trigger(layout.trigger, "--trigger_file", expected_size=usage.size)
-        files = {"clean": layout.clean / f"model_{self.preset.pretrain['epochs']}.pth",
-                 "backdoored": layout.backdoor / f"model_{self.preset.badencoder['epochs']}.pth"}
+        run = self.run_for("paper")
+        gt = load_trigger(run.layout.trigger, "--trigger_file", expected_size=usage.size)
+        files = {"clean": run.clean_encoder, "backdoored": run.backdoored}
         out = {}
         for kind, file in files.items():
             f = load_encoder(file, self.model, "cpu").f
