@@ -1,23 +1,20 @@
 """bench/bench.py as a tool: what it plans to measure, and a tiny real run that writes its table and CSV.
 (Times are never asserted.)"""
 import csv
-import importlib.util
 import math
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bench import load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_tool", ROOT / "bench" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_tool"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench", "bench_tool")
 
 
 def test_quick_plan_covers_every_stage_of_both_models_and_the_amp_rows(bench):

@@ -1,6 +1,5 @@
 """bench/families.py and bench/generalise.py as tools: the families are real, deterministic and readable by the
 normal loaders; the table and its targets are computed from the rows (no cell is run here: they take minutes)."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -8,26 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.bench import load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load(name):
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def families():
-    return load("families")
+    return load_bench("families", "families")
 
 
 @pytest.fixture(scope="module")
 def generalise():
-    return load("generalise")
+    return load_bench("generalise", "generalise")
 
 
 @pytest.mark.parametrize("family", ["glyphs", "photos", "lowcontrast", "nearsame"])

@@ -1,6 +1,5 @@
 """bench/gpu_check.py, the check prepared for a GPU: its comparison rules, its report, and (slow) its whole
 ``--device cpu --quick`` path, run where matplotlib cannot be imported (the GPU host has none)."""
-import importlib.util
 import json
 import math
 import os
@@ -11,16 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.bench import load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def gc():
-    spec = importlib.util.spec_from_file_location("gpu_check_tool", ROOT / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check_tool"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("gpu_check", "gpu_check_tool")
 
 
 def test_differences_are_relative_or_in_points_and_lists_must_match_in_length(gc):

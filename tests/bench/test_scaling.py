@@ -1,20 +1,18 @@
 """bench/scaling.py as a tool: its tables' rows (times are never asserted)."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bench import load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def scaling():
-    spec = importlib.util.spec_from_file_location("bench_scaling", ROOT / "bench" / "scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("scaling", "bench_scaling")
 
 
 def test_the_baseline_comes_first(scaling):
