@@ -63,6 +63,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated demo seeds (0..4)")
     p.add_argument("--triggers", default="white", help=f"comma-separated, of {', '.join(TRIGGERS)}")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    p.add_argument("--oracle", action="store_true",
+                   help="also unlearn the injected trigger (a measurement of the unlearning stage's ceiling)")
     p.add_argument("--tuned", default=",".join(TUNED), help="families the settings were chosen on (others: held out)")
     p.add_argument("--runs", default="demo_runs/generalise", help="folder of the cells' runs")
     p.add_argument("--data_root", default="data/families", help="folder the families' datasets are written to")
@@ -111,7 +113,7 @@ class Cell:
 
     def run_for(self, arm: str) -> DemoRun:
         """The demo run whose folder holds ``arm``'s defence (the paper arm's also holds the encoders)."""
-        inversion = {**self.preset.inversion, **ARMS[arm]}
+        inversion = {**self.preset.inversion, **ARMS.get(arm, {})}
         cfg = DemoConfig(out=str(self.root / arm), device=self.args.device, data_dir=self.data_dir, seed=self.seed,
                          overwrite=True).validate()
         encoders = RunLayout(self.root / "paper")
@@ -183,10 +185,26 @@ class Cell:
         self.data.write_trigger(run.layout.trigger)  # the injected trigger: its ASR sets and gt_psim column
         return run.defend({k: dict(v) for k, v in encoders.items()})
 
+    def oracle(self) -> dict:
+        """The unlearning stage's ceiling on this cell: ``Unlearn-trigger.py`` given the *injected* trigger (a
+        measurement only: no method ever sees it), then the downstream classifier (kept in oracle/oracle.json).
+        When RECEIVE misses, this says whether the inversion found the wrong trigger or the unlearning falls short."""
+        path = self.root / "oracle" / "oracle.json"
+        if path.is_file() and not self.args.rerun:
+            return json.loads(path.read_text())
+        log(f"\n##### {self.name}: unlearning the injected trigger (the ceiling) #####")
+        run = self.run_for("oracle")
+        self.data.write_trigger(run.layout.trigger)
+        found = run.evaluate("RECEIVE", run.unlearn("moth", run.layout.trigger))
+        write_json(path, {"acc": found["acc"], "asr": found["asr"]})
+        return json.loads(path.read_text())
+
     def row(self, encoders: dict, arms: dict[str, dict]) -> dict:
         """The cell's numbers for the table and its JSON."""
         row = {"cell": self.name, "family": self.family, "model": self.model, "seed": self.seed,
                "trigger": self.trigger, "probe": self.probe()}
+        oracle = self.root / "oracle" / "oracle.json"
+        row["oracle"] = json.loads(oracle.read_text()) if oracle.is_file() else None
         for kind in ENCODERS:
             det = encoders[kind]["detect"]
             row[kind] = {"acc": encoders[kind]["acc"], "asr": encoders[kind]["asr"], "verdict": det["verdict"],
@@ -251,6 +269,10 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
                          f"{_f(a['gt_psim'], 4):>9}{_f(a['receive']['acc'], 1):>9}/{_f(a['receive']['asr'], 1):<7}"
                          f"{_f(a['nc']['acc'], 1):>7}/{_f(a['nc']['asr'], 1):<7}{a['round']:>6}{_f(a['l1'], 1):>7}  "
                          f"{a['stop']} ({a['rounds']} rounds)")
+    if any(r.get("oracle") for r in rows):
+        lines += ["", "unlearning the injected trigger instead (the unlearning stage's ceiling; a measurement only):"]
+        lines += [f"{r['cell'].split('/', 1)[1]:<28}ACC/ASR {_f(r['oracle']['acc'], 1)}/{_f(r['oracle']['asr'], 1)}"
+                  for r in rows if r.get("oracle")]
     lines += ["", "targets:"] + [f"  {t}" for t in targets(rows, arms)]
     return "\n".join(lines)
 
@@ -323,6 +345,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
             if args.stage == "all":
                 for arm in arms:
                     cell.arm(arm, encoders)
+                if args.oracle:
+                    cell.oracle()
         rows = [cell.row(cell.encoders(), {a: cell.arm(a, cell.encoders()) for a in arms
                                            if RunLayout(cell.root / a).summary.is_file()}) for cell in cells]
         text = format_family(family, rows, arms, family not in tuned)
