@@ -176,6 +176,48 @@ class Cell:
         write_json(path, out)
         return out
 
+    def collapse(self, arms: list[str]) -> dict:
+        """Where each found trigger sits and what it collapses the features onto (a measurement, kept in
+        collapse.json): per trigger (the check's on both encoders; RECEIVE's and NC's choice per arm, on the
+        backdoored encoder) ``in_square``, the share of the mask's mass inside the injected trigger's mask
+        (chance: its share of the image), and ``onto_injected``, the cosine between the centred mean feature of
+        images stamped with it and that of images stamped with the injected trigger (1: the same collapse point)."""
+        from DATASETS.stats import get_usage
+        from DATASETS.tensors import load_train_share
+        from DATASETS.triggers import load_trigger
+        from Trainer.filenames import BEST_TRIGGER, DETECT_TRIGGER, NC_TRIGGER
+        from MODELS.checkpoint import load_encoder
+
+        usage = get_usage(self.data.usage)
+        images = load_train_share(self.data.pretrain, self.preset.inversion["data_ratio"], self.data_dir, usage,
+                                  "cpu").x[:64]
+        run = self.run_for("paper")
+        gt = load_trigger(run.layout.trigger, "--trigger_file", expected_size=usage.size)
+        found = {("clean", "check"): (run.clean_encoder, run.layout.detect_dir("clean") / DETECT_TRIGGER),
+                 ("backdoored", "check"): (run.backdoored, run.layout.detect_dir("backdoored") / DETECT_TRIGGER)}
+        for arm in arms:
+            layout = RunLayout(self.root / arm)
+            found[("backdoored", f"{arm} RECEIVE")] = (run.backdoored, layout.moth_log / BEST_TRIGGER)
+            found[("backdoored", f"{arm} NC")] = (run.backdoored, layout.nc_log / NC_TRIGGER)
+        out: dict = {"chance": float(gt.mask.float().mean())}
+        for (encoder, what), (file, trigger_file) in found.items():
+            if trigger_file.is_file():
+                f = load_encoder(file, self.model, "cpu").f
+                trigger = load_trigger(trigger_file, "--re_mask_pattern", expected_size=usage.size)
+                out.setdefault(encoder, {})[what] = collapse_measures(f, images, usage, trigger, gt)
+        return out
+
+    def collapse_cached(self, arms: list[str]) -> dict:
+        """Cell.collapse, kept in collapse.json and measured again when an arm was added since."""
+        path = self.root / "collapse.json"
+        if path.is_file() and not self.args.rerun:
+            kept = json.loads(path.read_text())
+            if all(f"{a} RECEIVE" in kept.get("backdoored", {}) for a in arms):
+                return kept
+        out = self.collapse(arms)
+        write_json(path, out)
+        return out
+
     def arm(self, arm: str, encoders: dict) -> dict:
         """One arm's defences on the backdoored encoder (kept in <arm>/summary.json)."""
         run = self.run_for(arm)
@@ -203,6 +245,7 @@ class Cell:
         """The cell's numbers for the table and its JSON."""
         row = {"cell": self.name, "family": self.family, "model": self.model, "seed": self.seed,
                "trigger": self.trigger, "probe": self.probe()}
+        row["collapse"] = self.collapse_cached(list(arms))
         oracle = self.root / "oracle" / "oracle.json"
         row["oracle"] = json.loads(oracle.read_text()) if oracle.is_file() else None
         for kind in ENCODERS:
@@ -222,6 +265,31 @@ class Cell:
                         "round": moth["best_round"], "l1": moth["best_l1"], "stop": moth["stop_reason"],
                         "rounds": moth["rounds"]}
         return row
+
+
+def collapse_measures(backbone, images, usage, trigger, gt) -> dict:
+    """``in_square`` and ``onto_injected`` of one found ``trigger`` (see Cell.collapse); images (N, 3, H, W)."""
+    import torch
+
+    from DATASETS.stats import normalize
+
+    def centre(stamp=None):
+        with torch.no_grad():
+            feats = backbone(normalize(stamp(images) if stamp else images, usage)).flatten(1)
+            return torch.nn.functional.normalize(feats, dim=1).mean(0)
+
+    mu = centre()
+    cos = torch.nn.functional.cosine_similarity(centre(trigger) - mu, centre(gt) - mu, dim=0)
+    mask, square = trigger.mask.float().reshape(-1, *trigger.mask.shape[-2:])[0], gt.mask.float()
+    square = square.reshape(-1, *square.shape[-2:])[0] > 0
+    return {"in_square": float(mask[square].sum() / mask.sum().clamp_min(1e-12)), "onto_injected": float(cos)}
+
+
+def _get(tree: dict, *keys):
+    """tree[k1][k2]... or None where a level is missing."""
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
 
 
 def _num(text) -> float | None:
@@ -256,10 +324,16 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
             p = r["probe"][kind]
             lines.append(f"{r['cell'].split('/', 1)[1]:<28}{kind:<12}" + "".join(
                 f"{_f(p[k]['clean'], 4):>14} /{_f(p[k]['gt'], 4):>6}" for k in PSIM_KINDS))
+    lines += ["", "what each check trigger collapses onto (in sq: share of its mask inside the injected square, "
+              "chance ~0.10; onto: cosine of its centred collapse point with the injected trigger's):"]
+    for r in rows:
+        lines.append(f"{r['cell'].split('/', 1)[1]:<28}" + "".join(
+            f"{kind} in sq {_f(_get(r, 'collapse', kind, 'check', 'in_square'), 2)} onto "
+            f"{_f(_get(r, 'collapse', kind, 'check', 'onto_injected'), 2)}    " for kind in ENCODERS))
     for arm in arms:
         lines += ["", f"arm {arm}: {ARMS[arm] or 'the paper flags'}"]
         head = (f"{'cell':<28}{'thr':>7}{'clean psim':>11}{'gt psim':>9}{'RECEIVE ACC/ASR':>17}{'NC ACC/ASR':>15}"
-                f"{'round':>6}{'L1':>7}  stop")
+                f"{'round':>6}{'L1':>7}{'in sq':>7}{'onto':>6}  stop")
         lines += [head, "-" * len(head)]
         for r in rows:
             if arm not in r:
@@ -267,7 +341,9 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
             a = r[arm]
             lines.append(f"{r['cell'].split('/', 1)[1]:<28}{str(a['threshold'])[:6]:>7}{_f(a['clean_psim'], 4):>11}"
                          f"{_f(a['gt_psim'], 4):>9}{_f(a['receive']['acc'], 1):>9}/{_f(a['receive']['asr'], 1):<7}"
-                         f"{_f(a['nc']['acc'], 1):>7}/{_f(a['nc']['asr'], 1):<7}{a['round']:>6}{_f(a['l1'], 1):>7}  "
+                         f"{_f(a['nc']['acc'], 1):>7}/{_f(a['nc']['asr'], 1):<7}{a['round']:>6}{_f(a['l1'], 1):>7}"
+                         f"{_f(_get(r, 'collapse', 'backdoored', f'{arm} RECEIVE', 'in_square'), 2):>7}"
+                         f"{_f(_get(r, 'collapse', 'backdoored', f'{arm} RECEIVE', 'onto_injected'), 2):>6}  "
                          f"{a['stop']} ({a['rounds']} rounds)")
     if any(r.get("oracle") for r in rows):
         lines += ["", "unlearning the injected trigger instead (the unlearning stage's ceiling; a measurement only):"]

@@ -86,3 +86,26 @@ def test_bad_flags_are_one_line_errors(flag, value, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "generalise.py"), flag, value, "--runs",
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and flag in proc.stderr
+
+
+def test_collapse_measures_place_a_trigger_and_its_collapse_point(generalise):
+    """The injected trigger itself: all its mass in the square, the same collapse point (cosine 1); a trigger
+    outside the square: none of its mass there. float64 throughout, so 1e-9 is far above rounding."""
+    import torch
+
+    from DATASETS.stats import get_usage
+    from DATASETS.triggers import GroundTruthTrigger, InvertedTrigger, white_square_trigger
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)).double()
+    images = torch.rand(6, 3, 32, 32, dtype=torch.float64)
+    usage = get_usage("cifar10")
+    gt = GroundTruthTrigger(**white_square_trigger())
+    gt_double = InvertedTrigger(gt.mask.double(), gt.pattern.double())
+    same = generalise.collapse_measures(net, images, usage, gt_double, gt_double)
+    assert abs(same["in_square"] - 1) < 1e-9 and abs(same["onto_injected"] - 1) < 1e-9
+    corner = torch.zeros(32, 32, dtype=torch.float64)
+    corner[:5, :5] = 1
+    away = InvertedTrigger(corner, torch.rand(3, 32, 32, dtype=torch.float64))
+    measured = generalise.collapse_measures(net, images, usage, away, gt_double)
+    assert measured["in_square"] == 0 and -1 <= measured["onto_injected"] <= 1
