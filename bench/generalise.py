@@ -49,6 +49,10 @@ MODELS = ("tiny", "resnet18_small")
 TRIGGERS = {"white": None, "colour": (8, 12, 0)}  # white 10x10 at 21 (the demo's); colour 8x8 at 12, seeded colours
 ARMS = {"paper": {}, "auto": {"similarity_threshold": "auto"},  # MAIN.py inversion flags that differ from the preset
         "centred": {"similarity_threshold": "auto", "psim": "centred"}}
+# BadEncoder settings that differ from the demo's: "weak" stops after one epoch, a backdoor that moves the stamped
+# images' features only part of the way to one point (as on the private real-image check, where the injected
+# trigger took psim from 0.89 to 0.93 only); its clean encoder is the full attack's, copied when it exists
+ATTACKS = {"full": {}, "weak": {"epochs": 1}}
 TUNED = ("synthetic", "lowcontrast")  # the families every setting beyond the paper's was chosen on
 ENCODERS = ("clean", "backdoored")
 PSIM_KINDS = ("original", "pairs", "centred")
@@ -62,6 +66,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--models", default="tiny", help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--seeds", default="0", help="comma-separated demo seeds (0..4)")
     p.add_argument("--triggers", default="white", help=f"comma-separated, of {', '.join(TRIGGERS)}")
+    p.add_argument("--attacks", default="full", help=f"comma-separated, of {', '.join(ATTACKS)}")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     p.add_argument("--oracle", action="store_true",
                    help="also unlearn the injected trigger (a measurement of the unlearning stage's ceiling)")
@@ -98,10 +103,13 @@ def trigger_writer(name: str):
 class Cell:
     """One (family, model, seed, trigger): its folders, its runs and its row of the table."""
 
-    def __init__(self, family: str, model: str, seed: int, trigger: str, args: argparse.Namespace) -> None:
+    def __init__(self, family: str, model: str, seed: int, trigger: str, args: argparse.Namespace,
+                 attack: str = "full") -> None:
         self.family, self.model, self.seed, self.trigger, self.args = family, model, seed, trigger, args
-        self.root = Path(args.runs) / family / f"{model}-s{seed}-{trigger}"
-        self.preset: Preset = replace(PRESETS["default"], model=model)
+        self.attack = attack
+        self.root = Path(args.runs) / family / self.name.split("/", 1)[1]
+        preset = PRESETS["default"]
+        self.preset: Preset = replace(preset, model=model, badencoder={**preset.badencoder, **ATTACKS[attack]})
         sets = ensure_family(family, args.data_root)
         self.data = DemoData(pretrain=sets.pretrain, downstream=sets.downstream, usage=sets.usage,
                              prepare=lambda _dir: None, write_trigger=trigger_writer(trigger))
@@ -109,7 +117,8 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.family}/{self.model}-s{self.seed}-{self.trigger}"
+        weak = "" if self.attack == "full" else f"-{self.attack}"  # the full attack's cells keep their names
+        return f"{self.family}/{self.model}-s{self.seed}-{self.trigger}{weak}"
 
     def run_for(self, arm: str) -> DemoRun:
         """The demo run whose folder holds ``arm``'s defence (the paper arm's also holds the encoders)."""
@@ -127,9 +136,24 @@ class Cell:
         if path.is_file() and not self.args.rerun:
             return json.loads(path.read_text())
         log(f"\n##### {self.name}: encoders #####")
+        self.share_clean_encoder()
         results = self.run_for("paper").encoders(keep_finished=not self.args.rerun)  # an interrupted cell resumes
         write_json(path, results)
         return results
+
+    def share_clean_encoder(self) -> None:
+        """A weaker attack's cell starts from the full attack's clean encoder (the same pre-training, same seed)
+        instead of training it again; nothing is copied when that one is missing or this one exists."""
+        if self.attack == "full":
+            return
+        full = Cell(self.family, self.model, self.seed, self.trigger, self.args).run_for("paper").clean_encoder
+        mine = self.run_for("paper").clean_encoder
+        if full.is_file() and not mine.exists():
+            import shutil
+
+            mine.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(full, mine)
+            log(f"clean encoder: {full} (the full attack's)")
 
     def redetect(self) -> dict:
         """MAIN.py --phase detect on both finished encoders again; encoders.json gets the new verdicts."""
@@ -244,7 +268,7 @@ class Cell:
     def row(self, encoders: dict, arms: dict[str, dict]) -> dict:
         """The cell's numbers for the table and its JSON."""
         row = {"cell": self.name, "family": self.family, "model": self.model, "seed": self.seed,
-               "trigger": self.trigger, "probe": self.probe()}
+               "trigger": self.trigger, "attack": self.attack, "probe": self.probe()}
         row["collapse"] = self.collapse_cached(list(arms))
         oracle = self.root / "oracle" / "oracle.json"
         row["oracle"] = json.loads(oracle.read_text()) if oracle.is_file() else None
@@ -410,11 +434,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     models = choices(args.models, MODELS, "--models")
     triggers = choices(args.triggers, TRIGGERS, "--triggers")
     arms = choices(args.arms, ARMS, "--arms")
+    attacks = choices(args.attacks, ATTACKS, "--attacks")
     seeds = [int(s) for s in choices(args.seeds, [str(i) for i in range(5)], "--seeds")]
     tuned = [t for t in args.tuned.split(",") if t]
     out: dict[str, list[dict]] = {}
     for family in families:
-        cells = [Cell(family, m, s, t, args) for m in models for s in seeds for t in triggers]
+        cells = [Cell(family, m, s, t, args, a) for m in models for s in seeds for t in triggers for a in attacks]
         for cell in cells:
             encoders = cell.redetect() if args.stage == "detect" else cell.encoders()
             cell.probe()
