@@ -340,8 +340,6 @@ def original_child(args) -> dict:
     """The original's side of ``args.part`` in this process; its seconds and how much it computed."""
     if args.part == "round":
         return original_round(args)
-    import torch
-
     sys.path.insert(0, str(ROOT))
     from MODELS.simclr import build_model
 
@@ -486,6 +484,7 @@ def notes(parts: dict[str, dict], args, loads: tuple[str, str]) -> list[str]:
 
 
 def load_average() -> str:
+    """The 1-minute load average, for the table's conditions ("?" where the system has none)."""
     return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
 
 
