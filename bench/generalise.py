@@ -74,9 +74,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--runs", default="demo_runs/generalise", help="folder of the cells' runs")
     p.add_argument("--data_root", default="data/families", help="folder the families' datasets are written to")
     p.add_argument("--results", default="bench/results", help="folder of generalise-<family>.txt|json")
-    p.add_argument("--stage", default="all", choices=("all", "encoders", "detect"),
+    p.add_argument("--stage", default="all", choices=("all", "encoders", "detect", "table"),
                    help="encoders: only build and judge the encoders (the slow part), arms later; detect: judge "
-                        "the finished encoders again (after a change to the check), keeping everything else")
+                        "the finished encoders again (after a change to the check), keeping everything else; "
+                        "table: run nothing, write the tables from the cells already on disk")
     p.add_argument("--rerun", action="store_true", help="run finished stages again instead of keeping them")
     p.add_argument("--device", default="cpu")
     return p
@@ -426,6 +427,17 @@ def auroc(positive: list, negative: list) -> float | None:
     return area([-big(v) for v in positive], [-big(v) for v in negative])
 
 
+def build(cell: Cell, args: argparse.Namespace, arms: list[str]) -> None:
+    """Run what ``--stage`` asks of one cell (each finished stage is kept unless --rerun)."""
+    encoders = cell.redetect() if args.stage == "detect" else cell.encoders()
+    cell.probe()
+    if args.stage == "all":
+        for arm in arms:
+            cell.arm(arm, encoders)
+        if args.oracle:
+            cell.oracle()
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     """Run (or reuse) every cell asked for; write one table per family; returns the rows per family."""
@@ -440,14 +452,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for family in families:
         cells = [Cell(family, m, s, t, args, a) for m in models for s in seeds for t in triggers for a in attacks]
-        for cell in cells:
-            encoders = cell.redetect() if args.stage == "detect" else cell.encoders()
-            cell.probe()
-            if args.stage == "all":
-                for arm in arms:
-                    cell.arm(arm, encoders)
-                if args.oracle:
-                    cell.oracle()
+        if args.stage == "table":  # run nothing: only the cells whose encoders are done
+            cells = [c for c in cells if (c.root / "encoders.json").is_file()]
+        else:
+            for cell in cells:
+                build(cell, args, arms)
         rows = [cell.row(cell.encoders(), {a: cell.arm(a, cell.encoders()) for a in arms
                                            if RunLayout(cell.root / a).summary.is_file()}) for cell in cells]
         text = format_family(family, rows, arms, family not in tuned)

@@ -81,7 +81,8 @@ def test_targets_are_judged_from_the_rows(generalise):
 
 
 @pytest.mark.parametrize("flag, value", [("--families", "cifar"), ("--models", "vit"), ("--seeds", "9"),
-                                         ("--triggers", "blend"), ("--arms", "magic")])
+                                         ("--triggers", "blend"), ("--arms", "magic"),
+                                         ("--attacks", "strong")])
 def test_bad_flags_are_one_line_errors(flag, value, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "generalise.py"), flag, value, "--runs",
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -109,3 +110,14 @@ def test_collapse_measures_place_a_trigger_and_its_collapse_point(generalise):
     away = InvertedTrigger(corner, torch.rand(3, 32, 32, dtype=torch.float64))
     measured = generalise.collapse_measures(net, images, usage, away, gt_double)
     assert measured["in_square"] == 0 and -1 <= measured["onto_injected"] <= 1
+
+
+def test_stage_table_runs_nothing_and_writes_the_tables_of_what_is_on_disk(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "generalise.py"), "--stage", "table", "--families",
+                           "synthetic", "--runs", str(runs), "--data_root", str(tmp_path / "data"), "--results",
+                           str(results)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not runs.exists()  # no cell was started
+    text = (results / "generalise-synthetic.txt").read_text()
+    assert "tuned" in text and "targets:" in text
