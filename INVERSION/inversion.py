@@ -162,6 +162,15 @@ class InversionConfig:
         return 0 if self.step_cap > 0 else max(self.steps, STALL_WINDOW)
 
 
+def ended_phrase(ended_by: str, config: InversionConfig) -> str:
+    """Why a round without a trigger stopped (``InversionResult.ended_by``), in words for a warning."""
+    if ended_by == "stall":
+        return f"its best psim had not risen for {config.stall_window} steps"
+    if ended_by == "unreachable":
+        return "the threshold lies above what a chunk of these images can reach"
+    return f"the cap of {config.cap} steps, --re_steps_cap"
+
+
 @dataclass
 class InversionResult:
     """What one inversion round found: the trigger, whether it reached the threshold, and the round's means."""
@@ -269,7 +278,7 @@ def chunks(images: Tensor, chunk_size: int) -> list[Tensor]:
 
 def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config: InversionConfig,
                    init: tuple[Tensor, Tensor], seed: int = FIRST_STEP_SEED, desc: str = "inversion",
-                   trace: Optional[list] = None) -> InversionResult:
+                   trace: Optional[list] = None, bar: Callable = progress) -> InversionResult:
     """Run one inversion round on ``images`` (N, 3, H, W) in [0, 1] against ``backbone`` (the f of SimCLR).
 
     ``init``: the start (mask (H, W), pattern (3, H, W)) in [0, 1]. ``seed``: the step counter; step
@@ -279,7 +288,8 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
     psim, or ``config.cap`` steps in all (then ``reached`` is False, ``ended_by`` says which, and the last
     trigger is returned). Without an explicit cap, a threshold above :func:`psim_ceiling` ends the round after
     ``config.steps`` steps (``ended_by`` "unreachable"): no number of steps could reach it.
-    ``trace``, if given, receives one dict per step.
+    ``trace``, if given, receives one dict per step. ``bar(iterable, desc=, total=)`` shows the steps' progress
+    (``UTILS.runtime.progress``; the round loop of INVERSION/iterative.py passes its caller's).
     """
     if images.shape[0] < 2:
         raise ValueError("inversion needs at least two images")
@@ -293,7 +303,7 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
     step, top, top_step, ended_by = 0, -math.inf, 0, "cap"  # top: the round's best psim so far, seen at top_step
     hopeless = config.step_cap == 0 and not config.reachable(images.shape[0])
     with frozen(backbone):
-        for step in progress(range(config.cap), desc=desc, total=config.steps):
+        for step in bar(range(config.cap), desc=desc, total=config.steps):
             if step >= config.steps and best is not None:
                 break
             if step >= config.steps and hopeless:

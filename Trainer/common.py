@@ -8,7 +8,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -16,6 +16,7 @@ from DATASETS.loaders import split_files
 from DATASETS.stats import UsageInfo, get_usage, normalize
 from DATASETS.triggers import load_trigger
 from EVALUATION.features import feature_problem
+from INVERSION.hardening import first_nonfinite
 from INVERSION.inversion import frozen
 from MODELS.checkpoint import load_encoder, load_error_reason
 from MODELS.precision import check_amp, with_precision
@@ -24,16 +25,10 @@ from UTILS.distributed import agree_on, from_main, start
 from UTILS.errors import fail
 from UTILS.io import atomic_write, ensure_writable_dir, file_digest, remove_stale_temps
 from UTILS.runtime import log, seed_everything
+from UTILS.seeds import seed_offset
 
 
-SEED_STRIDE = 1_000_000  # --seed N shifts every seeded counter by N * SEED_STRIDE (--seed 0: the original's draws)
 LOADER_SEED = 100  # the paper's code reseeds torch's global RNG with 100 when its loader takes a --data_ratio < 1 share
-
-
-def seed_offset(seed_index: int) -> int:
-    """Where a run's seeded counters start: 0 for ``--seed 0``, as in the paper's code, whose draws
-    there never depend on ``--seed``; other seeds get streams of their own."""
-    return seed_index * SEED_STRIDE
 
 
 def reseed_after_loading(ratio: float, seed_index: int) -> None:
@@ -285,12 +280,6 @@ def check_fingerprint(saved, config, path: Path, inputs: Mapping | None = None) 
         fail(f"--resume {path}: was written by a run with other settings ({'; '.join(diff[:3])}"
              f"{'; ...' if len(diff) > 3 else ''}); repeat the original flags, or pass --overwrite to start over")
     check_inputs(saved_inputs, inputs, path)
-
-
-def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
-    """The name of the first floating-point tensor holding a NaN or inf, else None (the one weight scan)."""
-    return next((name for name, value in named if value.is_floating_point() and not torch.isfinite(value).all()),
-                None)
 
 
 def load_training_state(state: dict, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

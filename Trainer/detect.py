@@ -18,11 +18,16 @@ from DATASETS.triggers import GroundTruthTrigger
 from INVERSION.detect import judge, relative_size
 from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
 from INVERSION.relative import DETECT_SHARE
+from Trainer.common import Outputs
 from Trainer.filenames import DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER
 from Trainer.nc import invert_once
 from UTILS.io import write_json
 from UTILS.runtime import log
 
+SETTINGS_FILE = "setting-detect.txt"
+# Every file of --phase detect (read by the --overwrite guard, checked by tests/scripts/test_outputs.py)
+OUTPUTS = (Outputs("log_dir", (DETECT_TRIGGER, DETECT_METRICS, DETECT_PICTURE), (SETTINGS_FILE,)),
+           Outputs("results_dir"))
 DETECT_PSIM_KIND = "pairs"  # DECREE's threshold is on the mean cosine over pairs i != j
 L1_DEFINITION = "L1 of the per-pixel mask (H, W): one channel, not summed over the 3 colour channels"
 

@@ -1,6 +1,6 @@
 """The moth run's own duties beyond the early stop: one-time warnings about the threshold."""
 from INVERSION.inversion import InversionConfig
-from Trainer.common import seed_offset
+from UTILS.seeds import seed_offset
 from Trainer.moth import check_threshold
 
 
