@@ -241,14 +241,21 @@ def restart_point(mask: Tensor, pattern: Tensor, seed: int, scale: float) -> tup
     return m, p
 
 
+def equation2(features: Tensor, mask: Tensor, *, cost: float, psim_kind: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The inversion's objective, the paper's Equation 2: ``-psim(features) + cost * |mask|_1``, from the stamped
+    chunk's features (B, D) and the mask; the one place it is written (:func:`inversion_loss` and
+    :func:`micro_batched_backward` both call it). Returns (loss, psim, l1), scalars."""
+    psim = pairwise_similarity(features, psim_kind)
+    l1 = mask_l1(mask)
+    return -psim + cost * l1, psim, l1
+
+
 def inversion_loss(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo, *, cost: float,
                    psim_kind: str = "original") -> tuple[Tensor, Tensor, Tensor, InvertedTrigger]:
     """Equation 2 on one chunk of images (B, 3, H, W). Returns (loss, psim, l1, trigger)."""
     trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))
     features = backbone(normalize(trigger(images), usage))  # (B, D)
-    psim = pairwise_similarity(features, psim_kind)
-    l1 = mask_l1(trigger.mask)
-    return -psim + cost * l1, psim, l1, trigger
+    return (*equation2(features, trigger.mask, cost=cost, psim_kind=psim_kind), trigger)
 
 
 @torch.no_grad()
@@ -388,9 +395,7 @@ def micro_batched_backward(backbone: nn.Module, images: Tensor, a: Tensor, b: Te
     with torch.no_grad():
         features = torch.cat([backbone(normalize(trigger(p), usage)) for p in pieces])  # (B, D)
     features.requires_grad_(True)
-    psim = pairwise_similarity(features, psim_kind)
-    l1 = mask_l1(trigger.mask)
-    loss = -psim + cost * l1
+    loss, psim, l1 = equation2(features, trigger.mask, cost=cost, psim_kind=psim_kind)
     loss.backward()  # g into features.grad; the mask term straight into a.grad
     for piece, grad in zip(pieces, features.grad.split(micro_batch)):
         piece_trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))  # a fresh graph per piece
