@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from DATASETS.stats import UsageInfo, normalize
 from DATASETS.triggers import InvertedTrigger, Trigger
 from UTILS.runtime import progress
+from UTILS.seeds import FIRST_STEP_SEED
 
 EPS = 1e-7
 CHUNK = 32  # images per Adam update: the original's round never receives --attack_size, so 32 always
-FIRST_STEP_SEED = 100  # the original's per-step reshuffle/restart counter starts here and runs on across rounds
 # The default step cap (--re_steps_cap 0). The paper's code runs a round until some step reaches the
 # threshold, however long that takes: forever when none can. We follow it while the search still makes
 # progress and stop only where it has stalled: past --re_steps, a round without a trigger ends once its best

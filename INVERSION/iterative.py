@@ -37,11 +37,11 @@ from DATASETS.triggers import InvertedTrigger, Trigger
 from EVALUATION.monitor import monitor_row
 from INVERSION.early_stop import EarlyStop, StopDecision, StopRule
 from INVERSION.hardening import draw_attack_set, first_nonfinite, harden_step, sorted_features, wasserstein_shift
-from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, InversionResult, attack_set_similarities,
+from INVERSION.inversion import (InversionConfig, InversionResult, attack_set_similarities,
                                  chunk_similarity, invert_trigger, random_start)
 from INVERSION.relative import prepare_round
 from MODELS.precision import with_precision
-from UTILS.seeds import seed_offset
+from UTILS.seeds import FIRST_STEP_SEED, attack_set_seed, first_step_seed
 
 FIRST_ROUND_LR = 0.5  # Adam's learning rate in the first round (the paper's code); --re_lr in the later ones
 
@@ -140,9 +140,8 @@ class IterativeInversion:
         self.f = with_precision(model.f, settings.amp)  # the encoder being hardened
         self.reference_f = with_precision(self.reference.f, settings.amp)
         self.optimizer = torch.optim.SGD(model.f.parameters(), lr=settings.harden_lr, momentum=0.9, nesterov=True)
-        self.offset = seed_offset(settings.seed_index)
         self.clean_sorted = sorted_features(self.reference_f, data.x, usage)  # (N, D)
-        self.state = LoopState(step_seed=FIRST_STEP_SEED + self.offset)
+        self.state = LoopState(step_seed=first_step_seed(settings.seed_index))
         self.trigger: Optional[InvertedTrigger] = None
 
     @property
@@ -191,7 +190,8 @@ class IterativeInversion:
         """Steps a-b of round ``k``: a fresh attack set drawn with replacement, one inversion round warm-started
         from the last trigger (a random start and ``FIRST_ROUND_LR`` in round 0). Advances the step counter;
         returns the trigger and the round's first metrics."""
-        indices, rng = draw_attack_set(len(self.data), self.settings.attack_size, self.offset + k)
+        indices, rng = draw_attack_set(len(self.data), self.settings.attack_size,
+                                       attack_set_seed(self.settings.seed_index, k))
         attack = self.data.x[indices.to(self.data.x.device)]
         first = self.trigger is None
         start = random_start(self.data.x.shape[-1], rng) if first else (self.trigger.mask[0], self.trigger.pattern)

@@ -25,19 +25,18 @@ from UTILS.distributed import agree_on, from_main, start
 from UTILS.errors import fail
 from UTILS.io import atomic_write, ensure_writable_dir, file_digest, remove_stale_temps
 from UTILS.runtime import log, seed_everything
-from UTILS.seeds import seed_offset
+from UTILS.seeds import global_seed, loader_reseed
 
 
-LOADER_SEED = 100  # the paper's code reseeds torch's global RNG with 100 when its loader takes a --data_ratio < 1 share
 
 
 def reseed_after_loading(ratio: float, seed_index: int) -> None:
     """Right after the training share is loaded: the paper's code reseeds torch with ``LOADER_SEED`` there when
     ``ratio`` < 1, so every later torch draw of its stage ignores ``--seed``. ``--seed 0`` does the same here;
-    ``--seed N`` seeds ``LOADER_SEED + seed_offset(N)``, so other seeds still give other runs. ``ratio`` 1: no
-    reseed (the stream of ``--seed``, as there)."""
+    ``--seed N`` seeds ``LOADER_SEED + seed_offset(N)`` (``UTILS.seeds.loader_reseed``), so other seeds still give
+    other runs. ``ratio`` 1: no reseed (the stream of ``--seed``, as there)."""
     if ratio < 1:
-        torch.manual_seed(LOADER_SEED + seed_offset(seed_index))
+        torch.manual_seed(loader_reseed(seed_index))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +72,7 @@ def start_run(cfg, folders: Sequence[Outputs], inputs: Mapping[str, str] | None 
     folder made writable, then each guarded against an earlier run's files (:func:`guard_outputs`; nothing is
     removed yet: --overwrite removes them once the inputs proved usable) and against holding an input.
     Under torchrun the device is this rank's and the folders are rank 0's decision (its disk)."""
-    seed_everything(seed_from_list(cfg.seed, cfg.SEEDS) if cfg.SEEDS else cfg.seed)
+    seed_everything(global_seed(cfg.seed, cfg.SEEDS))
     device = start(cfg.device, cfg.gpu)  # one process: UTILS.runtime.resolve_device
     agree_on(rank_settings(cfg))  # under torchrun: every rank the same flags, or every rank stops here
     check_amp(getattr(cfg, "amp", False), device)
@@ -93,13 +92,6 @@ def _prepare_folders(cfg, folders: Sequence[Outputs], inputs: Mapping[str, str] 
                for out in folders if out.patterns}
     return dirs, earlier
 
-
-
-def seed_from_list(index: int, seeds: Sequence[int], flag: str = "--seed") -> int:
-    """The original scripts take ``--seed`` as an index into a fixed list of seeds."""
-    if not 0 <= index < len(seeds):
-        fail(f"{flag} {index}: expected an index 0..{len(seeds) - 1} into the seed list {list(seeds)}")
-    return seeds[index]
 
 
 def load_ground_truth(path: str, size: int, flag: str = "--trigger_file"):

@@ -19,11 +19,10 @@ from MODELS.names import DEFAULT_MODEL, resolve_model
 from Trainer.filenames import DEFAULT_TRIGGER
 from UTILS.device_flags import device_choice, gpu_index
 from UTILS.errors import fail
+from UTILS.seeds import MAIN_SEEDS, UNLEARN_SEEDS, global_seed
 
 C = TypeVar("C")
 
-MAIN_SEEDS = (1024, 557540351, 157301989, 100, 1234)
-UNLEARN_SEEDS = (1024, 557540351, 157301989)
 # The original MAIN.py's defaults (paths of its authors' machine): kept so its flags mean the same.
 DEFAULT_MAIN_ENCODER = "ckpts/reference_be/cifar10/stl10_backdoored_encoder/model_200.pth"
 DEFAULT_REFERENCE_FILE = "reference/cifar10/truck.npz"
@@ -104,8 +103,7 @@ def check_size(value: int, flag: str, most: int = MAX_SIZE) -> None:
 
 def check_seed(seed: int, seeds: Sequence[int] = ()) -> None:
     """``--seed``: an index into ``seeds`` where the original takes it so, else any seed torch accepts."""
-    if seeds and not 0 <= seed < len(seeds):
-        fail(f"--seed {seed}: expected an index 0..{len(seeds) - 1} into the seed list {list(seeds)}")
+    global_seed(seed, seeds)  # an index outside the list: one line
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         fail(f"--seed {seed}: expected an integer from -2**63 to 2**64-1 (what torch's generator takes)")
 

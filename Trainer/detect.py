@@ -16,13 +16,14 @@ from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
 from DATASETS.triggers import GroundTruthTrigger
 from INVERSION.detect import judge, relative_size
-from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
+from INVERSION.inversion import InversionConfig
 from INVERSION.relative import DETECT_SHARE
 from Trainer.common import Outputs
 from Trainer.filenames import DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER
 from Trainer.nc import invert_once
 from UTILS.io import write_json
 from UTILS.runtime import log
+from UTILS.seeds import FIRST_STEP_SEED
 
 SETTINGS_FILE = "setting-detect.txt"
 # Every file of --phase detect (read by the --overwrite guard, checked by tests/scripts/test_outputs.py)

@@ -13,14 +13,14 @@ from DATASETS.loaders import split_files
 from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import Trigger
 from EVALUATION.monitor import build_monitor
-from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
+from INVERSION.inversion import InversionConfig
 from INVERSION.iterative import MothSettings
 from INVERSION.relative import AUTO_SHARE
 from MODELS.checkpoint import load_checkpoint
-from Trainer.common import (LOADER_SEED, canonical, check_fingerprint, input_record,
+from Trainer.common import (canonical, check_fingerprint, input_record,
                             load_ground_truth, load_stage_encoder, monitor_files, refuse_broken_encoder, remove_outputs,
-                            run_fingerprint, seed_from_list, seed_offset, start_run, write_settings)
-from Trainer.configs import DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MAIN_SEEDS, MainConfig
+                            run_fingerprint, start_run, write_settings)
+from Trainer.configs import DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MainConfig
 from Trainer import detect, moth, nc
 from Trainer.detect import DetectSettings, run_detect
 from Trainer.moth import STATE_FILE, UNSAVED_START_FILES, MothRun
@@ -30,9 +30,9 @@ from UTILS.errors import fail
 from UTILS.io import load_npz
 from UTILS.lock import holding
 from UTILS.runtime import log
+from UTILS.seeds import first_step_seed, inversion_order_seed, random_start_seed
 from UTILS.signals import graceful_stop
 
-HARDEN_ORDER_SEED = LOADER_SEED  # the paper's code seeds torch with 100 just before building that loader
 # Each phase's module declares the files it writes (OUTPUTS) and its settings file (SETTINGS_FILE). nc and detect
 # are one round: nothing to resume, --resume simply runs them again.
 PHASES = {"moth": moth, "nc": nc, "detect": detect}
@@ -63,7 +63,7 @@ def inversion_config(cfg: MainConfig) -> InversionConfig:
 def shuffled_once(data: TensorSet, seed_index: int) -> TensorSet:
     """The inversion set in one seeded random order: the paper's code gathers it from a shuffling
     loader, so its consecutive hardening batches mix the classes in the same way."""
-    generator = torch.Generator().manual_seed(HARDEN_ORDER_SEED + seed_offset(seed_index))
+    generator = torch.Generator().manual_seed(inversion_order_seed(seed_index))
     order = torch.randperm(len(data), generator=generator).to(data.x.device)
     return TensorSet(data.x[order], data.y[order], data.num_classes)
 
@@ -122,7 +122,7 @@ def run_nc_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     data, log_dir = inputs.data, inputs.log_dir
     start_one_round(cfg, inputs)
     return run_nc(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, inputs.ground_truth, amp=cfg.amp,
-                  seed=seed_from_list(cfg.seed, MAIN_SEEDS), step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
+                  seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
 
 
 # The flags that shape the detection trigger, hence its size: --detect_pl1's default was measured with their
@@ -147,8 +147,7 @@ def run_detect_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_pl1,
                               images=cfg.detect_images, calibrated_images=DETECT_IMAGES,
                               off_calibration=off_calibration(cfg), amp=cfg.amp,
-                              seed=seed_from_list(cfg.seed, MAIN_SEEDS),
-                              step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
+                              seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
     return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings, inputs.ground_truth)
 
 

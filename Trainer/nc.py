@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
-from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig, ended_phrase
+from INVERSION.inversion import InversionConfig, ended_phrase
 from INVERSION.iterative import NonFiniteRound, OneRound, one_round
 from MODELS.precision import with_precision
 from Trainer.common import Outputs, check_nonfinite, fmt_metrics
@@ -16,6 +16,7 @@ from Trainer.filenames import NC_METRICS, NC_TRIGGER
 from Trainer.preview import save_trigger_preview
 from UTILS.io import write_json
 from UTILS.runtime import log, warn
+from UTILS.seeds import FIRST_STEP_SEED
 
 NC_PREVIEW = "preview-NC.png"
 SETTINGS_FILE = "setting-NC.txt"
