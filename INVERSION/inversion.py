@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from DATASETS.stats import UsageInfo, normalize
 from DATASETS.triggers import InvertedTrigger, Trigger
+from INVERSION.defaults import INIT_COST, PSIM, RE_LR, RE_STEPS, SIMILARITY_THRESHOLD
 from UTILS.runtime import progress
 from UTILS.seeds import FIRST_STEP_SEED
 
@@ -133,13 +134,13 @@ class CostSchedule:
 class InversionConfig:
     """The settings of one inversion round (Equation 2 minimised with Adam, cost adapted as in the paper's code)."""
 
-    steps: int = 300            # --re_steps
-    lr: float = 0.5             # 0.5 in the first round, --re_lr later
-    init_cost: float = 5e-2     # --init_cost
-    threshold: float = 0.90     # --similarity_threshold (a number)
+    steps: int = RE_STEPS       # --re_steps
+    lr: float = RE_LR           # FIRST_ROUND_LR in the first round (INVERSION.iterative), --re_lr later
+    init_cost: float = INIT_COST  # --init_cost
+    threshold: float = SIMILARITY_THRESHOLD  # --similarity_threshold (a number)
     auto_share: float = 0.0     # > 0: the threshold is set per round at this share (INVERSION.relative.prepare_round)
     chunk_size: int = CHUNK     # images per Adam update (not --attack_size: see CHUNK)
-    psim: str = "original"      # --psim: original, pairs, or centred (INVERSION.relative.prepare_round)
+    psim: str = PSIM            # --psim: original, pairs, or centred (INVERSION.relative.prepare_round)
     patience: int = 5
     step_cap: int = 0           # hard cap on steps when no trigger reaches the threshold; 0 = stall rule
     restart_noise: float = 0.01
@@ -284,7 +285,7 @@ def chunks(images: Tensor, chunk_size: int) -> list[Tensor]:
 
 
 def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config: InversionConfig,
-                   init: tuple[Tensor, Tensor], seed: int = FIRST_STEP_SEED, desc: str = "inversion",
+                   init: tuple[Tensor, Tensor], *, seed: int = FIRST_STEP_SEED, desc: str = "inversion",
                    trace: Optional[list] = None, bar: Callable = progress) -> InversionResult:
     """Run one inversion round on ``images`` (N, 3, H, W) in [0, 1] against ``backbone`` (the f of SimCLR).
 

@@ -17,6 +17,7 @@ from typing import Sequence, Type, TypeVar
 from DATASETS.names import DATASET_NAMES
 from MODELS.names import DEFAULT_MODEL, resolve_model
 from Trainer.filenames import DEFAULT_TRIGGER
+from INVERSION.defaults import INIT_COST, PSIM, RE_LR, RE_STEPS, SIMILARITY_THRESHOLD
 from UTILS.device_flags import device_choice, gpu_index
 from UTILS.errors import fail
 from UTILS.seeds import MAIN_SEEDS, UNLEARN_SEEDS, global_seed
@@ -189,15 +190,15 @@ class MainConfig(Common):
     knn_k: int = 200
     pretrained_encoder: str = DEFAULT_MAIN_ENCODER
     harden_lr: float = 1e-3
-    re_lr: float = 0.5
+    re_lr: float = RE_LR
     data_ratio: float = 0.01
     encoder_usage_info: str = "cifar10"
     attack_threshold: float = 0.99
-    similarity_threshold: float | str = 0.90  # a cosine, or "auto" (INVERSION.relative)
-    init_cost: float = 5e-2
+    similarity_threshold: float | str = SIMILARITY_THRESHOLD  # a cosine, or "auto" (INVERSION.relative)
+    init_cost: float = INIT_COST
     pair: str = "0-0"
     attack_size: int = 32
-    re_steps: int = 300
+    re_steps: int = RE_STEPS
     re_steps_cap: int = 0
     micro_batch: int = 0
     downstreamTask: str = "stl10"
@@ -207,7 +208,7 @@ class MainConfig(Common):
     trigger_file: str = DEFAULT_TRIGGER
     reference_file: str = DEFAULT_REFERENCE_FILE
     source_label: int = -1
-    psim: str = "original"
+    psim: str = PSIM
     monitor_every: int = 5
     asr_include_target: bool = False
     amp: bool = False

@@ -72,7 +72,7 @@ def calibration_note(settings: DetectSettings, judged: int) -> str:
             "verdict is outside its calibration")
 
 
-def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
+def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path, *,
                settings: DetectSettings, ground_truth: Optional[GroundTruthTrigger] = None) -> dict:
     """Invert the smallest collapsing trigger on ``data`` (N, 3, H, W), judge it, write detect.json + picture.
 

@@ -121,8 +121,8 @@ def run_nc_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     """``--phase nc``: the one-round baseline over the whole inversion set."""
     data, log_dir = inputs.data, inputs.log_dir
     start_one_round(cfg, inputs)
-    return run_nc(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, inputs.ground_truth, amp=cfg.amp,
-                  seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
+    return run_nc(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, ground_truth=inputs.ground_truth,
+                  amp=cfg.amp, seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
 
 
 # The flags that shape the detection trigger, hence its size: --detect_pl1's default was measured with their
@@ -148,7 +148,8 @@ def run_detect_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
                               images=cfg.detect_images, calibrated_images=DETECT_IMAGES,
                               off_calibration=off_calibration(cfg), amp=cfg.amp,
                               seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
-    return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings, inputs.ground_truth)
+    return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings=settings,
+                      ground_truth=inputs.ground_truth)
 
 
 def run_moth(cfg: MainConfig, inputs: PhaseInputs) -> dict:

@@ -40,7 +40,7 @@ def invert_once(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inv
     return done
 
 
-def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
+def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path, *,
            ground_truth=None, amp: bool = False, seed: int = 0, step_seed: int = FIRST_STEP_SEED) -> dict:
     """Invert once over the whole inversion set (chunks of 32) from a random start; writes mask-pattern-NC.npz.
 
