@@ -31,6 +31,7 @@ from Trainer.filenames import BEST_TRIGGER, NC_TRIGGER, UNLEARNED_CKPT
 from UTILS.errors import EXIT_INTERRUPTED, Interrupted, fail
 from UTILS.io import ensure_writable_dir, write_csv, write_json
 from UTILS.runtime import log
+from UTILS.seeds import demo_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = "synthetic"  # normalisation statistics of the embedded pre-training set
@@ -123,6 +124,7 @@ class DemoRun:
         if self.backdoored is None:
             self.backdoored = self.layout.backdoor / f"model_{self.preset.badencoder['epochs']}.pth"
         extra = ["--overwrite"] if self.cfg.overwrite else []
+        self.seeds = demo_seeds(self.cfg.seed)  # each stage's --seed
         self.stages = StageLog(self.layout.times,
                                ["--device", self.cfg.device, "--gpu", self.cfg.gpu, "--data_dir", self.cfg.data_dir]
                                + extra)
@@ -146,7 +148,7 @@ class DemoRun:
         self.stages.script("SimCLR pre-training (clean encoder)", "pretraining_encoder.py", [
             "--pretraining_dataset", self.data.pretrain, "--model", p.model, "--encoder_usage_info", self.data.usage,
             "--results_dir", str(L.clean), "--downstreamTask", self.data.downstream, "--knn-k", str(p.knn_k),
-            "--seed", str(100 + self.cfg.seed), *flags(p.pretrain)])
+            "--seed", str(self.seeds["pretrain"]), *flags(p.pretrain)])
         return self.clean_encoder
 
     def inject(self, clean: Path) -> Path:
@@ -157,7 +159,7 @@ class DemoRun:
             "--encoder_usage_info", self.data.usage, "--trigger_file", str(L.trigger),
             "--reference_dataset", self.data.downstream,
             "--reference_label", str(self.cfg.target), "--results_dir", str(L.backdoor), "--knn-k", str(p.knn_k),
-            "--seed", str(100 + self.cfg.seed), *flags(p.badencoder)])
+            "--seed", str(self.seeds["badencoder"]), *flags(p.badencoder)])
         return L.backdoor / f"model_{p.badencoder['epochs']}.pth"
 
     def evaluate(self, label: str, encoder: Path) -> dict:
@@ -166,14 +168,14 @@ class DemoRun:
         return self.stages.script(f"downstream classifier ({label})", "training_downstream_classifier.py", [
             "--dataset", self.data.downstream, "--trigger_file", str(self.layout.trigger), "--encoder", str(encoder),
             "--model", p.model, "--reference_label", str(self.cfg.target), "--encoder_usage_info", self.data.usage,
-            "--results_dir", str(self.layout.eval_dir(EVAL_DIRS[label])), "--seed", str(100 + self.cfg.seed),
+            "--results_dir", str(self.layout.eval_dir(EVAL_DIRS[label])), "--seed", str(self.seeds["classifier"]),
             *flags(p.downstream)])
 
     def detect(self, label: str, encoder: Path) -> dict:
         """MAIN.py --phase detect on the clean or the backdoored encoder: the check before any removal."""
         p, folder = self.preset, self.layout.detect_dir(label)
         return self.stages.script(f"detection ({label} encoder, MAIN.py --phase detect)", "MAIN.py", [
-            "--seed", str(self.cfg.seed), "--phase", "detect", "--dataset", self.data.pretrain, "--model", p.model,
+            "--seed", str(self.seeds["main"]), "--phase", "detect", "--dataset", self.data.pretrain, "--model", p.model,
             "--pretrained_encoder", str(encoder), "--encoder_usage_info", self.data.usage, "--log_dir", str(folder),
             "--results_dir", str(folder), "--trigger_file", str(self.layout.trigger), "--monitor_every", "0",
             *flags(p.detect)])
@@ -186,7 +188,7 @@ class DemoRun:
         extra = flags(p.moth) if phase == "moth" else []
         what = "RECEIVE: iterative trigger inversion" if phase == "moth" else "NC baseline: one-round inversion"
         return self.stages.script(f"{what} (MAIN.py --phase {phase})", "MAIN.py", [
-            "--seed", str(self.cfg.seed), "--phase", phase, "--dataset", self.data.pretrain, "--model", p.model,
+            "--seed", str(self.seeds["main"]), "--phase", phase, "--dataset", self.data.pretrain, "--model", p.model,
             "--pretrained_encoder", str(self.backdoored),
             "--encoder_usage_info", self.data.usage, "--log_dir", str(log_dir), "--results_dir", str(results),
             "--downstreamTask", self.data.downstream, "--reference_label", str(self.cfg.target),
@@ -199,7 +201,7 @@ class DemoRun:
         who = "RECEIVE" if phase == "moth" else "NC baseline"
         self.stages.script(f"{who}: unlearning its trigger (Unlearn-trigger.py)", "Unlearn-trigger.py", [
             # --phase moth for both: the only phase Unlearn-trigger.py runs (the baseline differs by its trigger)
-            "--seed", str(self.cfg.seed % 3), "--results_dir", str(results), "--phase", "moth",
+            "--seed", str(self.seeds["unlearn"]), "--results_dir", str(results), "--phase", "moth",
             "--dataset", self.data.pretrain,
             "--model", p.model, "--pretrained_encoder", str(self.backdoored),
             "--encoder_usage_info", self.data.usage, "--log_dir", str(log_dir), "--reference_label", str(self.cfg.target),

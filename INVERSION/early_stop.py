@@ -13,10 +13,15 @@ original encoder's features more):
   updated on such a round, so the next round is compared with the same value again.
 
 Only the patience counter or the last epoch ends a run.
+
+:class:`StopRule` is what the round loop (INVERSION/iterative.py) asks of a stop criterion; :class:`EarlyStop`
+is the paper's, the default. Another criterion is a class with these four members, passed to the loop as
+``stop_rule``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,27 @@ class StopDecision:
     improved: bool  # a new maximum: save the round's trigger as the best one (with its round index)
     converged: bool  # the distance stopped moving: save the round's trigger as best, end this epoch
     stop: bool  # patience reached: end the run
+    counter: int = 0  # the rule's patience count after this round (metrics.csv's "counter")
+
+
+class StopRule(Protocol):
+    """A stop criterion of the iterative inversion: fed each round's distance, it decides; its state is resumable."""
+
+    def step(self, score: float) -> StopDecision:
+        """Feed one round's distance (higher: the trigger shifts the original encoder's features more)."""
+        ...
+
+    def describe_stop(self) -> str:
+        """Why the run ended when a decision said ``stop`` (metrics.json's stop_reason)."""
+        ...
+
+    def state_dict(self) -> dict:
+        """Plain numbers only (it sits inside a weights_only checkpoint)."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict` (--resume)."""
+        ...
 
 
 class EarlyStop:
@@ -52,7 +78,11 @@ class EarlyStop:
         converged = not stop and abs(score - self.previous) < self.epsilon
         if not (stop or converged):
             self.previous = score
-        return StopDecision(improved=improved, converged=converged, stop=stop)
+        return StopDecision(improved=improved, converged=converged, stop=stop, counter=self.counter)
+
+    def describe_stop(self) -> str:
+        """``patience N``: the counter reached ``patience``."""
+        return f"patience {self.patience}"
 
     def state_dict(self) -> dict:
         """Plain numbers only, so it can sit inside a weights_only checkpoint."""

@@ -1,7 +1,7 @@
 """The steps around each inversion round (docs/ALGORITHMS.md §2): the attack set, hardening, the distance."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
@@ -41,6 +41,12 @@ def harden_step(backbone: nn.Module, optimizer: torch.optim.Optimizer, images: T
     loss.backward()
     optimizer.step()
     return loss.item()
+
+
+def first_nonfinite(named: Iterable[tuple[str, Tensor]]) -> Optional[str]:
+    """The name of the first floating-point tensor holding a NaN or inf, else None (the one weight scan)."""
+    return next((name for name, value in named if value.is_floating_point() and not torch.isfinite(value).all()),
+                None)
 
 
 def wasserstein_rows(u_sorted: Tensor, v_sorted: Tensor) -> Tensor:

@@ -20,11 +20,12 @@ from torch import Tensor, nn
 
 from DATASETS.stats import UsageInfo, normalize
 from DATASETS.triggers import InvertedTrigger, Trigger
+from INVERSION.defaults import INIT_COST, PSIM, RE_LR, RE_STEPS, SIMILARITY_THRESHOLD
 from UTILS.runtime import progress
+from UTILS.seeds import FIRST_STEP_SEED
 
 EPS = 1e-7
 CHUNK = 32  # images per Adam update: the original's round never receives --attack_size, so 32 always
-FIRST_STEP_SEED = 100  # the original's per-step reshuffle/restart counter starts here and runs on across rounds
 # The default step cap (--re_steps_cap 0). The paper's code runs a round until some step reaches the
 # threshold, however long that takes: forever when none can. We follow it while the search still makes
 # progress and stop only where it has stalled: past --re_steps, a round without a trigger ends once its best
@@ -133,13 +134,13 @@ class CostSchedule:
 class InversionConfig:
     """The settings of one inversion round (Equation 2 minimised with Adam, cost adapted as in the paper's code)."""
 
-    steps: int = 300            # --re_steps
-    lr: float = 0.5             # 0.5 in the first round, --re_lr later
-    init_cost: float = 5e-2     # --init_cost
-    threshold: float = 0.90     # --similarity_threshold (a number)
+    steps: int = RE_STEPS       # --re_steps
+    lr: float = RE_LR           # FIRST_ROUND_LR in the first round (INVERSION.iterative), --re_lr later
+    init_cost: float = INIT_COST  # --init_cost
+    threshold: float = SIMILARITY_THRESHOLD  # --similarity_threshold (a number)
     auto_share: float = 0.0     # > 0: the threshold is set per round at this share (INVERSION.relative.prepare_round)
     chunk_size: int = CHUNK     # images per Adam update (not --attack_size: see CHUNK)
-    psim: str = "original"      # --psim: original, pairs, or centred (INVERSION.relative.prepare_round)
+    psim: str = PSIM            # --psim: original, pairs, or centred (INVERSION.relative.prepare_round)
     patience: int = 5
     step_cap: int = 0           # hard cap on steps when no trigger reaches the threshold; 0 = stall rule
     restart_noise: float = 0.01
@@ -160,6 +161,15 @@ class InversionConfig:
         """Steps without a new best psim that end a round past ``steps`` with no trigger (0: none, when the
         user gave an explicit --re_steps_cap, which alone then bounds the round)."""
         return 0 if self.step_cap > 0 else max(self.steps, STALL_WINDOW)
+
+
+def ended_phrase(ended_by: str, config: InversionConfig) -> str:
+    """Why a round without a trigger stopped (``InversionResult.ended_by``), in words for a warning."""
+    if ended_by == "stall":
+        return f"its best psim had not risen for {config.stall_window} steps"
+    if ended_by == "unreachable":
+        return "the threshold lies above what a chunk of these images can reach"
+    return f"the cap of {config.cap} steps, --re_steps_cap"
 
 
 @dataclass
@@ -232,14 +242,21 @@ def restart_point(mask: Tensor, pattern: Tensor, seed: int, scale: float) -> tup
     return m, p
 
 
+def equation2(features: Tensor, mask: Tensor, *, cost: float, psim_kind: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The inversion's objective, the paper's Equation 2: ``-psim(features) + cost * |mask|_1``, from the stamped
+    chunk's features (B, D) and the mask; the one place it is written (:func:`inversion_loss` and
+    :func:`micro_batched_backward` both call it). Returns (loss, psim, l1), scalars."""
+    psim = pairwise_similarity(features, psim_kind)
+    l1 = mask_l1(mask)
+    return -psim + cost * l1, psim, l1
+
+
 def inversion_loss(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo, *, cost: float,
                    psim_kind: str = "original") -> tuple[Tensor, Tensor, Tensor, InvertedTrigger]:
     """Equation 2 on one chunk of images (B, 3, H, W). Returns (loss, psim, l1, trigger)."""
     trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))
     features = backbone(normalize(trigger(images), usage))  # (B, D)
-    psim = pairwise_similarity(features, psim_kind)
-    l1 = mask_l1(trigger.mask)
-    return -psim + cost * l1, psim, l1, trigger
+    return (*equation2(features, trigger.mask, cost=cost, psim_kind=psim_kind), trigger)
 
 
 @torch.no_grad()
@@ -268,8 +285,8 @@ def chunks(images: Tensor, chunk_size: int) -> list[Tensor]:
 
 
 def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config: InversionConfig,
-                   init: tuple[Tensor, Tensor], seed: int = FIRST_STEP_SEED, desc: str = "inversion",
-                   trace: Optional[list] = None) -> InversionResult:
+                   init: tuple[Tensor, Tensor], *, seed: int = FIRST_STEP_SEED, desc: str = "inversion",
+                   trace: Optional[list] = None, bar: Callable = progress) -> InversionResult:
     """Run one inversion round on ``images`` (N, 3, H, W) in [0, 1] against ``backbone`` (the f of SimCLR).
 
     ``init``: the start (mask (H, W), pattern (3, H, W)) in [0, 1]. ``seed``: the step counter; step
@@ -279,7 +296,8 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
     psim, or ``config.cap`` steps in all (then ``reached`` is False, ``ended_by`` says which, and the last
     trigger is returned). Without an explicit cap, a threshold above :func:`psim_ceiling` ends the round after
     ``config.steps`` steps (``ended_by`` "unreachable"): no number of steps could reach it.
-    ``trace``, if given, receives one dict per step.
+    ``trace``, if given, receives one dict per step. ``bar(iterable, desc=, total=)`` shows the steps' progress
+    (``UTILS.runtime.progress``; the round loop of INVERSION/iterative.py passes its caller's).
     """
     if images.shape[0] < 2:
         raise ValueError("inversion needs at least two images")
@@ -293,7 +311,7 @@ def invert_trigger(backbone: nn.Module, images: Tensor, usage: UsageInfo, config
     step, top, top_step, ended_by = 0, -math.inf, 0, "cap"  # top: the round's best psim so far, seen at top_step
     hopeless = config.step_cap == 0 and not config.reachable(images.shape[0])
     with frozen(backbone):
-        for step in progress(range(config.cap), desc=desc, total=config.steps):
+        for step in bar(range(config.cap), desc=desc, total=config.steps):
             if step >= config.steps and best is not None:
                 break
             if step >= config.steps and hopeless:
@@ -378,9 +396,7 @@ def micro_batched_backward(backbone: nn.Module, images: Tensor, a: Tensor, b: Te
     with torch.no_grad():
         features = torch.cat([backbone(normalize(trigger(p), usage)) for p in pieces])  # (B, D)
     features.requires_grad_(True)
-    psim = pairwise_similarity(features, psim_kind)
-    l1 = mask_l1(trigger.mask)
-    loss = -psim + cost * l1
+    loss, psim, l1 = equation2(features, trigger.mask, cost=cost, psim_kind=psim_kind)
     loss.backward()  # g into features.grad; the mask term straight into a.grad
     for piece, grad in zip(pieces, features.grad.split(micro_batch)):
         piece_trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))  # a fresh graph per piece

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -16,6 +16,7 @@ from DATASETS.loaders import split_files
 from DATASETS.stats import UsageInfo, get_usage, normalize
 from DATASETS.triggers import load_trigger
 from EVALUATION.features import feature_problem
+from INVERSION.hardening import first_nonfinite
 from INVERSION.inversion import frozen
 from MODELS.checkpoint import load_encoder, load_error_reason
 from MODELS.precision import check_amp, with_precision
@@ -24,25 +25,18 @@ from UTILS.distributed import agree_on, from_main, start
 from UTILS.errors import fail
 from UTILS.io import atomic_write, ensure_writable_dir, file_digest, remove_stale_temps
 from UTILS.runtime import log, seed_everything
+from UTILS.seeds import global_seed, loader_reseed
 
 
-SEED_STRIDE = 1_000_000  # --seed N shifts every seeded counter by N * SEED_STRIDE (--seed 0: the original's draws)
-LOADER_SEED = 100  # the paper's code reseeds torch's global RNG with 100 when its loader takes a --data_ratio < 1 share
-
-
-def seed_offset(seed_index: int) -> int:
-    """Where a run's seeded counters start: 0 for ``--seed 0``, as in the paper's code, whose draws
-    there never depend on ``--seed``; other seeds get streams of their own."""
-    return seed_index * SEED_STRIDE
 
 
 def reseed_after_loading(ratio: float, seed_index: int) -> None:
     """Right after the training share is loaded: the paper's code reseeds torch with ``LOADER_SEED`` there when
     ``ratio`` < 1, so every later torch draw of its stage ignores ``--seed``. ``--seed 0`` does the same here;
-    ``--seed N`` seeds ``LOADER_SEED + seed_offset(N)``, so other seeds still give other runs. ``ratio`` 1: no
-    reseed (the stream of ``--seed``, as there)."""
+    ``--seed N`` seeds ``LOADER_SEED + seed_offset(N)`` (``UTILS.seeds.loader_reseed``), so other seeds still give
+    other runs. ``ratio`` 1: no reseed (the stream of ``--seed``, as there)."""
     if ratio < 1:
-        torch.manual_seed(LOADER_SEED + seed_offset(seed_index))
+        torch.manual_seed(loader_reseed(seed_index))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +72,7 @@ def start_run(cfg, folders: Sequence[Outputs], inputs: Mapping[str, str] | None 
     folder made writable, then each guarded against an earlier run's files (:func:`guard_outputs`; nothing is
     removed yet: --overwrite removes them once the inputs proved usable) and against holding an input.
     Under torchrun the device is this rank's and the folders are rank 0's decision (its disk)."""
-    seed_everything(seed_from_list(cfg.seed, cfg.SEEDS) if cfg.SEEDS else cfg.seed)
+    seed_everything(global_seed(cfg.seed, cfg.SEEDS))
     device = start(cfg.device, cfg.gpu)  # one process: UTILS.runtime.resolve_device
     agree_on(rank_settings(cfg))  # under torchrun: every rank the same flags, or every rank stops here
     check_amp(getattr(cfg, "amp", False), device)
@@ -98,13 +92,6 @@ def _prepare_folders(cfg, folders: Sequence[Outputs], inputs: Mapping[str, str] 
                for out in folders if out.patterns}
     return dirs, earlier
 
-
-
-def seed_from_list(index: int, seeds: Sequence[int], flag: str = "--seed") -> int:
-    """The original scripts take ``--seed`` as an index into a fixed list of seeds."""
-    if not 0 <= index < len(seeds):
-        fail(f"{flag} {index}: expected an index 0..{len(seeds) - 1} into the seed list {list(seeds)}")
-    return seeds[index]
 
 
 def load_ground_truth(path: str, size: int, flag: str = "--trigger_file"):
@@ -285,12 +272,6 @@ def check_fingerprint(saved, config, path: Path, inputs: Mapping | None = None) 
         fail(f"--resume {path}: was written by a run with other settings ({'; '.join(diff[:3])}"
              f"{'; ...' if len(diff) > 3 else ''}); repeat the original flags, or pass --overwrite to start over")
     check_inputs(saved_inputs, inputs, path)
-
-
-def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
-    """The name of the first floating-point tensor holding a NaN or inf, else None (the one weight scan)."""
-    return next((name for name, value in named if value.is_floating_point() and not torch.isfinite(value).all()),
-                None)
 
 
 def load_training_state(state: dict, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

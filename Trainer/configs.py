@@ -17,13 +17,13 @@ from typing import Sequence, Type, TypeVar
 from DATASETS.names import DATASET_NAMES
 from MODELS.names import DEFAULT_MODEL, resolve_model
 from Trainer.filenames import DEFAULT_TRIGGER
+from INVERSION.defaults import INIT_COST, PSIM, RE_LR, RE_STEPS, SIMILARITY_THRESHOLD
 from UTILS.device_flags import device_choice, gpu_index
 from UTILS.errors import fail
+from UTILS.seeds import MAIN_SEEDS, UNLEARN_SEEDS, global_seed
 
 C = TypeVar("C")
 
-MAIN_SEEDS = (1024, 557540351, 157301989, 100, 1234)
-UNLEARN_SEEDS = (1024, 557540351, 157301989)
 # The original MAIN.py's defaults (paths of its authors' machine): kept so its flags mean the same.
 DEFAULT_MAIN_ENCODER = "ckpts/reference_be/cifar10/stl10_backdoored_encoder/model_200.pth"
 DEFAULT_REFERENCE_FILE = "reference/cifar10/truck.npz"
@@ -104,8 +104,7 @@ def check_size(value: int, flag: str, most: int = MAX_SIZE) -> None:
 
 def check_seed(seed: int, seeds: Sequence[int] = ()) -> None:
     """``--seed``: an index into ``seeds`` where the original takes it so, else any seed torch accepts."""
-    if seeds and not 0 <= seed < len(seeds):
-        fail(f"--seed {seed}: expected an index 0..{len(seeds) - 1} into the seed list {list(seeds)}")
+    global_seed(seed, seeds)  # an index outside the list: one line
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         fail(f"--seed {seed}: expected an integer from -2**63 to 2**64-1 (what torch's generator takes)")
 
@@ -191,15 +190,15 @@ class MainConfig(Common):
     knn_k: int = 200
     pretrained_encoder: str = DEFAULT_MAIN_ENCODER
     harden_lr: float = 1e-3
-    re_lr: float = 0.5
+    re_lr: float = RE_LR
     data_ratio: float = 0.01
     encoder_usage_info: str = "cifar10"
     attack_threshold: float = 0.99
-    similarity_threshold: float | str = 0.90  # a cosine, or "auto" (INVERSION.relative)
-    init_cost: float = 5e-2
+    similarity_threshold: float | str = SIMILARITY_THRESHOLD  # a cosine, or "auto" (INVERSION.relative)
+    init_cost: float = INIT_COST
     pair: str = "0-0"
     attack_size: int = 32
-    re_steps: int = 300
+    re_steps: int = RE_STEPS
     re_steps_cap: int = 0
     micro_batch: int = 0
     downstreamTask: str = "stl10"
@@ -209,7 +208,7 @@ class MainConfig(Common):
     trigger_file: str = DEFAULT_TRIGGER
     reference_file: str = DEFAULT_REFERENCE_FILE
     source_label: int = -1
-    psim: str = "original"
+    psim: str = PSIM
     monitor_every: int = 5
     asr_include_target: bool = False
     amp: bool = False

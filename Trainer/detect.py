@@ -16,13 +16,19 @@ from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
 from DATASETS.triggers import GroundTruthTrigger
 from INVERSION.detect import judge, relative_size
-from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
+from INVERSION.inversion import InversionConfig
 from INVERSION.relative import DETECT_SHARE
+from Trainer.common import Outputs
 from Trainer.filenames import DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER
 from Trainer.nc import invert_once
 from UTILS.io import write_json
 from UTILS.runtime import log
+from UTILS.seeds import FIRST_STEP_SEED
 
+SETTINGS_FILE = "setting-detect.txt"
+# Every file of --phase detect (read by the --overwrite guard, checked by tests/scripts/test_outputs.py)
+OUTPUTS = (Outputs("log_dir", (DETECT_TRIGGER, DETECT_METRICS, DETECT_PICTURE), (SETTINGS_FILE,)),
+           Outputs("results_dir"))
 DETECT_PSIM_KIND = "pairs"  # DECREE's threshold is on the mean cosine over pairs i != j
 L1_DEFINITION = "L1 of the per-pixel mask (H, W): one channel, not summed over the 3 colour channels"
 
@@ -66,7 +72,7 @@ def calibration_note(settings: DetectSettings, judged: int) -> str:
             "verdict is outside its calibration")
 
 
-def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
+def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path, *,
                settings: DetectSettings, ground_truth: Optional[GroundTruthTrigger] = None) -> dict:
     """Invert the smallest collapsing trigger on ``data`` (N, 3, H, W), judge it, write detect.json + picture.
 

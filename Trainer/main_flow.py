@@ -13,38 +13,29 @@ from DATASETS.loaders import split_files
 from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import Trigger
 from EVALUATION.monitor import build_monitor
-from INVERSION.inversion import FIRST_STEP_SEED, InversionConfig
+from INVERSION.inversion import InversionConfig
+from INVERSION.iterative import MothSettings
 from INVERSION.relative import AUTO_SHARE
 from MODELS.checkpoint import load_checkpoint
-from Trainer.common import (LOADER_SEED, Outputs, canonical, check_fingerprint, input_record,
+from Trainer.common import (canonical, check_fingerprint, input_record,
                             load_ground_truth, load_stage_encoder, monitor_files, refuse_broken_encoder, remove_outputs,
-                            run_fingerprint, seed_from_list, seed_offset, start_run, write_settings)
-from Trainer.configs import DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MAIN_SEEDS, MainConfig
+                            run_fingerprint, start_run, write_settings)
+from Trainer.configs import DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MainConfig
+from Trainer import detect, moth, nc
 from Trainer.detect import DetectSettings, run_detect
-from Trainer.filenames import (BEST_TRIGGER, DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER, NC_METRICS,
-                               NC_TRIGGER, ROUND_TRIGGER)
-from Trainer.moth import STATE_FILE, TIMINGS_FILE, IterativeInversion, MothSettings
+from Trainer.moth import STATE_FILE, UNSAVED_START_FILES, MothRun
 from Trainer.nc import run_nc
 from UTILS.distributed import world_from_env
 from UTILS.errors import fail
 from UTILS.io import load_npz
 from UTILS.lock import holding
 from UTILS.runtime import log
+from UTILS.seeds import first_step_seed, inversion_order_seed, random_start_seed
 from UTILS.signals import graceful_stop
 
-# This stage's own files (the README's recipe shares one log dir between stages and phases).
-MOTH_OUTPUTS = (ROUND_TRIGGER, BEST_TRIGGER, "re_loss.csv", "metrics.csv", "metrics.json",
-                TIMINGS_FILE, "preview-{int}.png")
-MOTH_RESULTS = ("Harden_model_{int}.pth", STATE_FILE)
-HARDEN_ORDER_SEED = LOADER_SEED  # the paper's code seeds torch with 100 just before building that loader
-NC_OUTPUTS = (NC_TRIGGER, NC_METRICS, "preview-NC.png")
-DETECT_OUTPUTS = (DETECT_TRIGGER, DETECT_METRICS, DETECT_PICTURE)
-ONE_ROUND_OUTPUTS = {"nc": (NC_OUTPUTS, "setting-NC.txt"), "detect": (DETECT_OUTPUTS, "setting-detect.txt")}
-# What a run killed before its first state reached the disk leaves: the state of a round is written in the
-# background while the next round runs, so rounds 0 and 1 may have files and no state. Nothing to resume,
-# nothing of value either: --resume starts over instead of refusing.
-UNSAVED_START_FILES = {"mask-pattern-0.npz", "mask-pattern-1.npz", "preview-0.png", "preview-1.png",
-                       BEST_TRIGGER, "metrics.csv", "re_loss.csv", TIMINGS_FILE}
+# Each phase's module declares the files it writes (OUTPUTS) and its settings file (SETTINGS_FILE). nc and detect
+# are one round: nothing to resume, --resume simply runs them again.
+PHASES = {"moth": moth, "nc": nc, "detect": detect}
 
 
 @dataclass
@@ -72,7 +63,7 @@ def inversion_config(cfg: MainConfig) -> InversionConfig:
 def shuffled_once(data: TensorSet, seed_index: int) -> TensorSet:
     """The inversion set in one seeded random order: the paper's code gathers it from a shuffling
     loader, so its consecutive hardening batches mix the classes in the same way."""
-    generator = torch.Generator().manual_seed(HARDEN_ORDER_SEED + seed_offset(seed_index))
+    generator = torch.Generator().manual_seed(inversion_order_seed(seed_index))
     order = torch.randperm(len(data), generator=generator).to(data.x.device)
     return TensorSet(data.x[order], data.y[order], data.num_classes)
 
@@ -96,12 +87,7 @@ def refuse_torchrun() -> None:
 def run_main(cfg: MainConfig) -> dict:
     """``MAIN.py``: load the suspect encoder and its inversion set, then run ``--phase`` moth, nc or detect."""
     refuse_torchrun()
-    if cfg.phase in ONE_ROUND_OUTPUTS:  # one round: nothing to resume, --resume simply runs it again
-        outputs, settings = ONE_ROUND_OUTPUTS[cfg.phase]
-        folders = (Outputs("log_dir", outputs, (settings,)), Outputs("results_dir"))
-    else:
-        folders = (Outputs("log_dir", MOTH_OUTPUTS, ("setting.txt",)), Outputs("results_dir", MOTH_RESULTS))
-    run = start_run(cfg, folders, inputs={"--pretrained_encoder": cfg.pretrained_encoder,
+    run = start_run(cfg, PHASES[cfg.phase].OUTPUTS, inputs={"--pretrained_encoder": cfg.pretrained_encoder,
                                           "--trigger_file": cfg.trigger_file, "--reference_file": cfg.reference_file})
     device, usage, log_dir, results_dir = run.device, run.usage, run.dirs["log_dir"], run.dirs["results_dir"]
     earlier = [path for found in run.earlier.values() for path in found]
@@ -128,15 +114,15 @@ def start_one_round(cfg: MainConfig, inputs: PhaseInputs) -> None:
         fail(f"--data_ratio {cfg.data_ratio}: the inversion set has {len(data)} image(s); need at least 2")
     if cfg.overwrite:
         remove_outputs(inputs.earlier)
-    write_settings(inputs.log_dir / ONE_ROUND_OUTPUTS[cfg.phase][1], cfg)
+    write_settings(inputs.log_dir / PHASES[cfg.phase].SETTINGS_FILE, cfg)
 
 
 def run_nc_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     """``--phase nc``: the one-round baseline over the whole inversion set."""
     data, log_dir = inputs.data, inputs.log_dir
     start_one_round(cfg, inputs)
-    return run_nc(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, inputs.ground_truth, amp=cfg.amp,
-                  seed=seed_from_list(cfg.seed, MAIN_SEEDS), step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
+    return run_nc(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, ground_truth=inputs.ground_truth,
+                  amp=cfg.amp, seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
 
 
 # The flags that shape the detection trigger, hence its size: --detect_pl1's default was measured with their
@@ -161,9 +147,9 @@ def run_detect_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_pl1,
                               images=cfg.detect_images, calibrated_images=DETECT_IMAGES,
                               off_calibration=off_calibration(cfg), amp=cfg.amp,
-                              seed=seed_from_list(cfg.seed, MAIN_SEEDS),
-                              step_seed=FIRST_STEP_SEED + seed_offset(cfg.seed))
-    return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings, inputs.ground_truth)
+                              seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
+    return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings=settings,
+                      ground_truth=inputs.ground_truth)
 
 
 def run_moth(cfg: MainConfig, inputs: PhaseInputs) -> dict:
@@ -185,14 +171,15 @@ def run_moth(cfg: MainConfig, inputs: PhaseInputs) -> dict:
                           "--dataset": split_files(cfg.dataset, "train", cfg.data_dir, usage.size),
                           "--downstreamTask": monitor_files(cfg.downstreamTask, cfg.data_dir, usage.size)
                           if monitor is not None else None})
-    flow = IterativeInversion(inputs.model, data, usage, settings, inputs.log_dir, inputs.results_dir,
-                              ground_truth=ground_truth, monitor=monitor, fingerprint=run_fingerprint(cfg, files))
+    flow = MothRun(inputs.model, data, usage, settings, log_dir=inputs.log_dir, results_dir=inputs.results_dir,
+                   ground_truth=ground_truth, monitor=monitor, fingerprint=run_fingerprint(cfg, files))
     state_path = Path(inputs.results_dir) / STATE_FILE
     if cfg.resume and state_path.is_file():
         state = canonical(load_checkpoint(state_path, "--resume"))
         check_fingerprint(state.get("config"), cfg, state_path, files)
         flow.load_state(state, state_path)
-        log(f"resuming from {state_path}: epoch {flow.state.epoch}, batch {flow.state.batch}, round {flow.state.round}")
+        position = flow.loop.state
+        log(f"resuming from {state_path}: epoch {position.epoch}, batch {position.batch}, round {position.round}")
     elif cfg.resume and earlier and {p.name for p in earlier} <= UNSAVED_START_FILES:
         log(f"--resume: no {state_path} yet, only files of the first rounds, written before any state was saved; "
             f"starting from the beginning")
@@ -204,6 +191,6 @@ def run_moth(cfg: MainConfig, inputs: PhaseInputs) -> dict:
         log(f"--resume: no {state_path} yet; starting from the beginning")
     if cfg.overwrite:
         remove_outputs(earlier)
-    write_settings(inputs.log_dir / "setting.txt", cfg)
+    write_settings(inputs.log_dir / moth.SETTINGS_FILE, cfg)
     with graceful_stop("round") as stop:
         return flow.run(stop=stop)

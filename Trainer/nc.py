@@ -1,56 +1,46 @@
 """One-round Neural-Cleanse style inversion, the baseline (``MAIN.py --phase nc``, docs/ALGORITHMS.md §4)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 from torch import Tensor, nn
 
 from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
-from INVERSION.inversion import (FIRST_STEP_SEED, InversionConfig, InversionResult, attack_set_similarities,
-                                 chunk_similarity, invert_trigger, random_start)
-from INVERSION.relative import prepare_round
+from INVERSION.inversion import InversionConfig, ended_phrase
+from INVERSION.iterative import NonFiniteRound, OneRound, one_round
 from MODELS.precision import with_precision
-from Trainer.common import check_nonfinite, fmt_metrics
+from Trainer.common import Outputs, check_nonfinite, fmt_metrics
 from Trainer.filenames import NC_METRICS, NC_TRIGGER
-from Trainer.moth import FIRST_ROUND_LR, ended_phrase
 from Trainer.preview import save_trigger_preview
 from UTILS.io import write_json
 from UTILS.runtime import log, warn
+from UTILS.seeds import FIRST_STEP_SEED
 
-
-@dataclass
-class OneRound:
-    """A one-round inversion whose trigger and preview are on disk: the round's result, the psim of the
-    returned trigger (measured again when no step reached the threshold) and the attack set's similarities."""
-
-    result: InversionResult
-    psim: float
-    reference: dict[str, float]
+NC_PREVIEW = "preview-NC.png"
+SETTINGS_FILE = "setting-NC.txt"
+# Every file of --phase nc (read by the --overwrite guard, checked by tests/scripts/test_outputs.py)
+OUTPUTS = (Outputs("log_dir", (NC_TRIGGER, NC_METRICS, NC_PREVIEW), (SETTINGS_FILE,)), Outputs("results_dir"))
 
 
 def invert_once(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig,
                 ground_truth: Optional[Callable[[Tensor], Tensor]], *, amp: bool, seed: int, step_seed: int,
                 what: str, hint: str, trigger_path: Path, preview_path: Path) -> OneRound:
-    """One round (first-round lr) from a seeded random start over ``data`` (N, 3, H, W): the NC baseline's
-    and the detection's shared body. ``what`` names it in the progress bar and a non-finite error."""
-    backbone, config = prepare_round(with_precision(model.f, amp), data.x, usage, replace(config, lr=FIRST_ROUND_LR))
-    start = random_start(data.x.shape[-1], np.random.RandomState(seed % 2**32))
-    result = invert_trigger(backbone, data.x, usage, config, start, seed=step_seed, desc=what)
-    check_nonfinite({"inversion loss": result.loss, "trigger L1": result.l1}, what, "Nothing was saved", hint)
-    trigger = result.trigger
-    psim = result.psim if result.reached else chunk_similarity(backbone, data.x, usage, trigger, config.psim,
-                                                               config.chunk_size)
-    trigger.save(trigger_path)
-    save_trigger_preview(preview_path, trigger, data.x[:4])
-    reference = attack_set_similarities(backbone, data.x, usage, ground_truth, config.psim, config.chunk_size)
-    return OneRound(result, psim, {**reference, "threshold": config.threshold})
+    """:func:`INVERSION.iterative.one_round` over ``data`` (N, 3, H, W), its trigger and preview written: the NC
+    baseline's and the detection's shared body. ``what`` names it in the progress bar and a non-finite error."""
+    try:
+        done = one_round(with_precision(model.f, amp), data.x, usage, config, ground_truth, seed=seed,
+                         step_seed=step_seed, desc=what)
+    except NonFiniteRound as err:
+        check_nonfinite(err.values, what, "Nothing was saved", hint)
+        raise
+    done.result.trigger.save(trigger_path)
+    save_trigger_preview(preview_path, done.result.trigger, data.x[:4])
+    return done
 
 
-def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
+def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path, *,
            ground_truth=None, amp: bool = False, seed: int = 0, step_seed: int = FIRST_STEP_SEED) -> dict:
     """Invert once over the whole inversion set (chunks of 32) from a random start; writes mask-pattern-NC.npz.
 
@@ -58,7 +48,7 @@ def run_nc(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inversio
     """
     done = invert_once(model, data, usage, config, ground_truth, amp=amp, seed=seed, step_seed=step_seed,
                        what="NC inversion", hint="Check the encoder, or lower the learning rate",
-                       trigger_path=log_dir / NC_TRIGGER, preview_path=log_dir / "preview-NC.png")
+                       trigger_path=log_dir / NC_TRIGGER, preview_path=log_dir / NC_PREVIEW)
     result, psim = done.result, done.psim
     if not result.reached:
         warn(f"NC inversion: no trigger reached the similarity threshold {done.reference['threshold']:g} in "

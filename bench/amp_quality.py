@@ -48,7 +48,7 @@ from MODELS.precision import with_precision  # noqa: E402
 from Trainer.configs import MAIN_SEEDS  # noqa: E402
 from bench import device_name  # noqa: E402  (bench/bench.py, this script's neighbour)
 from Trainer.filenames import BEST_TRIGGER, UNLEARNED_CKPT  # noqa: E402
-from Trainer.moth import FIRST_ROUND_LR  # noqa: E402
+from INVERSION.iterative import FIRST_ROUND_LR  # noqa: E402
 from UTILS.errors import UserError  # noqa: E402
 from UTILS.io import write_json  # noqa: E402
 from UTILS.runtime import resolve_device  # noqa: E402

@@ -12,7 +12,8 @@ from DATASETS.triggers import InvertedTrigger
 from INVERSION.early_stop import EarlyStop
 from INVERSION.inversion import InversionConfig
 from MODELS.simclr import build_model
-from Trainer.moth import METRIC_FIELDS, IterativeInversion, MothSettings
+from INVERSION.iterative import MothSettings
+from Trainer.moth import METRIC_FIELDS, MothRun
 
 
 def original_run(distances, epochs, rounds_per_epoch, patience, eps):
@@ -83,21 +84,21 @@ CASES = {
 
 
 def replay(tmp_path, distances, epochs=4, batch=4, patience=3, eps=1e-3):
-    """Run IterativeInversion's real loop and decisions with the measurement replaced by ``distances``."""
+    """Run the real round loop (INVERSION.iterative) and its run (Trainer.moth) with the round's measurements
+    replaced: inversion, hardening and distance (from ``distances``)."""
     torch.manual_seed(0)
     model = build_model("tiny")
     data = TensorSet(torch.rand(16, 3, 32, 32), torch.zeros(16, dtype=torch.long), 10)
     settings = MothSettings(epochs=epochs, batch_size=batch, attack_size=4, harden_lr=1e-3,
                             inversion=InversionConfig(), patience=patience, epsilon=eps, monitor_every=0)
-    flow = IterativeInversion(model, data, get_usage("cifar10"), settings, tmp_path, tmp_path)
-    feed = iter(distances)
+    flow = MothRun(model, data, get_usage("cifar10"), settings, log_dir=tmp_path, results_dir=tmp_path)
+    loop, feed = flow.loop, iter(distances)
 
-    def measure(epoch, batch_index):
-        k = flow.state.round
-        flow.trigger = InvertedTrigger(torch.full((32, 32), k / 100), torch.rand(3, 32, 32))
-        return flow.trigger, {**{f: float("nan") for f in METRIC_FIELDS}, "reached": 1, "distance": next(feed)}
+    def invert(k):
+        loop.trigger = InvertedTrigger(torch.full((32, 32), k / 100), torch.rand(3, 32, 32))
+        return loop.trigger, {**{f: float("nan") for f in METRIC_FIELDS}, "reached": 1}
 
-    flow.measure_round = measure
+    loop.invert, loop.harden, loop.distance = invert, lambda batch_index, trigger: 0.0, lambda trigger: next(feed)
     summary = flow.run()
     return flow, summary
 

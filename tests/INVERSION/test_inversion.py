@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from DATASETS.stats import UsageInfo, get_usage, normalize
-from INVERSION.inversion import (CostSchedule, InversionConfig, attack_set_similarities, chunk_similarity, chunks, invert_trigger,
+from INVERSION.inversion import (CostSchedule, InversionConfig, attack_set_similarities, chunk_similarity, chunks,
+                                 equation2, invert_trigger,
                                  logits_from_values, mask_from_logits, mask_l1, original_similarity,
                                  pair_mean_similarity, pairwise_similarity, pattern_from_logits, restart_noise,
                                  random_start, step_permutation)
@@ -273,3 +274,13 @@ def test_refer_sim_is_the_papers_logged_value_of_twice_normalised_images():
                                            for i in range(2)])).item()
     assert abs(once - expected) > 1e-3  # the double normalisation shows: the check can fail
     assert got["clean_psim"] == pytest.approx(chunk_similarity(backbone, images, usage), rel=1e-12)  # decisions: once
+
+
+@pytest.mark.parametrize("kind, slow", [("original", slow_original), ("pairs", slow_pair_mean)])
+def test_equation2_is_minus_psim_plus_cost_times_the_mask_l1(kind, slow):
+    torch.manual_seed(3)
+    features, mask = torch.randn(5, 7, dtype=torch.float64), torch.rand(4, 4, dtype=torch.float64).expand(3, 4, 4)
+    loss, psim, l1 = equation2(features, mask, cost=0.25, psim_kind=kind)
+    assert psim.item() == pytest.approx(slow(features), rel=1e-12)
+    assert l1.item() == pytest.approx(mask[0].sum().item(), rel=1e-12)  # a (3, H, W) mask counts once
+    assert loss.item() == pytest.approx(-slow(features) + 0.25 * mask[0].sum().item(), rel=1e-12)

@@ -48,7 +48,7 @@ def images(n: int = 32) -> TensorSet:
 def test_the_verdict_matches_how_the_encoder_was_built(tmp_path, backdoor, goal):
     config = InversionConfig(steps=150)
     settings = DetectSettings(psim_threshold=goal, pl1_threshold=0.06)
-    out = run_detect(Wrapped(Oracle(backdoor)), images(), GTSRB, config, tmp_path, settings)
+    out = run_detect(Wrapped(Oracle(backdoor)), images(), GTSRB, config, tmp_path, settings=settings)
     assert out["backdoored"] is backdoor
     assert out["verdict"] == ("backdoor found" if backdoor else "no backdoor found")
     saved = json.loads((tmp_path / "detect.json").read_text())
@@ -72,11 +72,11 @@ def test_the_verdict_judges_detect_images_of_the_set(tmp_path, capsys):
     for sub in "abc":
         (tmp_path / sub).mkdir()
     out = run_detect(Wrapped(Oracle(True)), images(32), GTSRB, config, tmp_path / "a",
-                     DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, images=20))
+                     settings=DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, images=20))
     assert out["images"] == 20
     out = run_detect(Wrapped(Oracle(True)), images(32), GTSRB, config, tmp_path / "b",
-                     DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, images=64))
+                     settings=DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, images=64))
     assert out["images"] == 32 and "--detect_images 64" in capsys.readouterr().out
     out = run_detect(Wrapped(Oracle(True)), images(32), GTSRB, config, tmp_path / "c",
-                     DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, images=0))
+                     settings=DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, images=0))
     assert out["images"] == 32

@@ -1,6 +1,5 @@
 """The moth run's own duties beyond the early stop: one-time warnings about the threshold."""
 from INVERSION.inversion import InversionConfig
-from Trainer.common import seed_offset
 from Trainer.moth import check_threshold
 
 
@@ -39,8 +38,3 @@ def test_no_warning_when_the_threshold_separates_clean_from_stamped(capsys):
     # an auto threshold is never near the clean psim by construction
     check_threshold(InversionConfig(threshold=0.93), clean_psim=0.92, gt_psim=0.95, warned=[], auto=True)
     assert capsys.readouterr().err == ""
-
-
-def test_seed_zero_keeps_the_papers_counters_and_other_seeds_move_them():
-    assert seed_offset(0) == 0
-    assert seed_offset(1) != seed_offset(2) and seed_offset(1) > 10**5

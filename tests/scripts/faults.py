@@ -86,13 +86,13 @@ def disk_full_for_checkpoints() -> None:
 
 def cpu_out_of_memory_in_first_round() -> None:
     """The first inversion round fails to allocate, as torch's CPU allocator reports it."""
-    import Trainer.moth
+    import INVERSION.iterative
 
     def invert(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 12884901888 bytes. Error code 12 (Cannot allocate memory)")
 
-    Trainer.moth.invert_trigger = invert
+    INVERSION.iterative.invert_trigger = invert
 
 
 def cuda_out_of_memory_in_features() -> None:
@@ -143,16 +143,16 @@ def double_ctrl_c_in_first_round() -> None:
     """Ctrl-C twice while round 0 hardens (its trigger file is written, its state is not): abort at once."""
     import signal
 
-    import Trainer.moth
+    import INVERSION.iterative
 
-    original = Trainer.moth.IterativeInversion.harden
+    original = INVERSION.iterative.IterativeInversion.harden
 
     def harden(self, *args, **kwargs):
         if self.state.round == 0:
             _signal_self(signal.SIGINT, times=2)
         return original(self, *args, **kwargs)
 
-    Trainer.moth.IterativeInversion.harden = harden
+    INVERSION.iterative.IterativeInversion.harden = harden
 
 
 def double_ctrl_c_in_badencoder_epoch_1() -> None:
