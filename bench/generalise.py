@@ -396,7 +396,10 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
             out.append(f"[{'met' if rec < nc else 'MISSED'}] arm {arm}: RECEIVE below NC on mean ASR: {rec:.2f}% vs "
                        f"{nc:.2f}%")
     # a backdoored encoder whose injection failed (ASR below INJECTED_ASR) is no backdoored encoder to find
-    judged = [(r, k) for r in rows for k in ENCODERS if k == "clean" or r["backdoored"]["asr"] >= INJECTED_ASR]
+    # a weaker attack's cell shares the full attack's clean encoder: that one is judged once
+    judged = [(r, k) for r in rows for k in ENCODERS
+              if (k == "clean" and r.get("attack", "full") == "full") or
+              (k == "backdoored" and r["backdoored"]["asr"] >= INJECTED_ASR)]
     failed = [r["cell"] for r in rows if r["backdoored"]["asr"] < INJECTED_ASR]
     if failed:
         out.append(f"(left out of the detection targets: the backdoored encoder of {', '.join(failed)}, whose "

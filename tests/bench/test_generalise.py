@@ -78,6 +78,11 @@ def test_targets_are_judged_from_the_rows(generalise):
     assert generalise.auroc([None], [0.08]) == 0.0  # no trigger found counts as the largest size
     text = generalise.format_family("glyphs", rows, ["paper"], held_out=True)
     assert "HELD OUT" in text and "glyphs" in text and "similarity scale" in text
+    # a weak-attack cell shares the full cell's clean encoder: its clean verdict is not counted twice
+    weak = {**row(generalise, "glyphs", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 2.0, 4.0),
+            "attack": "weak"}
+    lines = generalise.targets(rows + [weak], ["paper"])
+    assert any(line.startswith("[MISSED] detection: inconclusive") and "(1 of 5)" in line for line in lines)
 
 
 @pytest.mark.parametrize("flag, value", [("--families", "cifar"), ("--models", "vit"), ("--seeds", "9"),
