@@ -61,6 +61,10 @@ NONFINITE_HINTS = {"inversion": "Lower --re_lr or check the encoder, then start 
                    "distance": "Check the encoder and the trigger"}
 
 
+# the scale-free choice for an encoder whose clean images already look alike (docs/ALGORITHMS.md §1b)
+CENTRED_HINT = ", or --similarity_threshold auto --psim centred, on which clean images score about 0 on any encoder"
+
+
 def check_threshold(config: InversionConfig, clean_psim: float, gt_psim: float, warned: list, *,
                     auto: bool = False) -> None:
     """Say once per run (``warned`` records what was said) when the round's threshold cannot mean what it
@@ -80,12 +84,12 @@ def check_threshold(config: InversionConfig, clean_psim: float, gt_psim: float, 
         warned.append("clean")
         warn(f"the clean images' own psim is already {clean_psim:.4f} >= --similarity_threshold {threshold:g}: "
              f"any trigger, even an empty one, counts as found, so the inverted trigger means little; use "
-             f"--similarity_threshold auto (here {suggested:.4f})")
+             f"--similarity_threshold auto (here {suggested:.4f}){CENTRED_HINT}")
     elif not auto and threshold - clean_psim < NEAR_SHARE * (ceiling - clean_psim) and "clean" not in warned:
         warned.append("clean")
         warn(f"the clean images' own psim is {clean_psim:.5f}, close to --similarity_threshold {threshold:g} (less "
              f"than {NEAR_SHARE:.0%} of the way to the largest psim possible, {ceiling:.4f}): a tiny trigger can "
-             f"reach it, not only a backdoor's; use --similarity_threshold auto (here {suggested:.4f})")
+             f"reach it, not only a backdoor's; use --similarity_threshold auto (here {suggested:.4f}){CENTRED_HINT}")
     if gt_psim < threshold and "gt" not in warned:
         warned.append("gt")
         shown = f"auto ({threshold:.4f})" if auto else f"{threshold:g}"

@@ -9,6 +9,7 @@ def test_threshold_warnings_come_once_each_with_the_measured_value(capsys):
     err = capsys.readouterr().err
     assert "clean images' own psim is already 0.9500 >= --similarity_threshold 0.9" in err
     assert "use --similarity_threshold auto (here 0.9650)" in err  # 0.95 + 0.8 * (31/32 - 0.95)
+    assert "or --similarity_threshold auto --psim centred" in err  # the scale-free choice is named too
     assert "reach only psim 0.5000 < --similarity_threshold 0.9" in err
     check_threshold(InversionConfig(threshold=0.9), clean_psim=0.97, gt_psim=0.4, warned=warned)
     assert capsys.readouterr().err == ""
