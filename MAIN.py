@@ -36,8 +36,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--attack_threshold", type=float, default=d.attack_threshold, help="accepted, unused")
     p.add_argument("--similarity_threshold", default=d.similarity_threshold,
                    help="psim a trigger must reach (0.9, the paper's), or 'auto': a threshold set per round 80%% of the "
-                        "way from the clean images' own psim to the largest one possible. Choose auto for an encoder "
-                        "whose clean images are already similar (a warning says so, with the value auto would use)")
+                        "way from the clean images' own psim to the largest one possible. Choose auto, best with --psim "
+                        "centred, for an encoder whose clean images are already similar (a warning says so, with the "
+                        "value auto would use); on encoders whose clean psim is far below 0.9 it gives what 0.9 gives")
     p.add_argument("--init_cost", type=float, default=d.init_cost)
     p.add_argument("--pair", default=d.pair, help="accepted, unused")
     p.add_argument("--attack_size", type=int, default=d.attack_size,
