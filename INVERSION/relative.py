@@ -35,6 +35,12 @@ DETECT_SHARE = 0.973
 NEAR_SHARE = 0.25      # a fixed threshold nearer than this share to the clean psim draws a warning
 
 
+def near_clean(threshold: float, clean_psim: float, ceiling: float) -> bool:
+    """True when a fixed ``threshold`` lies less than NEAR_SHARE of the way from the clean images' psim to the
+    ceiling (or at or below the clean psim): a tiny trigger can reach it, not only a backdoor's."""
+    return threshold - clean_psim < NEAR_SHARE * (ceiling - clean_psim)
+
+
 def relative_threshold(clean_psim: float, ceiling: float, share: float = AUTO_SHARE) -> float:
     """``clean + share * (ceiling - clean)``: the threshold a given share of the way from the clean images'
     psim to the largest psim possible (ceiling); the clean psim itself when it is at the ceiling already."""

@@ -19,7 +19,7 @@ from INVERSION.early_stop import StopRule
 from INVERSION.inversion import InversionConfig, ended_phrase, psim_ceiling
 from INVERSION.iterative import (IterativeInversion, LoopState, MothSettings, NonFiniteRound, RoundHooks,
                                  RoundRecord)
-from INVERSION.relative import NEAR_SHARE, relative_threshold
+from INVERSION.relative import NEAR_SHARE, near_clean, relative_threshold
 from MODELS.checkpoint import BackgroundSaver, save_checkpoint
 from Trainer.common import Outputs, check_nonfinite, fmt_metrics, load_training_state
 from Trainer.epochs import read_timings
@@ -85,7 +85,7 @@ def check_threshold(config: InversionConfig, clean_psim: float, gt_psim: float, 
         warn(f"the clean images' own psim is already {clean_psim:.4f} >= --similarity_threshold {threshold:g}: "
              f"any trigger, even an empty one, counts as found, so the inverted trigger means little; use "
              f"--similarity_threshold auto (here {suggested:.4f}){CENTRED_HINT}")
-    elif not auto and threshold - clean_psim < NEAR_SHARE * (ceiling - clean_psim) and "clean" not in warned:
+    elif not auto and near_clean(threshold, clean_psim, ceiling) and "clean" not in warned:
         warned.append("clean")
         warn(f"the clean images' own psim is {clean_psim:.5f}, close to --similarity_threshold {threshold:g} (less "
              f"than {NEAR_SHARE:.0%} of the way to the largest psim possible, {ceiling:.4f}): a tiny trigger can "
