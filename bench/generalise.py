@@ -13,7 +13,9 @@ same unlearning), each followed by the downstream classifier. Arms differ only i
 
 Every cell records the clean images' psim and the injected trigger's psim (the threshold's scale on this
 encoder; the injected trigger is never an input of any method), RECEIVE's chosen round, trigger L1 and stop
-reason, both verdicts with their PL1, and ACC/ASR of all encoders. Cells are resumable: a finished stage (its
+reason, both verdicts with their PL1, and ACC/ASR of all encoders; where each found trigger sits and what it
+collapses the features onto (collapse.json); with --oracle, the unlearning of the injected trigger (the
+unlearning stage's ceiling). Cells are resumable: a finished stage (its
 JSON on disk) is kept unless --rerun. Settings were chosen on the --tuned families only; the others are marked
 "held out" in the table and reported as they came. One table per family goes to
 ``<results>/generalise-<family>.txt|json`` as soon as its cells are done.
