@@ -10,6 +10,7 @@ same unlearning), each followed by the downstream classifier. Arms differ only i
 
     paper   the paper's flags (--similarity_threshold 0.9 on the paper's psim), as the demo runs them
     auto    --similarity_threshold auto (the threshold set from the encoder's own clean similarity)
+    centred --similarity_threshold auto --psim centred (the same on features minus the clean mean feature)
 
 Every cell records the clean images' psim and the injected trigger's psim (the threshold's scale on this
 encoder; the injected trigger is never an input of any method), RECEIVE's chosen round, trigger L1 and stop
