@@ -17,7 +17,7 @@ from typing import Sequence, Type, TypeVar
 from DATASETS.names import DATASET_NAMES
 from MODELS.names import DEFAULT_MODEL, resolve_model
 from Trainer.filenames import DEFAULT_TRIGGER
-from INVERSION.defaults import INIT_COST, PSIM, RE_LR, RE_STEPS, SIMILARITY_THRESHOLD
+from INVERSION.defaults import INIT_COST, MONITOR_EVERY, PSIM, RE_LR, RE_STEPS, SIMILARITY_THRESHOLD
 from UTILS.device_flags import device_choice, gpu_index
 from UTILS.errors import fail
 from UTILS.seeds import MAIN_SEEDS, UNLEARN_SEEDS, global_seed
@@ -209,7 +209,7 @@ class MainConfig(Common):
     reference_file: str = DEFAULT_REFERENCE_FILE
     source_label: int = -1
     psim: str = PSIM
-    monitor_every: int = 5
+    monitor_every: int = MONITOR_EVERY
     asr_include_target: bool = False
     amp: bool = False
     detect_psim: float | str = DETECT_PSIM
