@@ -124,7 +124,7 @@ def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
         fail(f"{where}: labels must lie in [0, {num_classes}), found [{int(y.min())}, {int(y.max())}]")
 
 
-def load_split(name: str, split: str, data_dir: str | Path, size: int = 32, flag: str = "--dataset",
+def load_split(name: str, split: str, data_dir: str | Path, *, size: int = 32, flag: str = "--dataset",
                ratio: float | None = None, ratio_flag: str = "--data_ratio",
                keep: Callable[[np.ndarray], np.ndarray] | None = None) -> ImageSet:
     """Load ``split`` ('train' | 'test') of dataset ``name`` as uint8 (N, size, size, 3) images.

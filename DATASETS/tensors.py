@@ -31,7 +31,7 @@ class TensorSet:
 def load_train_share(name: str, ratio: float, data_dir: str, usage: UsageInfo, device: torch.device,
                      flag: str = "--dataset") -> TensorSet:
     """The ``--data_ratio`` share (first int(N*r) images, see take_ratio) of a training split, on the device."""
-    ds = load_split(name, "train", data_dir, usage.size, flag=flag, ratio=ratio)  # cut before resizing
+    ds = load_split(name, "train", data_dir, size=usage.size, flag=flag, ratio=ratio)  # cut before resizing
     return TensorSet.from_images(ds, device)
 
 

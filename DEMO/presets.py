@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from INVERSION.defaults import INIT_COST, SIMILARITY_THRESHOLD
+from Trainer.configs import KNN_K
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -17,7 +20,7 @@ class Preset:
     moth: dict  # MAIN.py flags of --phase moth only
     unlearn: dict
     detect: dict  # MAIN.py --phase detect flags beyond the data (empty: its defaults, as bench/detect.py judged them)
-    knn_k: int = 200
+    knn_k: int = KNN_K  # the scripts' default
 
 
 PRESETS: dict[str, Preset] = {
@@ -27,7 +30,7 @@ PRESETS: dict[str, Preset] = {
         badencoder={"epochs": 15, "batch_size": 128, "lr": 0.1, "data_ratio": 0.2, "reference_count": 1},
         downstream={"nn_epochs": 100, "batch_size": 256, "lr": 1e-3},
         inversion={"data_ratio": 0.02, "attack_size": 64, "re_steps": 40, "re_lr": 0.1,
-                   "similarity_threshold": 0.9, "init_cost": 5e-2},
+                   "similarity_threshold": SIMILARITY_THRESHOLD, "init_cost": INIT_COST},
         moth={"epochs": 5, "batch_size": 32, "harden_lr": 1e-3, "epsilon": 1e-4, "patience": 6, "monitor_every": 5},
         unlearn={"epochs": 10, "batch_size": 128, "lr": 0.02, "data_ratio": 0.1, "portion": 0.3, "beta": 3.5},
         detect={},
@@ -38,7 +41,7 @@ PRESETS: dict[str, Preset] = {
         badencoder={"epochs": 1, "batch_size": 32, "lr": 1e-3, "data_ratio": 0.02, "reference_count": 2},
         downstream={"nn_epochs": 2, "batch_size": 128, "lr": 1e-3},
         inversion={"data_ratio": 0.01, "attack_size": 8, "re_steps": 2, "re_lr": 1e-1,
-                   "similarity_threshold": 0.9, "init_cost": 5e-2},
+                   "similarity_threshold": SIMILARITY_THRESHOLD, "init_cost": INIT_COST},
         moth={"epochs": 1, "batch_size": 16, "harden_lr": 1e-3, "epsilon": 1e-4, "patience": 3, "monitor_every": 1},
         unlearn={"epochs": 2, "batch_size": 32, "lr": 0.05, "data_ratio": 0.02, "portion": 0.3, "beta": 3.5},
         detect={"re_steps": 2, "re_steps_cap": 2},

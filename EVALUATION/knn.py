@@ -13,7 +13,7 @@ from EVALUATION.metrics import accuracy, attack_success_rate, backdoor_subset
 
 
 @torch.no_grad()
-def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
+def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, *, num_classes: int,
                 k: int, t: float, chunk: int = 1024) -> torch.Tensor:
     """Predicted labels (Q,) for L2-normalised ``query`` (Q, D) against ``bank`` (N, D) with labels (N,).
 
@@ -51,13 +51,13 @@ def knn_monitor(backbone: nn.Module, train_x: torch.Tensor, train_y: torch.Tenso
     train_y = train_y.to(bank.device)
     test_y = test_y.to(bank.device)
     clean = extract_features(backbone, test_x, usage, batch_size=batch_size, desc="kNN clean test")
-    acc = accuracy(knn_predict(clean, bank, train_y, num_classes, k, t), test_y)
+    acc = accuracy(knn_predict(clean, bank, train_y, num_classes=num_classes, k=k, t=t), test_y)
     asr = float("nan")
     keep = backdoor_subset(test_y, target, include_target)
     if trigger is not None and bool(keep.any()):
         stamped_x = test_x[keep.to(test_x.device)]
         stamped = extract_features(backbone, stamped_x, usage, trigger=trigger, batch_size=batch_size,
                                    desc="kNN stamped test")
-        preds = knn_predict(stamped, bank, train_y, num_classes, k, t)
+        preds = knn_predict(stamped, bank, train_y, num_classes=num_classes, k=k, t=t)
         asr = attack_success_rate(preds, test_y[keep], target, include_target=True)
     return {"acc": acc, "asr": asr}

@@ -39,7 +39,7 @@ def build_monitor(task: str, data_dir: str, usage: UsageInfo, device: torch.devi
     """The kNN monitor on ``task``'s train (bank) and test splits, loaded onto ``device``; ASR with ``trigger``
     (None: ACC only) towards ``target``. Refuses an empty split or a target outside the task's labels."""
     need = "the kNN monitor needs at least one (--monitor_every 0 turns it off)"
-    train, test = (TensorSet.from_images(require_images(load_split(task, split, data_dir, usage.size,
+    train, test = (TensorSet.from_images(require_images(load_split(task, split, data_dir, size=usage.size,
                                                                    flag="--downstreamTask"), "--downstreamTask", need),
                                          device) for split in ("train", "test"))
     if trigger is not None:

@@ -35,6 +35,7 @@ from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
 from DATASETS.triggers import InvertedTrigger, Trigger
 from EVALUATION.monitor import monitor_row
+from INVERSION.defaults import MONITOR_EVERY
 from INVERSION.early_stop import EarlyStop, StopDecision, StopRule
 from INVERSION.hardening import draw_attack_set, first_nonfinite, harden_step, sorted_features, wasserstein_shift
 from INVERSION.inversion import (InversionConfig, InversionResult, attack_set_similarities,
@@ -57,7 +58,7 @@ class MothSettings:
     inversion: InversionConfig      # lr here is --re_lr; the first round uses FIRST_ROUND_LR
     patience: int
     epsilon: float
-    monitor_every: int = 5          # kNN monitor after every N-th batch of an epoch (and once before round 0)
+    monitor_every: int = MONITOR_EVERY  # kNN monitor after every N-th batch of an epoch (and once before round 0)
     amp: bool = False               # encoder passes in bf16 autocast (MODELS.precision)
     seed_index: int = 0             # --seed
 

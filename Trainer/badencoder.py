@@ -133,7 +133,7 @@ def load_references(cfg: BadEncoderConfig, size: int) -> np.ndarray:
                  f"found {found.shape} {found.dtype}")
         return resize_images(x, size)
     # only the chosen images are resized (224x224 for an ImageNet encoder)
-    ds = load_split(cfg.reference_dataset, "train", cfg.data_dir, size, flag="--reference_dataset",
+    ds = load_split(cfg.reference_dataset, "train", cfg.data_dir, size=size, flag="--reference_dataset",
                     keep=lambda y: np.flatnonzero(y == cfg.reference_label)[:cfg.reference_count])
     check_label(cfg.reference_label, ds.num_classes)
     if len(ds) == 0:

@@ -87,8 +87,8 @@ def _prepare_folders(cfg, folders: Sequence[Outputs], inputs: Mapping[str, str] 
     for out in folders:  # a folder may be listed twice: made writable first, guarded later in that order
         if out.field not in dirs:
             dirs[out.field] = ensure_writable_dir(getattr(cfg, out.field), out.flag)
-    earlier = {out.field: guard_outputs(dirs[out.field], out.patterns, out.flag, cfg.overwrite, cfg.resume,
-                                        remove=False, inputs=inputs, writes=out.writes)
+    earlier = {out.field: guard_outputs(dirs[out.field], out.patterns, out.flag, overwrite=cfg.overwrite,
+                                        resume=cfg.resume, remove=False, inputs=inputs, writes=out.writes)
                for out in folders if out.patterns}
     return dirs, earlier
 
@@ -136,7 +136,7 @@ def fmt_metrics(row: dict) -> str:
     return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, overwrite: bool, resume: bool,
+def guard_outputs(directory: Path, patterns: Sequence[str], flag: str, *, overwrite: bool, resume: bool,
                   remove: bool = True, inputs: Mapping[str, str] | None = None,
                   writes: Sequence[str] = ()) -> list[Path]:
     """Never overwrite an earlier run's outputs silently, and never touch an input.

@@ -17,7 +17,7 @@ from typing import Sequence, Type, TypeVar
 from DATASETS.names import DATASET_NAMES
 from MODELS.names import DEFAULT_MODEL, resolve_model
 from Trainer.filenames import DEFAULT_TRIGGER
-from INVERSION.defaults import INIT_COST, PSIM, RE_LR, RE_STEPS, SIMILARITY_THRESHOLD
+from INVERSION.defaults import INIT_COST, MONITOR_EVERY, PSIM, RE_LR, RE_STEPS, SIMILARITY_THRESHOLD
 from UTILS.device_flags import device_choice, gpu_index
 from UTILS.errors import fail
 from UTILS.seeds import MAIN_SEEDS, UNLEARN_SEEDS, global_seed
@@ -28,6 +28,10 @@ C = TypeVar("C")
 DEFAULT_MAIN_ENCODER = "ckpts/reference_be/cifar10/stl10_backdoored_encoder/model_200.pth"
 DEFAULT_REFERENCE_FILE = "reference/cifar10/truck.npz"
 MAIN_PHASES = ("moth", "nc", "detect")
+# --knn-k / --knn-t: the kNN monitor's neighbours and temperature (the original scripts' defaults), shared by every
+# script with a monitor; pretraining_encoder.py also takes --knn-t as SimCLR's temperature (Trainer/pretrain.py).
+KNN_K = 200
+KNN_T = 0.5
 # MAIN.py --phase detect (ours, after DECREE): the mean pairwise cosine the stamped images' features must reach,
 # and the relative trigger size (PL1 = mask L1 / (H*W)) below which the verdict reads "backdoor found".
 # DETECT_PL1: the geometric midpoint, at the default settings, between the largest backdoored PL1 (0.047) and the
@@ -186,8 +190,8 @@ class MainConfig(Common):
     epochs: int = 2
     log_dir: str = "MSE-test-loss"
     results_dir: str = "ckpts"
-    knn_t: float = 0.5
-    knn_k: int = 200
+    knn_t: float = KNN_T
+    knn_k: int = KNN_K
     pretrained_encoder: str = DEFAULT_MAIN_ENCODER
     harden_lr: float = 1e-3
     re_lr: float = RE_LR
@@ -209,7 +213,7 @@ class MainConfig(Common):
     reference_file: str = DEFAULT_REFERENCE_FILE
     source_label: int = -1
     psim: str = PSIM
-    monitor_every: int = 5
+    monitor_every: int = MONITOR_EVERY
     asr_include_target: bool = False
     amp: bool = False
     detect_psim: float | str = DETECT_PSIM
@@ -278,8 +282,8 @@ class UnlearnConfig(Common):
     reference_label: int = 0
     trigger_file: str = DEFAULT_TRIGGER
     re_mask_pattern: str = ""
-    knn_t: float = 0.5
-    knn_k: int = 200
+    knn_t: float = KNN_T
+    knn_k: int = KNN_K
     portion: float = 1.0
     input_type: str = "poisoned_encoder"
     init_sim_bn_update: str = "on"
@@ -388,8 +392,8 @@ class PretrainConfig(Common):
     batch_size: int = 256
     epochs: int = 1000
     results_dir: str = ""
-    knn_t: float = 0.5
-    knn_k: int = 200
+    knn_t: float = KNN_T
+    knn_k: int = KNN_K
     encoder_usage_info: str = "cifar10"
     data_ratio: float = 1.0
     downstreamTask: str = ""
@@ -431,8 +435,8 @@ class BadEncoderConfig(Common):
     reference_count: int = 1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    knn_t: float = 0.5
-    knn_k: int = 200
+    knn_t: float = KNN_T
+    knn_k: int = KNN_K
     downstreamTask: str = ""
     monitor_every: int = 1
     save_every: int = 0

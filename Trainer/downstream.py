@@ -102,10 +102,10 @@ def run_downstream(cfg: DownstreamConfig) -> dict:
     # the small files first: a bad trigger is reported before a dataset is read and resized
     trigger = load_trigger(cfg.trigger_file, "--trigger_file", expected_size=usage.size) if cfg.trigger_file else None
     model = _encoder(cfg, device)
-    train_images = require_images(load_split(cfg.dataset, "train", cfg.data_dir, usage.size), "--dataset",
+    train_images = require_images(load_split(cfg.dataset, "train", cfg.data_dir, size=usage.size), "--dataset",
                                   "the classifier has nothing to train on")
     train = TensorSet.from_images(train_images, device)
-    test = TensorSet.from_images(require_images(load_split(cfg.dataset, "test", cfg.data_dir, usage.size),
+    test = TensorSet.from_images(require_images(load_split(cfg.dataset, "test", cfg.data_dir, size=usage.size),
                                                 "--dataset", "ACC cannot be measured"), device)
     # the files the numbers come from (checked readable above), in the summary for a later --resume (rank 0's)
     fingerprint = run_fingerprint(cfg) if not is_main() else run_fingerprint(cfg, input_record({

@@ -49,7 +49,7 @@ def simclr_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tens
     return loss.detach()
 
 
-def pretrain_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, batch_size: int,
+def pretrain_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, *, batch_size: int,
                    usage: UsageInfo, temperature: float, desc: str = "pretrain") -> dict:
     """One shuffled pass in full batches (BadEncoder drops the last partial batch); returns the mean loss."""
     order = torch.randperm(len(data)).to(data.x.device)
@@ -91,8 +91,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     net = data_parallel(model)  # after resume: DDP starts every rank from rank 0's weights
 
     def train(epoch: int) -> dict:
-        return pretrain_epoch(net, optimizer, data, cfg.batch_size, usage, cfg.knn_t,
-                              desc=f"pretrain epoch {epoch}/{cfg.epochs}")
+        return pretrain_epoch(net, optimizer, data, batch_size=cfg.batch_size, usage=usage,
+                              temperature=cfg.knn_t, desc=f"pretrain epoch {epoch}/{cfg.epochs}")
 
     def watch(epoch: int) -> dict:
         return {"knn_acc": monitor_row(monitor, model.f, epoch, cfg.monitor_every)["knn_acc"]}

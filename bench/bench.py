@@ -208,7 +208,7 @@ class IdleGate:
 
 
 def measure(timer: Timer, gate: IdleGate, ours: Callable[[], Callable[[], object]],
-            floor: Callable[[], Callable[[], object]], repeats: int, budget: float,
+            floor: Callable[[], Callable[[], object]], *, repeats: int, budget: float,
             warm_ours: Optional[Callable[[], Callable[[], object]]] = None,
             warm_floor: Optional[Callable[[], Callable[[], object]]] = None) -> tuple[list, list, int]:
     """Warm up both, then time ours and the floor back to back ``repeats`` times, alternating which goes
@@ -332,7 +332,8 @@ class Bench:
 
     def run_measure(self, ours, floor, **kw):
         """Time ``ours`` against ``floor`` (alternating, with the idle gate); their per-repeat seconds."""
-        t_o, t_f, self.busy = measure(self.timer, self.gate, ours, floor, self.args.repeats, self.args.budget, **kw)
+        t_o, t_f, self.busy = measure(self.timer, self.gate, ours, floor, repeats=self.args.repeats,
+                                      budget=self.args.budget, **kw)
         return t_o, t_f
 
     # 6.1: one inversion step -------------------------------------------------------------
@@ -347,7 +348,7 @@ class Bench:
         steps = self.args.steps
         return attack, init, InversionConfig(steps=steps, step_cap=steps, lr=0.5)
 
-    def row(self, model, stage, axis, size, images, t_o, t_f, per: int = 1) -> Row:
+    def row(self, model, stage, *, axis, size, images, t_o, t_f, per: int = 1) -> Row:
         """A :class:`Row` from the per-repeat seconds (divided by ``per``: steps per call); printed as it is made."""
         t_o = [t / per for t in t_o]
         t_f = [t / per for t in t_f]
@@ -378,7 +379,8 @@ class PipelineRows(Bench):
             return call
 
         t_o, t_f = self.run_measure(ours, floor)
-        return self.row(name, "inversion step", "attack_size", attack_size, attack_size, t_o, t_f, per=steps)
+        return self.row(name, "inversion step", axis="attack_size", size=attack_size, images=attack_size,
+                        t_o=t_o, t_f=t_f, per=steps)
 
     # 6.2d: the early-stop distance --------------------------------------------------------
     def distance(self, name: str, ratio: float) -> Row:
@@ -406,7 +408,7 @@ class PipelineRows(Bench):
         t_o, t_f = self.run_measure(ours_on(data.x, clean_sorted), floor_on(stamped_norm),
                                     warm_ours=ours_on(data.x[:warm_n], clean_sorted[:warm_n]),
                                     warm_floor=floor_on(stamped_norm[:warm_n]))
-        return self.row(name, "early-stop distance", "data_ratio", ratio, len(data), t_o, t_f)
+        return self.row(name, "early-stop distance", axis="data_ratio", size=ratio, images=len(data), t_o=t_o, t_f=t_f)
 
     # 6.4: one unlearning epoch ------------------------------------------------------------
     def unlearn(self, name: str, ratio: float) -> Row:
@@ -429,7 +431,7 @@ class PipelineRows(Bench):
 
         t_o, t_f = self.run_measure(unlearn_preparer(base, data, trigger), floor_on(data),
                                     warm_ours=unlearn_preparer(base, warm, trigger), warm_floor=floor_on(warm))
-        return self.row(name, "unlearn epoch", "data_ratio", ratio, len(data), t_o, t_f)
+        return self.row(name, "unlearn epoch", axis="data_ratio", size=ratio, images=len(data), t_o=t_o, t_f=t_f)
 
     # 6.6: downstream feature extraction ---------------------------------------------------
 
@@ -454,7 +456,7 @@ class EvaluationRows(Bench):
         t_o, t_f = self.run_measure(features_preparer(backbone, data.x), floor_on(x_norm),
                                     warm_ours=features_preparer(backbone, data.x[:warm_n]),
                                     warm_floor=floor_on(x_norm[:warm_n]))
-        row = self.row(name, "feature extraction", "data_ratio", ratio, len(data), t_o, t_f)
+        row = self.row(name, "feature extraction", axis="data_ratio", size=ratio, images=len(data), t_o=t_o, t_f=t_f)
         self._features_s[(name, ratio)] = row.ours_s
         return row
 
@@ -495,7 +497,7 @@ class EvaluationRows(Bench):
             return call
 
         t_o, t_f = self.run_measure(ours, floor)
-        row = self.row(name, "MLP epoch", "data_ratio", ratio, len(data), t_o, t_f, per=epochs)
+        row = self.row(name, "MLP epoch", axis="data_ratio", size=ratio, images=len(data), t_o=t_o, t_f=t_f, per=epochs)
         feat_s = self._features_s.get((name, ratio))
         if feat_s:
             row.note = f"500 ep = {500 * row.ours_s / feat_s:.1f}x features"
@@ -528,7 +530,7 @@ class EvaluationRows(Bench):
 
         t_o, t_f = self.run_measure(ours, floor)
         images = len(bank) + len(test) + int(keep.sum())
-        return self.row(name, "kNN monitor", "data_ratio", ratio, images, t_o, t_f)
+        return self.row(name, "kNN monitor", axis="data_ratio", size=ratio, images=images, t_o=t_o, t_f=t_f)
 
 
 class AmpRows(Bench):
@@ -547,8 +549,8 @@ class AmpRows(Bench):
         attack, init, config = self.inversion_setup(attack_size)
         t_o, t_f = self.run_measure(invert_preparer(fast, attack, init, config),
                                     invert_preparer(backbone, attack, init, config))
-        return self.amp_row(self.row(name, "inversion step --amp", "attack_size", attack_size, attack_size, t_o, t_f,
-                                     per=config.steps))
+        return self.amp_row(self.row(name, "inversion step --amp", axis="attack_size", size=attack_size,
+                                     images=attack_size, t_o=t_o, t_f=t_f, per=config.steps))
 
     def amp_distance(self, name: str, ratio: float) -> Row:
         """The distance with --amp against the same in float32."""
@@ -560,7 +562,8 @@ class AmpRows(Bench):
         ours = distance_preparer(fast, data.x, trigger, sorted_features(fast, data.x, USAGE))
         floor = distance_preparer(reference, data.x, trigger, sorted_features(reference, data.x, USAGE))
         t_o, t_f = self.run_measure(ours, floor)
-        return self.amp_row(self.row(name, "early-stop distance --amp", "data_ratio", ratio, len(data), t_o, t_f))
+        return self.amp_row(self.row(name, "early-stop distance --amp", axis="data_ratio", size=ratio, images=len(data),
+                                     t_o=t_o, t_f=t_f))
 
     def amp_unlearn(self, name: str, ratio: float) -> Row:
         """The unlearn epoch with --amp against the same in float32."""
@@ -569,7 +572,8 @@ class AmpRows(Bench):
         trigger = random_inverted_trigger(self.device)
         t_o, t_f = self.run_measure(unlearn_preparer(base, data, trigger, amp=True),
                                     unlearn_preparer(base, data, trigger))
-        return self.amp_row(self.row(name, "unlearn epoch --amp", "data_ratio", ratio, len(data), t_o, t_f))
+        return self.amp_row(self.row(name, "unlearn epoch --amp", axis="data_ratio", size=ratio, images=len(data),
+                                     t_o=t_o, t_f=t_f))
 
     def amp_features(self, name: str, ratio: float) -> Row:
         """Feature extraction with --amp against the same in float32."""
@@ -577,7 +581,8 @@ class AmpRows(Bench):
         fast = with_precision(copy.deepcopy(backbone), True)
         data = share(self.pool, ratio, self.device)
         t_o, t_f = self.run_measure(features_preparer(fast, data.x), features_preparer(backbone, data.x))
-        return self.amp_row(self.row(name, "feature extraction --amp", "data_ratio", ratio, len(data), t_o, t_f))
+        return self.amp_row(self.row(name, "feature extraction --amp", axis="data_ratio", size=ratio, images=len(data),
+                                     t_o=t_o, t_f=t_f))
 
     # 6.2: the resume state written after every round
     def state_save(self, name: str, _size: float) -> Row:
@@ -605,7 +610,7 @@ class AmpRows(Bench):
 
             t_o, t_f = self.run_measure(lambda: ours, lambda: floor)
             size = synchronous.stat().st_size / 1e6
-        row = self.row(name, "round state save", "MB", round(size, 1), 32, t_o, t_f)
+        row = self.row(name, "round state save", axis="MB", size=round(size, 1), images=32, t_o=t_o, t_f=t_f)
         row.note = f"state write + {self.args.steps} inversion steps; floor = synchronous write"
         return row
 

@@ -132,7 +132,8 @@ class Rows224:
 
         t_o, t_f = self.bench.run_measure(ours, floor)
         stage = self._stage(f"inversion step (micro {micro})" if micro else "inversion step")
-        row = self.bench.row(name, stage, "attack_size", attack_size, attack_size, t_o, t_f, per=steps)
+        row = self.bench.row(name, stage, axis="attack_size", size=attack_size, images=attack_size,
+                             t_o=t_o, t_f=t_f, per=steps)
         row.note = self._note(ours(), floor(), "floor: whole 32-image chunks" if micro else "")
         return row
 
@@ -159,7 +160,7 @@ class Rows224:
 
         floor = unlearn_floor(base, prepared)
         t_o, t_f = self.bench.run_measure(ours, floor)
-        row = self.bench.row(name, self._stage("unlearn epoch"), "images", n, n, t_o, t_f)
+        row = self.bench.row(name, self._stage("unlearn epoch"), axis="images", size=n, images=n, t_o=t_o, t_f=t_f)
         row.note = self._note(ours(), floor(), f"batch {UNLEARN_BATCH_224}")
         return row
 
@@ -180,6 +181,6 @@ class Rows224:
             return call
 
         t_o, t_f = self.bench.run_measure(ours, floor)
-        row = self.bench.row(name, self._stage("feature extraction"), "images", n, n, t_o, t_f)
+        row = self.bench.row(name, self._stage("feature extraction"), axis="images", size=n, images=n, t_o=t_o, t_f=t_f)
         row.note = self._note(ours(), floor(), "batch 64")
         return row

@@ -308,7 +308,7 @@ def original_data(work: Path, part: str, passes: list):
                 yield batch
             passes.append({"name": self.name, "seconds": time.perf_counter() - began, "batches": batches})
 
-    def loader(dataset, train, ratio, batch_size, usage, trigger_file=None, label=None):
+    def loader(dataset, train, ratio, *, batch_size, usage, trigger_file=None, label=None):
         split = "train" if train else "test"
         arrays = np.load(work / f"data-{part}" / dataset / f"{split}.npz")
         x, y = arrays["x"], arrays["y"].reshape(-1)
@@ -327,11 +327,12 @@ def original_data(work: Path, part: str, passes: list):
         return out
 
     def get_dataloader(dataset, train=True, ratio=1.0, batch_size=128, encoder_usage_info="cifar10"):
-        return loader(dataset, train, ratio, batch_size, encoder_usage_info)
+        return loader(dataset, train, ratio, batch_size=batch_size, usage=encoder_usage_info)
 
     def get_backdoored_loader(dataset, trigger_file, train=True, ratio=1.0, batch_size=128, reference_label=-1,
                               mode="non-targeted", encoder_usage_info="cifar10"):
-        return loader(dataset, train, ratio, batch_size, encoder_usage_info, trigger_file, reference_label)
+        return loader(dataset, train, ratio, batch_size=batch_size, usage=encoder_usage_info,
+                      trigger_file=trigger_file, label=reference_label)
 
     return get_dataloader, get_backdoored_loader
 

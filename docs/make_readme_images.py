@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     for stage, name, title in STAGES:
         shown, output, folders = rerun_stage(commands[stage], run / "readme-rerun" / name.removesuffix(".png"))
         text = output.rstrip() + "\n\n" + listing(folders)
-        print("wrote", render_terminal(shown, text, out / name, title, max_lines=44))
+        print("wrote", render_terminal(shown, text, out / name, title=title, max_lines=44))
     for figure in FIGURES:
         source = run / "report" / figure
         if source.is_file():

@@ -24,7 +24,7 @@ def clean_lines(text: str, width: int, max_lines: int) -> list[str]:
     return lines
 
 
-def render_terminal(command: str, output: str, path: Path, title: str, width: int = 118,
+def render_terminal(command: str, output: str, path: Path, *, title: str, width: int = 118,
                     max_lines: int = 40, size: int = 14) -> Path:
     """Draw ``$ command`` followed by ``output`` in a terminal-like frame and save it as PNG."""
     font = ImageFont.truetype(str(FONT), size)

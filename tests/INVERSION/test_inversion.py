@@ -149,7 +149,7 @@ class Linear(nn.Module):
         return torch.tanh(x.flatten(1) @ self.w)
 
 
-def slow_round(backbone, images, init, steps, lr, init_cost, threshold, seed):
+def slow_round(backbone, images, init, *, steps, lr, init_cost, threshold, seed):
     """One inversion round written out from the paper's code's description, one line per rule:
     numpy-seeded cumulative reshuffle per step, chunks of 32 (remainder dropped), one Adam for the
     round, step means over chunks, best = last chunk's trigger when the mean psim reaches the
@@ -217,7 +217,8 @@ def test_a_round_equals_the_slow_reference_of_the_papers_round():
     cfg = InversionConfig(steps=25, lr=0.1, init_cost=1e-3, threshold=0.6)
     trace = []
     ours = invert_trigger(backbone, images, PLAIN, cfg, init, seed=100, trace=trace)
-    (mask, pattern), reg, next_seed = slow_round(backbone, images, init, 25, 0.1, 1e-3, 0.6, 100)
+    (mask, pattern), reg, next_seed = slow_round(backbone, images, init, steps=25, lr=0.1, init_cost=1e-3,
+                                                 threshold=0.6, seed=100)
     assert sum(t["new_best"] for t in trace) >= 2, "the check needs restarts"
     assert ours.reached and ours.next_seed == next_seed == 125
     # values in [0, 1] from float32 logits: 1e-5 is ~100 float32 roundings (4e-7 measured), far below a changed decision

@@ -33,7 +33,7 @@ def logits(size, seed):
     return a, b
 
 
-def full_gradient(backbone, images, a, b, usage, cost, kind):
+def full_gradient(backbone, images, a, b, *, usage, cost, kind):
     """The reference: the whole chunk in one forward/backward (today's path)."""
     loss, psim, l1, _ = inversion_loss(backbone, images, a, b, usage, cost=cost, psim_kind=kind)
     ga, gb = torch.autograd.grad(loss, (a, b))
@@ -52,7 +52,7 @@ def test_micro_batched_gradient_equals_one_batch(kind, micro):
     images = torch.rand(10, 3, 8, 8, dtype=torch.float64)  # 10 = 3 + 3 + 3 + 1: a short last piece too
     a, b = logits(8, 1)
     with frozen(backbone):
-        loss, psim, l1, ga, gb = full_gradient(backbone, images, a, b, PLAIN, 0.05, kind)
+        loss, psim, l1, ga, gb = full_gradient(backbone, images, a, b, usage=PLAIN, cost=0.05, kind=kind)
         got = micro_batched_backward(backbone, images, a, b, PLAIN, cost=0.05, psim_kind=kind, micro_batch=micro)
     assert_close64(got[0], loss, what="loss")
     assert_close64(got[1], psim, what="psim")
@@ -70,7 +70,7 @@ def test_micro_batched_gradient_through_a_224_tower():
     a, b = logits(224, 2)
     usage = get_usage("CLIP")
     with frozen(backbone):
-        _, psim, _, ga, gb = full_gradient(backbone, images, a, b, usage, 1e-3, "original")
+        _, psim, _, ga, gb = full_gradient(backbone, images, a, b, usage=usage, cost=1e-3, kind="original")
         micro_batched_backward(backbone, images, a, b, usage, cost=1e-3, psim_kind="original", micro_batch=2)
     assert psim < 0.75 - 1e-3  # below the ceiling (B-1)/B: the features differ, the loss is not saturated
     assert_close64(a.grad, ga, what="mask gradient")

@@ -30,7 +30,7 @@ def _cos(a, b):
     return F.cosine_similarity(a, b, dim=0).item()
 
 
-def slow_badencoder_loss(bad, clean, images, references, augmented, lambda1, lambda2):
+def slow_badencoder_loss(bad, clean, images, references, augmented, *, lambda1, lambda2):
     """Each term written out image by image, each image through the encoders on its own."""
     f = lambda net, x: net(normalize(x[None], USAGE))[0]  # noqa: E731
     b, r = len(images), len(references)
@@ -57,7 +57,7 @@ def test_badencoder_loss_matches_a_slow_reference(n_refs):
     torch.manual_seed(11)  # replay the augmentation of the references
     augmented = reference_view(references[torch.arange(5) % n_refs])
     with torch.no_grad():
-        l0, l1, l2, total = slow_badencoder_loss(bad, clean, images, references, augmented, 0.7, 1.3)
+        l0, l1, l2, total = slow_badencoder_loss(bad, clean, images, references, augmented, lambda1=0.7, lambda2=1.3)
     assert parts["loss0"].item() == pytest.approx(l0, abs=1e-5)
     assert parts["loss1"].item() == pytest.approx(l1, abs=1e-5)
     assert parts["loss2"].item() == pytest.approx(l2, abs=1e-5)

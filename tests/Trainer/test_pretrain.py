@@ -63,7 +63,7 @@ def test_epoch_uses_full_batches_only(monkeypatch):
 
     monkeypatch.setattr(pretrain, "simclr_step", fake_step)
     data = TensorSet(torch.rand(10, 3, 32, 32), torch.zeros(10, dtype=torch.long), 10)
-    row = pretrain_epoch(None, None, data, 4, USAGE, 0.5)
+    row = pretrain_epoch(None, None, data, batch_size=4, usage=USAGE, temperature=0.5)
     assert seen == [4, 4] and row["loss"] == pytest.approx(1.5)  # BadEncoder drops the last partial batch
 
 
