@@ -181,18 +181,11 @@ class Cell:
         path = self.root / "probe.json"
         if path.is_file() and not self.args.rerun:
             return json.loads(path.read_text())
-        from DATASETS.stats import get_usage
-        from DATASETS.tensors import load_train_share
-        from DATASETS.triggers import load_trigger
         from INVERSION.inversion import chunk_similarity
         from INVERSION.relative import CentredFeatures, feature_centre
         from MODELS.checkpoint import load_encoder
 
-        usage = get_usage(self.data.usage)
-        share = self.preset.inversion["data_ratio"]
-        images = load_train_share(self.data.pretrain, share, self.data_dir, usage, "cpu").x[:64]
-        run = self.run_for("paper")
-        gt = load_trigger(run.layout.trigger, "--trigger_file", expected_size=usage.size)
+        usage, images, run, gt = self.measurement_inputs()
         files = {"clean": run.clean_encoder, "backdoored": run.backdoored}
         out = {}
         for kind, file in files.items():
@@ -210,17 +203,11 @@ class Cell:
         backdoored encoder) ``in_square``, the share of the mask's mass inside the injected trigger's mask
         (chance: its share of the image), and ``onto_injected``, the cosine between the centred mean feature of
         images stamped with it and that of images stamped with the injected trigger (1: the same collapse point)."""
-        from DATASETS.stats import get_usage
-        from DATASETS.tensors import load_train_share
         from DATASETS.triggers import load_trigger
-        from Trainer.filenames import BEST_TRIGGER, DETECT_TRIGGER, NC_TRIGGER
         from MODELS.checkpoint import load_encoder
+        from Trainer.filenames import BEST_TRIGGER, DETECT_TRIGGER, NC_TRIGGER
 
-        usage = get_usage(self.data.usage)
-        images = load_train_share(self.data.pretrain, self.preset.inversion["data_ratio"], self.data_dir, usage,
-                                  "cpu").x[:64]
-        run = self.run_for("paper")
-        gt = load_trigger(run.layout.trigger, "--trigger_file", expected_size=usage.size)
+        usage, images, run, gt = self.measurement_inputs()
         found = {("clean", "check"): (run.clean_encoder, run.layout.detect_dir("clean") / DETECT_TRIGGER),
                  ("backdoored", "check"): (run.backdoored, run.layout.detect_dir("backdoored") / DETECT_TRIGGER)}
         for arm in arms:
@@ -228,12 +215,27 @@ class Cell:
             found[("backdoored", f"{arm} RECEIVE")] = (run.backdoored, layout.moth_log / BEST_TRIGGER)
             found[("backdoored", f"{arm} NC")] = (run.backdoored, layout.nc_log / NC_TRIGGER)
         out: dict = {"chance": float(gt.mask.float().mean())}
+        backbones = {}  # each encoder loaded once, however many of its triggers are measured
         for (encoder, what), (file, trigger_file) in found.items():
             if trigger_file.is_file():
-                f = load_encoder(file, self.model, "cpu").f
+                if file not in backbones:
+                    backbones[file] = load_encoder(file, self.model, "cpu").f
                 trigger = load_trigger(trigger_file, "--re_mask_pattern", expected_size=usage.size)
-                out.setdefault(encoder, {})[what] = collapse_measures(f, images, usage, trigger, gt)
+                out.setdefault(encoder, {})[what] = collapse_measures(backbones[file], images, usage, trigger, gt)
         return out
+
+    def measurement_inputs(self):
+        """What probe and collapse measure on: (usage, the first 64 images (64, 3, H, W) of the demo's inversion
+        share, the paper arm's DemoRun, the injected trigger)."""
+        from DATASETS.stats import get_usage
+        from DATASETS.tensors import load_train_share
+        from DATASETS.triggers import load_trigger
+
+        usage = get_usage(self.data.usage)
+        images = load_train_share(self.data.pretrain, self.preset.inversion["data_ratio"], self.data_dir, usage,
+                                  "cpu").x[:64]
+        run = self.run_for("paper")
+        return usage, images, run, load_trigger(run.layout.trigger, "--trigger_file", expected_size=usage.size)
 
     def collapse_cached(self, arms: list[str]) -> dict:
         """Cell.collapse, kept in collapse.json and measured again when an arm was added since."""
@@ -255,11 +257,16 @@ class Cell:
         self.data.write_trigger(run.layout.trigger)  # the injected trigger: its ASR sets and gt_psim column
         return run.defend({k: dict(v) for k, v in encoders.items()})
 
+    @property
+    def oracle_file(self) -> Path:
+        """Where oracle() keeps its ACC/ASR."""
+        return self.root / "oracle" / "oracle.json"
+
     def oracle(self) -> dict:
         """The unlearning stage's ceiling on this cell: ``Unlearn-trigger.py`` given the *injected* trigger (a
         measurement only: no method ever sees it), then the downstream classifier (kept in oracle/oracle.json).
         When RECEIVE misses, this says whether the inversion found the wrong trigger or the unlearning falls short."""
-        path = self.root / "oracle" / "oracle.json"
+        path = self.oracle_file
         if path.is_file() and not self.args.rerun:
             return json.loads(path.read_text())
         log(f"\n##### {self.name}: unlearning the injected trigger (the ceiling) #####")
@@ -274,8 +281,7 @@ class Cell:
         row = {"cell": self.name, "family": self.family, "model": self.model, "seed": self.seed,
                "trigger": self.trigger, "attack": self.attack, "probe": self.probe()}
         row["collapse"] = self.collapse_cached(list(arms))
-        oracle = self.root / "oracle" / "oracle.json"
-        row["oracle"] = json.loads(oracle.read_text()) if oracle.is_file() else None
+        row["oracle"] = json.loads(self.oracle_file.read_text()) if self.oracle_file.is_file() else None
         for kind in ENCODERS:
             det = encoders[kind]["detect"]
             row[kind] = {"acc": encoders[kind]["acc"], "asr": encoders[kind]["asr"], "verdict": det["verdict"],
