@@ -8,6 +8,7 @@ not only in seed, each written once in BadEncoder's npz layout so that the norma
 | photos       | patches of real photographs, an MRI slice and terrain maps, labelled by region | matplotlib's sample data |
 | lowcontrast  | faint shapes on one texture shared by every image                         | generated            |
 | nearsame     | one photograph shared by every image, a digit blended in at 8 %: high feature similarity by construction | matplotlib + Pillow |
+| greydigits   | grey digits on a dark background, near the centre (as scanned handwriting sets are): grayscale, one layout | Pillow's bundled font |
 
 A family other than ``synthetic`` is written under ``<data_dir>/<family>/`` in the slots of two dataset names
 the loaders know: its pre-training set as ``cifar10`` and its downstream set as ``stl10`` (ten classes each,
@@ -25,7 +26,7 @@ import numpy as np
 from DATASETS import synthetic
 from UTILS.io import ensure_writable_dir, save_npz
 
-FAMILIES = ("synthetic", "glyphs", "photos", "lowcontrast", "nearsame")
+FAMILIES = ("synthetic", "glyphs", "photos", "lowcontrast", "nearsame", "greydigits")
 SIZES = {"pre": {"train": 10000, "test": 2000}, "down": {"train": 5000, "test": 2000}}
 SLOTS = {"pre": "cifar10", "down": "stl10"}  # dataset names whose npz slots a family's sets are written into
 SIDE = 32
@@ -186,7 +187,35 @@ def _nearsame(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray
     return 0.92 * base[None] + 0.08 * _glyphs(rng, y, down) + rng.normal(0, 0.01, (y.size, 3, SIDE, SIDE))
 
 
-DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast, "nearsame": _nearsame}
+def _greydigits(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray:
+    """The digit ``y[i]`` in light grey on a dark grey background, filling most of the frame near its centre
+    (within 3 pixels), slanted a little, the same in all three channels: the layout of a scanned-digit set,
+    where most of every image is the same dark background. Added after glyphs' colourful, freely placed
+    digits gave a tiny SimCLR encoder nothing to learn (kNN at chance), so that a held-out family tests the
+    defence on an encoder that works."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    out = np.zeros((y.size, 3, SIDE, SIDE))
+    fonts = {size: ImageFont.load_default(size=size) for size in range(26, 33)}
+    for i, label in enumerate(y):
+        canvas = Image.new("L", (2 * SIDE, 2 * SIDE), 0)
+        ImageDraw.Draw(canvas).text((SIDE // 2, SIDE // 4), str(int(label)), fill=255,
+                                    font=fonts[int(rng.integers(26, 33))])
+        canvas = canvas.rotate(float(rng.uniform(-15, 15) if down else rng.uniform(-10, 10)), resample=Image.BILINEAR)
+        glyph = canvas.crop(canvas.getbbox() or (0, 0, 2 * SIDE, 2 * SIDE))
+        scale = min(1.0, 26 / max(glyph.size))
+        glyph = glyph.resize((max(1, int(glyph.width * scale)), max(1, int(glyph.height * scale))), Image.BILINEAR)
+        top = (SIDE - glyph.height) // 2 + int(rng.integers(-3, 4))
+        left = (SIDE - glyph.width) // 2 + int(rng.integers(-3, 4))
+        top, left = min(max(top, 0), SIDE - glyph.height), min(max(left, 0), SIDE - glyph.width)
+        alpha = np.zeros((SIDE, SIDE))
+        alpha[top:top + glyph.height, left:left + glyph.width] = np.asarray(glyph, dtype=np.float64) / 255
+        fg, bg = rng.uniform(0.65, 0.9), rng.uniform(0.0, 0.15)
+        out[i] = (alpha * fg + (1 - alpha) * bg)[None]
+    return out + rng.normal(0, 0.02, (y.size, 1, SIDE, SIDE))
+
+
+DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast, "nearsame": _nearsame, "greydigits": _greydigits}
 
 
 def generate(family: str, part: str, split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
