@@ -8,6 +8,8 @@ not only in seed, each written once in BadEncoder's npz layout so that the norma
 | photos       | patches of real photographs, an MRI slice and terrain maps, labelled by region | matplotlib's sample data |
 | lowcontrast  | faint shapes on one texture shared by every image                         | generated            |
 | nearsame     | one photograph shared by every image, a digit blended in at 8 %: high feature similarity by construction | matplotlib + Pillow |
+| greyphotos   | photos' regions in grey: real grayscale images (a photograph, an MRI slice, terrain maps) | matplotlib's sample data |
+| greyshapes   | synthetic's shapes in grey: the tuned family's drawing without its colours             | this repository      |
 | greydigits   | grey digits on a dark background, near the centre (as scanned handwriting sets are): grayscale, one layout | Pillow's bundled font |
 
 A family other than ``synthetic`` is written under ``<data_dir>/<family>/`` in the slots of two dataset names
@@ -26,7 +28,7 @@ import numpy as np
 from DATASETS import synthetic
 from UTILS.io import ensure_writable_dir, save_npz
 
-FAMILIES = ("synthetic", "glyphs", "photos", "lowcontrast", "nearsame", "greydigits")
+FAMILIES = ("synthetic", "glyphs", "photos", "lowcontrast", "nearsame", "greydigits", "greyphotos", "greyshapes")
 SIZES = {"pre": {"train": 10000, "test": 2000}, "down": {"train": 5000, "test": 2000}}
 SLOTS = {"pre": "cifar10", "down": "stl10"}  # dataset names whose npz slots a family's sets are written into
 SIDE = 32
@@ -215,7 +217,26 @@ def _greydigits(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarr
     return out + rng.normal(0, 0.02, (y.size, 1, SIDE, SIDE))
 
 
-DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast, "nearsame": _nearsame, "greydigits": _greydigits}
+def _grey(draw):
+    """A family drawn by ``draw`` and turned grey (the mean of its three channels in all three)."""
+    def grey(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray:
+        return np.repeat(draw(rng, y, down).mean(axis=1, keepdims=True), 3, axis=1)
+    grey.__doc__ = f"{draw.__name__} in grey."
+    return grey
+
+
+def _synthetic_shapes(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray:
+    """(n, 3, 32, 32) floats: the embedded set's shapes of classes ``y``."""
+    out = np.zeros((y.size, 3, SIDE, SIDE))
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        if idx.size:
+            out[idx] = _shapes_of_class(rng, c, idx.size, down)
+    return out
+
+
+DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast, "nearsame": _nearsame, "greydigits": _greydigits,
+        "greyphotos": _grey(_photos), "greyshapes": _grey(_synthetic_shapes)}
 
 
 def generate(family: str, part: str, split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
