@@ -9,7 +9,7 @@ It is evidence, not proof: see docs/DETECTION.md for what it does and does not s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from torch import Tensor
@@ -30,6 +30,15 @@ def relative_size(mask: Tensor) -> float:
 # 0.055 (lowcontrast's clean 0.0632, its backdoored 0.0455; the calibration's 0.0645 and 0.047), so a band of
 # 1.1 leaves each of them decided and calls anything nearer than those "inconclusive".
 INCONCLUSIVE_FACTOR = 1.1
+# The judged clean images' own pair-mean cosine (the detection's psim before any trigger) on the encoders
+# --detect_pl1's default is known to hold for: 0.57-0.64 over the clean and backdoored encoders of the tuned
+# families (bench/generalise.py: synthetic, lowcontrast; seeds 0-2), 0.65 with a margin. Above it the images
+# already agree more than on any of them, and there small natural triggers make them agree fully without a
+# backdoor: of the four clean encoders measured above it (nearsame at 0.69, greydigits at 0.73-0.77) three were
+# called backdoored at PL1 0.008-0.041, while two strong backdoors of greydigits (0.81-0.82) needed 0.071-0.081.
+# The PL1 threshold then says nothing, so the verdict is "inconclusive" (docs/DETECTION.md, "Outside the
+# calibration"). A user's own --detect_pl1 is their own calibration and lifts this limit.
+CALIBRATED_CLEAN_PSIM_MAX = 0.65
 LABELS = ("backdoor found", "inconclusive", "no backdoor found")
 
 
@@ -42,6 +51,13 @@ class Verdict:
     threshold: float    # --detect_pl1
     reached: bool       # some trigger made the stamped features reach --detect_psim
     factor: float = INCONCLUSIVE_FACTOR
+    clean_psim: float = float("nan")  # the judged clean images' own pair-mean cosine
+    clean_psim_max: Optional[float] = None  # the calibration's upper end (None: no limit, a user's threshold)
+
+    @property
+    def outside_calibration(self) -> bool:
+        """True when the clean images already agree more than on any encoder the threshold was calibrated on."""
+        return self.clean_psim_max is not None and self.clean_psim > self.clean_psim_max
 
     @property
     def label(self) -> str:
@@ -54,6 +70,11 @@ class Verdict:
             return ("no trigger, small or large, made the stamped images' features agree enough before the search "
                     "stalled: the search found no collapsing trigger (raise --re_steps_cap if psim was still "
                     "rising)")
+        if self.outside_calibration:
+            return (f"the judged images already agree (pair cosine {self.clean_psim:.3f}, above {self.clean_psim_max:g}, "
+                    f"the most of any encoder the threshold was calibrated on), where small triggers make clean "
+                    f"encoders' features collapse too, so PL1 {self.pl1:.4f} cannot be read against the threshold "
+                    f"{self.threshold:g}")
         low, high = self.threshold / self.factor, self.threshold * self.factor
         where = {True: f"below {low:.4f}", None: f"between {low:.4f} and {high:.4f}, too close to",
                  False: f"above {high:.4f}"}[self.backdoored]
@@ -61,14 +82,19 @@ class Verdict:
                 f"{where} the threshold {self.threshold:g}")
 
 
-def judge(pl1: float, reached: bool, threshold: float, factor: float = INCONCLUSIVE_FACTOR) -> Verdict:
+def judge(pl1: float, reached: bool, threshold: float, factor: float = INCONCLUSIVE_FACTOR, *,
+          clean_psim: float = float("nan"), clean_psim_max: Optional[float] = None) -> Verdict:
     """Backdoored when a trigger reached the similarity threshold with PL1 below ``threshold / factor``; clean
     when none reached it or PL1 is above ``threshold * factor``; inconclusive in between (``--detect_pl1``,
-    whose default Trainer/configs.py explains)."""
+    whose default Trainer/configs.py explains), and inconclusive whatever the PL1 when the clean images' own
+    pair cosine ``clean_psim`` is above ``clean_psim_max`` (outside the calibration; None: no limit)."""
     if not reached or math.isnan(pl1):
-        return Verdict(backdoored=False, pl1=float("nan"), threshold=threshold, reached=False, factor=factor)
+        return Verdict(backdoored=False, pl1=float("nan"), threshold=threshold, reached=False, factor=factor,
+                       clean_psim=clean_psim, clean_psim_max=clean_psim_max)
     backdoored = True if pl1 < threshold / factor else False if pl1 > threshold * factor else None
-    return Verdict(backdoored=backdoored, pl1=pl1, threshold=threshold, reached=reached, factor=factor)
+    verdict = Verdict(backdoored=backdoored, pl1=pl1, threshold=threshold, reached=reached, factor=factor,
+                      clean_psim=clean_psim, clean_psim_max=clean_psim_max)
+    return replace(verdict, backdoored=None) if verdict.outside_calibration else verdict
 
 
 def growth(l1_by_round: Sequence[float]) -> float:

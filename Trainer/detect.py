@@ -42,6 +42,7 @@ class DetectSettings:
     images: int = 0         # --detect_images: how many images of the set are judged (0: all)
     calibrated_images: int = 0  # how many images --detect_pl1's default was measured on (DETECT_IMAGES)
     off_calibration: tuple[str, ...] = ()  # flags set otherwise than when --detect_pl1's default was measured
+    clean_psim_max: Optional[float] = None  # above this clean pair cosine the verdict is inconclusive (None: no limit)
     amp: bool = False
     seed: int = 0           # draws the random start
     step_seed: int = FIRST_STEP_SEED
@@ -88,7 +89,8 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
                        trigger_path=log_dir / DETECT_TRIGGER, preview_path=log_dir / DETECT_PICTURE)
     result, psim, reference = done.result, done.psim, done.reference
     goal = reference["threshold"]  # the round's threshold: settings.psim_threshold, or the auto one
-    verdict = judge(relative_size(result.mask), result.reached, settings.pl1_threshold)
+    verdict = judge(relative_size(result.mask), result.reached, settings.pl1_threshold,
+                    clean_psim=reference["clean_psim"], clean_psim_max=settings.clean_psim_max)
     note = calibration_note(settings, len(data))
     explanation = verdict.explain() + (f"; note: {note}" if note else "")
     h, w = result.mask.shape[-2:]
@@ -96,6 +98,7 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
                "calibrated": not note, "calibration_note": note or None,
                "pl1": verdict.pl1, "pl1_threshold": settings.pl1_threshold,
                "inconclusive_band": [settings.pl1_threshold / verdict.factor, settings.pl1_threshold * verdict.factor],
+               "calibrated_clean_psim_max": settings.clean_psim_max, "outside_calibration": verdict.outside_calibration,
                "l1": result.l1,
                "l1_definition": L1_DEFINITION, "image_pixels": h * w, "psim": psim, "psim_kind": config.psim,
                "psim_threshold": goal, "psim_threshold_rule": "auto" if auto else "fixed",

@@ -13,6 +13,7 @@ from DATASETS.loaders import split_files
 from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import Trigger
 from EVALUATION.monitor import build_monitor
+from INVERSION.detect import CALIBRATED_CLEAN_PSIM_MAX
 from INVERSION.inversion import InversionConfig
 from INVERSION.iterative import MothSettings
 from INVERSION.relative import AUTO_SHARE
@@ -147,6 +148,7 @@ def run_detect_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_pl1,
                               images=cfg.detect_images, calibrated_images=DETECT_IMAGES,
                               off_calibration=off_calibration(cfg), amp=cfg.amp,
+                              clean_psim_max=CALIBRATED_CLEAN_PSIM_MAX if cfg.detect_pl1 == DETECT_PL1 else None,
                               seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
     return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings=settings,
                       ground_truth=inputs.ground_truth)

@@ -41,3 +41,21 @@ def test_growth_is_the_largest_later_round_over_the_first():
     assert growth([float("nan"), 30.0, 45.0]) == pytest.approx(1.5)  # rounds without a trigger are skipped
     assert math.isnan(growth([10.0]))
     assert math.isnan(growth([]))
+
+
+@pytest.mark.parametrize("pl1", [0.005, 0.06, 0.3])
+def test_clean_images_that_agree_beyond_the_calibration_get_no_verdict_whatever_the_size(pl1):
+    v = judge(pl1, True, threshold=0.06, clean_psim=0.80, clean_psim_max=0.65)
+    assert v.backdoored is None and v.label == "inconclusive" and v.outside_calibration
+    assert "0.800" in v.explain() and "0.65" in v.explain()
+
+
+def test_the_calibration_limit_leaves_encoders_inside_it_and_searches_that_found_nothing_alone():
+    inside = judge(0.01, True, threshold=0.06, clean_psim=0.60, clean_psim_max=0.65)
+    assert inside.backdoored is True and not inside.outside_calibration
+    assert judge(0.01, True, threshold=0.06, clean_psim=0.65, clean_psim_max=0.65).backdoored is True  # at the edge
+    # no collapsing trigger at all is an answer whatever the clean images do
+    assert judge(float("nan"), False, threshold=0.06, clean_psim=0.9, clean_psim_max=0.65).backdoored is False
+    # a user's own threshold (no limit) and an unknown clean cosine keep the PL1 rule
+    assert judge(0.01, True, threshold=0.06, clean_psim=0.9).backdoored is True
+    assert judge(0.01, True, threshold=0.06, clean_psim_max=0.65).backdoored is True

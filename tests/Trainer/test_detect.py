@@ -80,3 +80,12 @@ def test_the_verdict_judges_detect_images_of_the_set(tmp_path, capsys):
     out = run_detect(Wrapped(Oracle(True)), images(32), GTSRB, config, tmp_path / "c",
                      settings=DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, images=0))
     assert out["images"] == 32
+
+
+@pytest.mark.parametrize("limit, expected", [(None, True), (1.0, True), (-1.0, None)])
+def test_clean_images_beyond_the_calibration_make_even_a_real_backdoor_inconclusive(tmp_path, limit, expected):
+    settings = DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, clean_psim_max=limit)
+    out = run_detect(Wrapped(Oracle(True)), images(), GTSRB, InversionConfig(steps=150), tmp_path, settings=settings)
+    assert out["backdoored"] is expected and out["calibrated_clean_psim_max"] == limit
+    assert out["outside_calibration"] is (expected is None)
+    assert out["pl1"] < 0.06  # the trigger is found and measured all the same; only the reading changes

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from INVERSION.detect import judge
+from INVERSION.detect import CALIBRATED_CLEAN_PSIM_MAX, judge
 from INVERSION.relative import DETECT_SHARE, relative_threshold
 from tests.scripts.conftest import run_cli
 
@@ -17,8 +17,11 @@ def test_main_phase_detect_through_the_command_line(workspace):
     assert "verdict: " in proc.stdout + proc.stderr
     summary = json.loads((workspace / "logs-detect" / "detect.json").read_text())
     expected = judge(summary["pl1"] if summary["reached_threshold"] else float("nan"), summary["reached_threshold"],
-                     summary["pl1_threshold"])
+                     summary["pl1_threshold"], clean_psim=summary["clean_psim"],
+                     clean_psim_max=summary["calibrated_clean_psim_max"])
     assert summary["backdoored"] == expected.backdoored and summary["verdict"] == expected.label
+    assert summary["calibrated_clean_psim_max"] == CALIBRATED_CLEAN_PSIM_MAX  # the default threshold: limited
+    assert summary["outside_calibration"] == (summary["clean_psim"] > CALIBRATED_CLEAN_PSIM_MAX)
     assert summary["calibrated"] is False and "--re_steps 3 (calibrated: 300)" in summary["calibration_note"]
     assert summary["psim_kind"] == "pairs" and summary["psim_threshold_rule"] == "auto"
     assert summary["psim_threshold"] == pytest.approx(relative_threshold(summary["clean_psim"], 1.0, DETECT_SHARE),
