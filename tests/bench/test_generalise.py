@@ -22,7 +22,8 @@ def generalise():
     return load_bench("generalise", "generalise")
 
 
-@pytest.mark.parametrize("family", ["glyphs", "photos", "lowcontrast", "nearsame"])
+@pytest.mark.parametrize("family", ["glyphs", "photos", "lowcontrast", "nearsame", "greydigits", "greyphotos",
+                                    "greyshapes"])
 def test_a_family_is_ten_balanced_classes_of_32_pixel_images_and_the_same_every_time(families, family):
     x, y = families.generate(family, "pre", "test", 30)
     again = families.generate(family, "pre", "test", 30)
@@ -42,6 +43,12 @@ def test_faint_families_share_most_of_their_content(families, family):
     g, _ = families.generate("glyphs", "pre", "test", 20)
     spread = lambda a: a.astype(float).std(axis=0).mean()  # noqa: E731
     assert spread(x) < 0.5 * spread(g)
+
+
+@pytest.mark.parametrize("family", ["greydigits", "greyphotos", "greyshapes"])
+def test_grey_families_are_grey(families, family):
+    x, _ = families.generate(family, "down", "test", 20)
+    assert np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 1], x[..., 2])
 
 
 def test_a_written_family_is_read_by_the_normal_loaders(families, tmp_path, monkeypatch):
