@@ -71,8 +71,8 @@ class Verdict:
                     "stalled: the search found no collapsing trigger (raise --re_steps_cap if psim was still "
                     "rising)")
         if self.outside_calibration:
-            return (f"the judged images already agree (pair cosine {self.clean_psim:.3f}, above {self.clean_psim_max:g}, "
-                    f"the most of any encoder the threshold was calibrated on), where small triggers make clean "
+            return (f"the judged images already agree (pair cosine {self.clean_psim:.3f}, above "
+                    f"{self.clean_psim_max:g}, the most of any encoder the threshold was calibrated on), where small triggers make clean "
                     f"encoders' features collapse too, so PL1 {self.pl1:.4f} cannot be read against the threshold "
                     f"{self.threshold:g}")
         low, high = self.threshold / self.factor, self.threshold * self.factor

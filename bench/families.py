@@ -235,8 +235,8 @@ def _synthetic_shapes(rng: np.random.Generator, y: np.ndarray, down: bool) -> np
     return out
 
 
-DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast, "nearsame": _nearsame, "greydigits": _greydigits,
-        "greyphotos": _grey(_photos), "greyshapes": _grey(_synthetic_shapes)}
+DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast, "nearsame": _nearsame,
+        "greydigits": _greydigits, "greyphotos": _grey(_photos), "greyshapes": _grey(_synthetic_shapes)}
 
 
 def generate(family: str, part: str, split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
