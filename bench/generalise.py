@@ -59,6 +59,9 @@ ARMS = {"paper": {}, "auto": {"similarity_threshold": "auto"},  # MAIN.py invers
 # the clean encoder (downstream ACC 79-92 -> 31-43) instead of planting a backdoor
 ATTACKS = {"full": {}, "weak": {"epochs": 1}, "gentle": {"lr": 0.01}}
 TUNED = ("synthetic", "lowcontrast")  # the families every setting beyond the paper's was chosen on
+# Held-out families that one later setting was chosen after looking at: they stay held out for the rest
+SEEN = {"greydigits": "the detection's clean-cosine limit (0.65) was set after looking at it",
+        "nearsame": "the detection's clean-cosine limit (0.65) was set after looking at it"}
 ENCODERS = ("clean", "backdoored")
 PSIM_KINDS = ("original", "pairs", "centred")
 INJECTED_ASR = 50.0  # a backdoored encoder below this ASR counts as a failed injection in the detection targets
@@ -343,6 +346,8 @@ def _f(value, digits: int = 2) -> str:
 def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool) -> str:
     """One family's table: encoders and verdicts, then per arm RECEIVE and NC, then the targets."""
     status = "HELD OUT (no setting was chosen on it)" if held_out else "tuned (settings were chosen on it)"
+    if held_out and family in SEEN:
+        status = f"HELD OUT, except that {SEEN[family]}"
     lines = [f"Generalisation, family {family}: {status}", ""]
     head = (f"{'cell':<28}{'clean ACC/ASR':>15}{'bd ACC/ASR':>15}  {'verdict clean (PL1)':<28}"
             f"{'verdict backdoored (PL1)':<28}")
