@@ -85,6 +85,8 @@ def test_targets_are_judged_from_the_rows(generalise):
     assert generalise.auroc([None], [0.08]) == 0.0  # no trigger found counts as the largest size
     text = generalise.format_family("glyphs", rows, ["paper"], held_out=True)
     assert "HELD OUT" in text and "glyphs" in text and "similarity scale" in text
+    assert "HELD OUT, except that the detection's clean-cosine limit" in \
+        generalise.format_family("greydigits", rows, ["paper"], held_out=True)  # looked at once: the table says so
     # a weak-attack cell shares the full cell's clean encoder: its clean verdict is not counted twice
     weak = {**row(generalise, "glyphs", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 2.0, 4.0),
             "attack": "weak"}
