@@ -84,7 +84,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--results", default="bench/results", help="folder of generalise-<family>.txt|json")
     p.add_argument("--stage", default="all", choices=("all", "encoders", "detect", "table"),
                    help="encoders: only build and judge the encoders (the slow part), arms later; detect: judge "
-                        "the finished encoders again (after a change to the check), keeping everything else; "
+                        "the finished encoders again (after a change to the check; cells not built are skipped), "
+                        "keeping everything else; "
                         "table: run nothing, write the tables from the cells already on disk")
     p.add_argument("--rerun", action="store_true", help="run finished stages again instead of keeping them")
     p.add_argument("--device", default="cpu")
@@ -471,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for family in families:
         cells = [Cell(family, m, s, t, args, a) for m in models for s in seeds for t in triggers for a in attacks]
-        if args.stage == "table":  # run nothing: only the cells whose encoders are done
+        if args.stage in ("table", "detect"):  # build no encoder: only the cells whose encoders are done
             cells = [c for c in cells if (c.root / "encoders.json").is_file()]
         else:
             for cell in cells:

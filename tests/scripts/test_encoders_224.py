@@ -228,7 +228,10 @@ def test_vit_moth_nc_and_detect_invert_224_triggers(vit_runs):
     check_preview(ws / "vit-moth" / "preview-0.png")
     check_inverted_224(ws / "vit-nc" / "mask-pattern-NC.npz")
     check_inverted_224(ws / "vit-detect" / "mask-pattern-detect.npz")
-    assert detect["verdict"] in ("backdoor found", "no backdoor found") and detect["image_pixels"] == 224 * 224
+    assert detect["verdict"] in ("backdoor found", "no backdoor found", "inconclusive")
+    assert detect["image_pixels"] == 224 * 224
+    if detect["outside_calibration"]:  # a random tiny ViT's images may already agree: then no verdict
+        assert detect["verdict"] == "inconclusive" and detect["clean_psim"] > detect["calibrated_clean_psim_max"]
     hardened = torch.load(next((ws / "vit-moth-ckpt").glob("Harden_model_*.pth")), weights_only=True)["state_dict"]
     assert "visual.class_embedding" in hardened and all(k.startswith("visual.") for k in hardened)
 
