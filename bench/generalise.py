@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         cells = [Cell(family, m, s, t, args, a) for m in models for s in seeds for t in triggers for a in attacks]
         if args.stage in ("table", "detect"):  # build no encoder: only the cells whose encoders are done
             cells = [c for c in cells if (c.root / "encoders.json").is_file()]
-        else:
+        if args.stage != "table":
             for cell in cells:
                 build(cell, args, arms)
         rows = [cell.row(cell.encoders(), {a: cell.arm(a, cell.encoders()) for a in arms
