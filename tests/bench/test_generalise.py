@@ -135,3 +135,13 @@ def test_stage_table_runs_nothing_and_writes_the_tables_of_what_is_on_disk(tmp_p
     assert not runs.exists()  # no cell was started
     text = (results / "generalise-synthetic.txt").read_text()
     assert "tuned" in text and "targets:" in text
+
+
+def test_judging_again_builds_no_encoder(generalise, tmp_path, monkeypatch):
+    monkeypatch.setitem(generalise.ensure_family.__globals__, "SIZES",  # the families module generalise uses
+                        {"pre": {"train": 20, "test": 10}, "down": {"train": 20, "test": 10}})
+    out = generalise.main(["--stage", "detect", "--families", "glyphs", "--seeds", "0,1", "--runs",
+                           str(tmp_path / "runs"), "--data_root", str(tmp_path / "data"), "--results",
+                           str(tmp_path / "results")])
+    assert out == {"glyphs": []}  # no cell was built, so none is judged
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pth"))
