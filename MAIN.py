@@ -69,7 +69,9 @@ def build_parser() -> ArgumentParser:
                         "so that an encoder whose clean images already agree is asked the same collapse")
     p.add_argument("--detect_pl1", type=float, default=d.detect_pl1,
                    help="--phase detect: verdict threshold on the trigger's size PL1 = mask L1 / (H*W); "
-                        "smaller means backdoored (default measured by bench/detect.py)")
+                        "smaller means backdoored (default measured by bench/detect.py; with the default, an "
+                        "encoder whose clean images' pair cosine is above 0.65, beyond the calibration, gets "
+                        "'inconclusive'; a value of your own lifts that limit)")
     p.add_argument("--detect_images", type=int, default=d.detect_images,
                    help="--phase detect: images of the --data_ratio share the trigger must collapse, the number "
                         "--detect_pl1 was calibrated on (0: all; more images make every trigger larger)")
