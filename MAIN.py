@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import PSIM_CHOICES, MainConfig, add_amp_flag, add_asr_flag, add_runtime_flags, config_from_args
+from Trainer.configs import (CALIBRATED_CLEAN_PSIM_MAX, PSIM_CHOICES, MainConfig, add_amp_flag, add_asr_flag,
+                             add_runtime_flags, config_from_args)
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
@@ -70,7 +71,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--detect_pl1", type=float, default=d.detect_pl1,
                    help="--phase detect: verdict threshold on the trigger's size PL1 = mask L1 / (H*W); "
                         "smaller means backdoored (default measured by bench/detect.py; with the default, an "
-                        "encoder whose clean images' pair cosine is above 0.65, beyond the calibration, gets "
+                        f"encoder whose clean images' pair cosine is above {CALIBRATED_CLEAN_PSIM_MAX}, beyond the "
+                        "calibration, gets "
                         "'inconclusive'; a value of your own lifts that limit)")
     p.add_argument("--detect_images", type=int, default=d.detect_images,
                    help="--phase detect: images of the --data_ratio share the trigger must collapse, the number "

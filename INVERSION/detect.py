@@ -30,15 +30,6 @@ def relative_size(mask: Tensor) -> float:
 # 0.055 (lowcontrast's clean 0.0632, its backdoored 0.0455; the calibration's 0.0645 and 0.047), so a band of
 # 1.1 leaves each of them decided and calls anything nearer than those "inconclusive".
 INCONCLUSIVE_FACTOR = 1.1
-# The judged clean images' own pair-mean cosine (the detection's psim before any trigger) on the encoders
-# --detect_pl1's default is known to hold for: 0.57-0.64 over the clean and backdoored encoders of the tuned
-# families (bench/generalise.py: synthetic, lowcontrast; seeds 0-2), 0.65 with a margin. Above it the images
-# already agree more than on any of them, and there small natural triggers make them agree fully without a
-# backdoor: of the four clean encoders measured above it (nearsame at 0.69, greydigits at 0.73-0.77) three were
-# called backdoored at PL1 0.008-0.041, while two strong backdoors of greydigits (0.81-0.82) needed 0.071-0.081.
-# The PL1 threshold then says nothing, so the verdict is "inconclusive" (docs/DETECTION.md, "Outside the
-# calibration"). A user's own --detect_pl1 is their own calibration and lifts this limit.
-CALIBRATED_CLEAN_PSIM_MAX = 0.65
 LABELS = ("backdoor found", "inconclusive", "no backdoor found")
 
 

@@ -39,6 +39,15 @@ KNN_T = 0.5
 # DETECT_PSIM "auto": DECREE's 0.99, relative to the encoder (INVERSION.relative.DETECT_SHARE); a number: fixed.
 DETECT_PSIM = "auto"
 DETECT_PL1 = 0.055
+# The judged clean images' own pair-mean cosine (the detection's psim before any trigger) on the encoders
+# --detect_pl1's default is known to hold for: 0.57-0.64 over the clean and backdoored encoders of the tuned
+# families (bench/generalise.py: synthetic, lowcontrast; seeds 0-2), 0.65 with a margin. Above it the images
+# already agree more than on any of them, and there small natural triggers make them agree fully without a
+# backdoor: of the four clean encoders measured above it (nearsame at 0.69, greydigits at 0.73-0.77) three were
+# called backdoored at PL1 0.008-0.041, while two strong backdoors of greydigits (0.81-0.82) needed 0.071-0.081.
+# The PL1 threshold then says nothing, so the verdict is "inconclusive" (INVERSION.detect.judge; docs/DETECTION.md,
+# "Outside the calibration"). A user's own --detect_pl1 is their own calibration and lifts this limit.
+CALIBRATED_CLEAN_PSIM_MAX = 0.65
 # The inverted trigger grows with the number of images it must collapse (about +0.01 PL1 per doubling in
 # bench/detect.py), so the verdict judges a fixed number of images, the number the threshold was measured on.
 DETECT_IMAGES = 100

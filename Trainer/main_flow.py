@@ -13,7 +13,6 @@ from DATASETS.loaders import split_files
 from DATASETS.tensors import TensorSet, load_train_share
 from DATASETS.triggers import Trigger
 from EVALUATION.monitor import build_monitor
-from INVERSION.detect import CALIBRATED_CLEAN_PSIM_MAX
 from INVERSION.inversion import InversionConfig
 from INVERSION.iterative import MothSettings
 from INVERSION.relative import AUTO_SHARE
@@ -21,7 +20,7 @@ from MODELS.checkpoint import load_checkpoint
 from Trainer.common import (canonical, check_fingerprint, input_record,
                             load_ground_truth, load_stage_encoder, monitor_files, refuse_broken_encoder, remove_outputs,
                             run_fingerprint, start_run, write_settings)
-from Trainer.configs import DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MainConfig
+from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX, DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MainConfig
 from Trainer import detect, moth, nc
 from Trainer.detect import DetectSettings, run_detect
 from Trainer.moth import STATE_FILE, UNSAVED_START_FILES, MothRun

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from INVERSION.detect import CALIBRATED_CLEAN_PSIM_MAX, judge
+from INVERSION.detect import judge
+from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX
 from INVERSION.relative import DETECT_SHARE, relative_threshold
 from tests.scripts.conftest import run_cli
 
