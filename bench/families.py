@@ -161,11 +161,7 @@ def _texture() -> np.ndarray:
 
 def _lowcontrast(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray:
     """A synthetic shape of class ``y[i]`` at a fifth of its contrast, blended over the shared texture."""
-    out = np.zeros((y.size, 3, SIDE, SIDE))
-    for c in range(10):
-        idx = np.flatnonzero(y == c)
-        if idx.size:
-            out[idx] = _shapes_of_class(rng, c, idx.size, down)
+    out = _synthetic_shapes(rng, y, down)
     return 0.8 * _texture()[None] + 0.2 * out + rng.normal(0, 0.01, out.shape)
 
 
