@@ -413,9 +413,14 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
             out.append(f"[{'met' if rec < nc else 'MISSED'}] arm {arm}: RECEIVE below NC on mean ASR: {rec:.2f}% vs "
                        f"{nc:.2f}%")
     # a backdoored encoder whose injection failed (ASR below INJECTED_ASR) is no backdoored encoder to find
-    # a weaker attack's cell shares the full attack's clean encoder: that one is judged once
+    # a weaker attack's cell shares the full attack's clean encoder: that one is judged once, in the full cell when
+    # there is one, else in the first other cell of the same family, model, seed and trigger
+    key = lambda r: (r.get("family"), r.get("model"), r.get("seed"), r.get("trigger"))  # noqa: E731
+    first: dict = {}
+    for r in sorted(rows, key=lambda r: r.get("attack", "full") != "full"):
+        first.setdefault(key(r), id(r))
     judged = [(r, k) for r in rows for k in ENCODERS
-              if (k == "clean" and r.get("attack", "full") == "full") or
+              if (k == "clean" and first[key(r)] == id(r)) or
               (k == "backdoored" and r["backdoored"]["asr"] >= INJECTED_ASR)]
     failed = [r["cell"] for r in rows if r["backdoored"]["asr"] < INJECTED_ASR]
     if failed:

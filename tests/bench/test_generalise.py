@@ -92,6 +92,11 @@ def test_targets_are_judged_from_the_rows(generalise):
             "attack": "weak"}
     lines = generalise.targets(rows + [weak], ["paper"])
     assert any(line.startswith("[MISSED] detection: inconclusive") and "(1 of 5)" in line for line in lines)
+    # ... but a gentle cell without a full one judges its clean encoder itself: a false alarm there counts
+    alone = {**row(generalise, "glyphs", 2, 0.03, 0.03, "backdoor found", "backdoor found", 2.0, 4.0),
+             "attack": "gentle", "cell": "glyphs/tiny-s2-white-gentle"}
+    lines = generalise.targets(rows + [weak, alone], ["paper"])
+    assert "[MISSED] detection: no wrong verdict (1 wrong: glyphs/tiny-s2-white-gentle clean)" in lines
 
 
 @pytest.mark.parametrize("flag, value", [("--families", "cifar"), ("--models", "vit"), ("--seeds", "9"),
