@@ -62,21 +62,33 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 # ---- glyphs ------------------------------------------------------------------------------------------------
 
 
+def _fonts(low: int, high: int) -> dict:
+    """Pillow's bundled typeface at the sizes low..high-1."""
+    from PIL import ImageFont
+
+    return {size: ImageFont.load_default(size=size) for size in range(low, high)}
+
+
+def _digit(label, font, angle: float):
+    """The digit ``label`` drawn white on black in ``font``, slanted by ``angle`` degrees, cropped to its ink and
+    shrunk to at most 26 pixels a side (a PIL "L" image)."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (2 * SIDE, 2 * SIDE), 0)
+    ImageDraw.Draw(canvas).text((SIDE // 2, SIDE // 4), str(int(label)), fill=255, font=font)
+    canvas = canvas.rotate(angle, resample=Image.BILINEAR)
+    glyph = canvas.crop(canvas.getbbox() or (0, 0, 2 * SIDE, 2 * SIDE))
+    scale = min(1.0, 26 / max(glyph.size))
+    return glyph.resize((max(1, int(glyph.width * scale)), max(1, int(glyph.height * scale))), Image.BILINEAR)
+
+
 def _glyphs(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray:
     """The digit ``y[i]`` in Pillow's bundled typeface: random size, place, slant and flat colours."""
-    from PIL import Image, ImageDraw, ImageFont
-
     out = np.zeros((y.size, 3, SIDE, SIDE))
-    fonts = {size: ImageFont.load_default(size=size) for size in range(16, 27)}
+    fonts = _fonts(16, 27)
     for i, label in enumerate(y):
         font = fonts[int(rng.integers(16, 27))]
-        canvas = Image.new("L", (2 * SIDE, 2 * SIDE), 0)
-        ImageDraw.Draw(canvas).text((SIDE // 2, SIDE // 4), str(int(label)), fill=255, font=font)
-        canvas = canvas.rotate(float(rng.uniform(-20, 20) if down else rng.uniform(-12, 12)), resample=Image.BILINEAR)
-        box = canvas.getbbox() or (0, 0, 2 * SIDE, 2 * SIDE)
-        glyph = canvas.crop(box)
-        scale = min(1.0, 26 / max(glyph.size))
-        glyph = glyph.resize((max(1, int(glyph.width * scale)), max(1, int(glyph.height * scale))), Image.BILINEAR)
+        glyph = _digit(label, font, float(rng.uniform(-20, 20) if down else rng.uniform(-12, 12)))
         alpha = np.zeros((SIDE, SIDE))
         top = int(rng.integers(0, SIDE - glyph.height + 1))
         left = int(rng.integers(0, SIDE - glyph.width + 1))
@@ -191,18 +203,11 @@ def _greydigits(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarr
     where most of every image is the same dark background. Added after glyphs' colourful, freely placed
     digits gave a tiny SimCLR encoder nothing to learn (kNN at chance), so that a held-out family tests the
     defence on an encoder that works."""
-    from PIL import Image, ImageDraw, ImageFont
-
     out = np.zeros((y.size, 3, SIDE, SIDE))
-    fonts = {size: ImageFont.load_default(size=size) for size in range(26, 33)}
+    fonts = _fonts(26, 33)
     for i, label in enumerate(y):
-        canvas = Image.new("L", (2 * SIDE, 2 * SIDE), 0)
-        ImageDraw.Draw(canvas).text((SIDE // 2, SIDE // 4), str(int(label)), fill=255,
-                                    font=fonts[int(rng.integers(26, 33))])
-        canvas = canvas.rotate(float(rng.uniform(-15, 15) if down else rng.uniform(-10, 10)), resample=Image.BILINEAR)
-        glyph = canvas.crop(canvas.getbbox() or (0, 0, 2 * SIDE, 2 * SIDE))
-        scale = min(1.0, 26 / max(glyph.size))
-        glyph = glyph.resize((max(1, int(glyph.width * scale)), max(1, int(glyph.height * scale))), Image.BILINEAR)
+        font = fonts[int(rng.integers(26, 33))]
+        glyph = _digit(label, font, float(rng.uniform(-15, 15) if down else rng.uniform(-10, 10)))
         top = (SIDE - glyph.height) // 2 + int(rng.integers(-3, 4))
         left = (SIDE - glyph.width) // 2 + int(rng.integers(-3, 4))
         top, left = min(max(top, 0), SIDE - glyph.height), min(max(left, 0), SIDE - glyph.width)
