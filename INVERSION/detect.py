@@ -63,9 +63,9 @@ class Verdict:
                     "rising)")
         if self.outside_calibration:
             return (f"the judged images already agree (pair cosine {self.clean_psim:.3f}, above "
-                    f"{self.clean_psim_max:g}, the most of any encoder the threshold was calibrated on), where small triggers make clean "
-                    f"encoders' features collapse too, so PL1 {self.pl1:.4f} cannot be read against the threshold "
-                    f"{self.threshold:g}")
+                    f"{self.clean_psim_max:g}, the most of any encoder the threshold was calibrated on), where small "
+                    f"triggers make clean encoders' features collapse too, so PL1 {self.pl1:.4f} cannot be read "
+                    f"against the threshold {self.threshold:g}")
         low, high = self.threshold / self.factor, self.threshold * self.factor
         where = {True: f"below {low:.4f}", None: f"between {low:.4f} and {high:.4f}, too close to",
                  False: f"above {high:.4f}"}[self.backdoored]

@@ -130,10 +130,16 @@ def run_nc_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
 DETECT_SHAPING = ("re_steps", "re_steps_cap", "init_cost", "detect_psim")
 
 
+def default_threshold(cfg: MainConfig) -> bool:
+    """True when the verdict uses the default --detect_pl1, so our calibration's limits apply (a user's own
+    threshold is their own calibration)."""
+    return cfg.detect_pl1 == DETECT_PL1
+
+
 def off_calibration(cfg: MainConfig) -> tuple[str, ...]:
     """'--flag value (calibrated: default)' for each detection-shaping flag set otherwise than its default,
-    when the verdict uses the default --detect_pl1 (a user's own threshold is their own calibration)."""
-    if cfg.detect_pl1 != DETECT_PL1:
+    when the verdict uses the default --detect_pl1."""
+    if not default_threshold(cfg):
         return ()
     default = MainConfig()
     return tuple(f"--{name} {getattr(cfg, name)} (calibrated: {getattr(default, name)})" for name in DETECT_SHAPING
@@ -147,7 +153,7 @@ def run_detect_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_pl1,
                               images=cfg.detect_images, calibrated_images=DETECT_IMAGES,
                               off_calibration=off_calibration(cfg), amp=cfg.amp,
-                              clean_psim_max=CALIBRATED_CLEAN_PSIM_MAX if cfg.detect_pl1 == DETECT_PL1 else None,
+                              clean_psim_max=CALIBRATED_CLEAN_PSIM_MAX if default_threshold(cfg) else None,
                               seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
     return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings=settings,
                       ground_truth=inputs.ground_truth)

@@ -60,8 +60,8 @@ ARMS = {"paper": {}, "auto": {"similarity_threshold": "auto"},  # MAIN.py invers
 ATTACKS = {"full": {}, "weak": {"epochs": 1}, "gentle": {"lr": 0.01}}
 TUNED = ("synthetic", "lowcontrast")  # the families every setting beyond the paper's was chosen on
 # Held-out families that one later setting was chosen after looking at: they stay held out for the rest
-SEEN = {"greydigits": "the detection's clean-cosine limit (0.65) was set after looking at it",
-        "nearsame": "the detection's clean-cosine limit (0.65) was set after looking at it"}
+SEEN = dict.fromkeys(("greydigits", "nearsame"),
+                     "the detection's clean-cosine limit (0.65) was set after looking at it")
 ENCODERS = ("clean", "backdoored")
 PSIM_KINDS = ("original", "pairs", "centred")
 INJECTED_ASR = 50.0  # a backdoored encoder below this ASR counts as a failed injection in the detection targets
