@@ -57,7 +57,8 @@ ARMS = {"paper": {}, "auto": {"similarity_threshold": "auto"},  # MAIN.py invers
 # trigger took psim from 0.89 to 0.93 only); its clean encoder is the full attack's, copied when it exists
 # "gentle" takes a tenth of the demo's learning rate: on photos, greyphotos and greyshapes the demo's lr 0.1 wrecked
 # the clean encoder (downstream ACC 79-92 -> 31-43) instead of planting a backdoor
-ATTACKS = {"full": {}, "weak": {"epochs": 1}, "gentle": {"lr": 0.01}}
+# "medium" (lr 0.03) sits between: gentle planted only 14-17 % on photos and greyphotos
+ATTACKS = {"full": {}, "weak": {"epochs": 1}, "gentle": {"lr": 0.01}, "medium": {"lr": 0.03}}
 TUNED = ("synthetic", "lowcontrast")  # the families every setting beyond the paper's was chosen on
 # Held-out families that one later setting was chosen after looking at: they stay held out for the rest
 SEEN = dict.fromkeys(("greydigits", "nearsame"),
@@ -152,18 +153,24 @@ class Cell:
         return results
 
     def share_clean_encoder(self) -> None:
-        """A weaker attack's cell starts from the full attack's clean encoder (the same pre-training, same seed)
-        instead of training it again; nothing is copied when that one is missing or this one exists."""
-        if self.attack == "full":
-            return
-        full = Cell(self.family, self.model, self.seed, self.trigger, self.args).run_for("paper").clean_encoder
+        """A cell other than the full attack's with the white trigger starts from that cell's clean encoder (the
+        same pre-training, same seed: neither the attack nor the trigger enters it), else from any other cell's of
+        the same family, model and seed, instead of training it again; nothing is copied when this one exists."""
         mine = self.run_for("paper").clean_encoder
-        if full.is_file() and not mine.exists():
-            import shutil
+        if mine.exists():
+            return
+        order = [(a, t) for a in ATTACKS for t in TRIGGERS]  # full and white first: the dicts' order
+        for attack, trigger in order:
+            if (attack, trigger) == (self.attack, self.trigger):
+                continue
+            other = Cell(self.family, self.model, self.seed, trigger, self.args, attack).run_for("paper").clean_encoder
+            if other.is_file():
+                import shutil
 
-            mine.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(full, mine)
-            log(f"clean encoder: {full} (the full attack's)")
+                mine.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(other, mine)
+                log(f"clean encoder: {other} (the same pre-training, shared)")
+                return
 
     def redetect(self) -> dict:
         """MAIN.py --phase detect on both finished encoders again; encoders.json gets the new verdicts."""
@@ -413,11 +420,11 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
             out.append(f"[{'met' if rec < nc else 'MISSED'}] arm {arm}: RECEIVE below NC on mean ASR: {rec:.2f}% vs "
                        f"{nc:.2f}%")
     # a backdoored encoder whose injection failed (ASR below INJECTED_ASR) is no backdoored encoder to find
-    # a weaker attack's cell shares the full attack's clean encoder: that one is judged once, in the full cell when
-    # there is one, else in the first other cell of the same family, model, seed and trigger
-    key = lambda r: (r.get("family"), r.get("model"), r.get("seed"), r.get("trigger"))  # noqa: E731
+    # cells of one family, model and seed share one clean encoder (Cell.share_clean_encoder): it is judged once,
+    # in the full attack's white-trigger cell when there is one, else in the first other cell
+    key = lambda r: (r.get("family"), r.get("model"), r.get("seed"))  # noqa: E731
     first: dict = {}
-    for r in sorted(rows, key=lambda r: r.get("attack", "full") != "full"):
+    for r in sorted(rows, key=lambda r: (r.get("attack", "full") != "full", r.get("trigger") != "white")):
         first.setdefault(key(r), id(r))
     judged = [(r, k) for r in rows for k in ENCODERS
               if (k == "clean" and first[key(r)] == id(r)) or

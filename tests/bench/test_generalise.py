@@ -97,6 +97,11 @@ def test_targets_are_judged_from_the_rows(generalise):
              "attack": "gentle", "cell": "glyphs/tiny-s2-white-gentle"}
     lines = generalise.targets(rows + [weak, alone], ["paper"])
     assert "[MISSED] detection: no wrong verdict (1 wrong: glyphs/tiny-s2-white-gentle clean)" in lines
+    # another trigger's cell shares the clean encoder too: only its backdoored encoder is judged anew
+    colour = {**row(generalise, "glyphs", 1, 0.08, 0.04, "inconclusive", "backdoor found", 2.0, 4.0),
+              "trigger": "colour", "cell": "glyphs/tiny-s1-colour"}
+    lines = generalise.targets(rows + [weak, alone, colour], ["paper"])
+    assert any(line.startswith("[MISSED] detection: inconclusive") and "(1 of 8)" in line for line in lines)
 
 
 @pytest.mark.parametrize("flag, value", [("--families", "cifar"), ("--models", "vit"), ("--seeds", "9"),
