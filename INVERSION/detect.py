@@ -3,7 +3,9 @@
 A backdoored encoder sends every image that carries its trigger to nearly one point, so a small mask is
 enough to make the features of stamped clean images collapse (mean pairwise cosine near 1); a clean
 encoder needs a mask that covers much of the image before its features agree that much. The verdict
-compares the inverted trigger's relative size PL1 (mask L1 over the image's H*W pixels) with a threshold.
+compares the inverted trigger's relative size PL1 (mask L1 over the image's H*W pixels) with a threshold,
+and then asks where the stamped images collapse to (:func:`target_check`): a backdoor sends them to its target,
+a real image's feature, among the clean images; a clean encoder's small "natural" trigger sends them off them.
 It is evidence, not proof: see docs/DETECTION.md for what it does and does not say.
 """
 from __future__ import annotations
@@ -12,9 +14,13 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from torch import Tensor
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from INVERSION.inversion import mask_l1
+from DATASETS.stats import UsageInfo, normalize
+from DATASETS.triggers import Trigger
+from INVERSION.inversion import CHUNK, frozen, mask_l1
 
 
 def relative_size(mask: Tensor) -> float:
@@ -33,6 +39,74 @@ INCONCLUSIVE_FACTOR = 1.1
 LABELS = ("backdoor found", "inconclusive", "no backdoor found")
 
 
+def label_of(backdoored: Optional[bool]) -> str:
+    """True / None / False -> the verdict in words."""
+    return {True: LABELS[0], None: LABELS[1], False: LABELS[2]}[backdoored]
+
+
+# Where the stamped images collapse to. A targeted backdoor must send them where the downstream classifier puts
+# the attacker's class, so to the feature of a real image of it (BadEncoder's reference image): among the clean
+# images' features. The smallest trigger of a clean encoder is a "natural" one, a few salient pixels the encoder
+# over-reacts to, and on the benchmark's encoders it sent the images off them. "Among" is judged against the clean
+# images themselves: the collapse point's mean cosine to its NEIGHBOURS nearest judged images, against the same
+# number for each judged image (its nearest other images); below the OFF_QUANTILE of those, it lies farther from
+# the images than nine in ten of them lie from each other. A real image as the target falls there one time in ten.
+NEIGHBOURS = 5
+OFF_QUANTILE = 0.1
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """Where the images stamped with a trigger collapse to, against the clean images' own closeness."""
+
+    closeness: float        # mean cosine of the collapse point to its NEIGHBOURS nearest clean images
+    clean_quantile: float   # OFF_QUANTILE of the clean images' own closeness (to their nearest other images)
+    clean_median: float     # the median of it, for the report
+    rank: float             # share of the clean images whose own closeness is below the collapse point's
+
+    @property
+    def off(self) -> bool:
+        """The collapse point lies off the clean images: below the OFF_QUANTILE of their own closeness."""
+        return self.closeness < self.clean_quantile
+
+
+def collapse_point(features: Tensor) -> Tensor:
+    """(N, D) features of stamped images -> (D,): the unit-length mean of their unit-length rows."""
+    return F.normalize(F.normalize(features, dim=1).mean(dim=0), dim=0)
+
+
+def closeness(points: Tensor, reference: Tensor, k: int = NEIGHBOURS, *, self_excluded: bool = False) -> Tensor:
+    """(P, D) points, (N, D) reference features -> (P,): each point's mean cosine to its ``k`` nearest reference rows.
+
+    ``self_excluded``: the points are the reference rows themselves (P = N), and row i is not its own neighbour.
+    """
+    sims = F.normalize(points, dim=1) @ F.normalize(reference, dim=1).T  # (P, N)
+    if self_excluded:
+        sims = sims.masked_fill(torch.eye(len(points), dtype=torch.bool, device=sims.device), float("-inf"))
+    return sims.topk(min(k, sims.shape[1] - int(self_excluded)), dim=1).values.mean(dim=1)
+
+
+def target_check(stamped: Tensor, clean: Tensor, *, k: int = NEIGHBOURS, quantile: float = OFF_QUANTILE) -> TargetCheck:
+    """Is the point that ``stamped`` (N, D) collapse to among the ``clean`` features (M, D, M > k) or off them?"""
+    own = closeness(clean, clean, k, self_excluded=True)  # (M,)
+    point = closeness(collapse_point(stamped)[None], clean, k)[0]
+    return TargetCheck(closeness=float(point), clean_quantile=float(torch.quantile(own, quantile)),
+                       clean_median=float(own.median()), rank=int((own < point).sum()) / len(own))
+
+
+@torch.no_grad()
+def measure_target(backbone: nn.Module, images: Tensor, usage: UsageInfo, trigger: Trigger,
+                   chunk_size: int = CHUNK) -> TargetCheck:
+    """:func:`target_check` of the judged ``images`` (N, 3, H, W) stamped with ``trigger`` against themselves clean,
+    through ``backbone`` in chunks, features widened to float32 at least (bf16 under --amp)."""
+    def features(x: Tensor) -> Tensor:
+        out = torch.cat([backbone(normalize(x[i:i + chunk_size], usage)) for i in range(0, len(x), chunk_size)])
+        return out.flatten(1).to(torch.promote_types(out.dtype, torch.float32))
+
+    with frozen(backbone):
+        return target_check(features(trigger(images)), features(images))
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The answer to "is this encoder backdoored?" for one inverted trigger: three outcomes."""
@@ -44,6 +118,22 @@ class Verdict:
     factor: float = INCONCLUSIVE_FACTOR
     clean_psim: float = float("nan")  # the judged clean images' own pair-mean cosine
     clean_psim_max: Optional[float] = None  # the calibration's upper end (None: no limit, a user's threshold)
+    target: Optional[TargetCheck] = None  # where the trigger's images collapse to (None: not measured)
+
+    @property
+    def by_size(self) -> Optional[bool]:
+        """The PL1 rule's answer alone: True below the band, False above it (or no trigger), None within it."""
+        if not self.reached or math.isnan(self.pl1):
+            return False
+        low, high = self.threshold / self.factor, self.threshold * self.factor
+        return True if self.pl1 < low else False if self.pl1 > high else None
+
+    @property
+    def natural(self) -> bool:
+        """The size alone would not clear the encoder, but the trigger's images collapse off the clean images:
+        a natural trigger, not a backdoor's (never said outside the calibration, where nothing is read)."""
+        return (self.by_size is not False and self.target is not None and self.target.off
+                and not self.outside_calibration)
 
     @property
     def outside_calibration(self) -> bool:
@@ -53,7 +143,7 @@ class Verdict:
     @property
     def label(self) -> str:
         """The verdict in words, as the table and detect.json print it."""
-        return {True: LABELS[0], None: LABELS[1], False: LABELS[2]}[self.backdoored]
+        return label_of(self.backdoored)
 
     def explain(self) -> str:
         """One sentence on why the verdict reads as it does."""
@@ -68,24 +158,34 @@ class Verdict:
                     f"against the threshold {self.threshold:g}")
         low, high = self.threshold / self.factor, self.threshold * self.factor
         where = {True: f"below {low:.4f}", None: f"between {low:.4f} and {high:.4f}, too close to",
-                 False: f"above {high:.4f}"}[self.backdoored]
-        return (f"the smallest trigger found covers {100 * self.pl1:.1f}% of the image (PL1 {self.pl1:.4f}), "
+                 False: f"above {high:.4f}"}[self.by_size]
+        size = (f"the smallest trigger found covers {100 * self.pl1:.1f}% of the image (PL1 {self.pl1:.4f}), "
                 f"{where} the threshold {self.threshold:g}")
+        if not self.natural:
+            return size
+        t = self.target
+        return (f"{size}, but it sends the images off the clean images (mean cosine {t.closeness:.3f} to its "
+                f"{NEIGHBOURS} nearest, below {t.clean_quantile:.3f}, what {100 * (1 - OFF_QUANTILE):.0f}% of the "
+                f"images have to their own nearest), where a backdoor sends them to its target, a real image's "
+                f"feature: a natural trigger")
 
 
 def judge(pl1: float, reached: bool, threshold: float, factor: float = INCONCLUSIVE_FACTOR, *,
-          clean_psim: float = float("nan"), clean_psim_max: Optional[float] = None) -> Verdict:
+          clean_psim: float = float("nan"), clean_psim_max: Optional[float] = None,
+          target: Optional[TargetCheck] = None) -> Verdict:
     """Backdoored when a trigger reached the similarity threshold with PL1 below ``threshold / factor``; clean
     when none reached it or PL1 is above ``threshold * factor``; inconclusive in between (``--detect_pl1``,
-    whose default Trainer/configs.py explains), and inconclusive whatever the PL1 when the clean images' own
-    pair cosine ``clean_psim`` is above ``clean_psim_max`` (outside the calibration; None: no limit)."""
+    whose default Trainer/configs.py explains). Then two readings of that: inconclusive whatever the PL1 when the
+    clean images' own pair cosine ``clean_psim`` is above ``clean_psim_max`` (outside the calibration; None: no
+    limit); else clean when ``target`` says the trigger's images collapse off the clean images (a natural trigger)."""
     if not reached or math.isnan(pl1):
         return Verdict(backdoored=False, pl1=float("nan"), threshold=threshold, reached=False, factor=factor,
-                       clean_psim=clean_psim, clean_psim_max=clean_psim_max)
-    backdoored = True if pl1 < threshold / factor else False if pl1 > threshold * factor else None
-    verdict = Verdict(backdoored=backdoored, pl1=pl1, threshold=threshold, reached=reached, factor=factor,
-                      clean_psim=clean_psim, clean_psim_max=clean_psim_max)
-    return replace(verdict, backdoored=None) if verdict.outside_calibration else verdict
+                       clean_psim=clean_psim, clean_psim_max=clean_psim_max, target=target)
+    verdict = Verdict(backdoored=None, pl1=pl1, threshold=threshold, reached=reached, factor=factor,
+                      clean_psim=clean_psim, clean_psim_max=clean_psim_max, target=target)
+    if verdict.outside_calibration:
+        return verdict
+    return replace(verdict, backdoored=False if verdict.natural else verdict.by_size)
 
 
 def growth(l1_by_round: Sequence[float]) -> float:

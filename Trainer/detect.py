@@ -1,7 +1,8 @@
 """``MAIN.py --phase detect``: is this encoder backdoored? One inversion, its size, a verdict (docs/DETECTION.md).
 
 The inversion is the NC round (INVERSION/inversion.py) with DECREE's goal: the smallest trigger that makes the
-stamped images' features agree (mean pairwise cosine >= --detect_psim); INVERSION/detect.py judges its size.
+stamped images' features agree (mean pairwise cosine >= --detect_psim); INVERSION/detect.py judges its size and
+where it sends the images.
 The exit code is 0 whichever the verdict: the answer is in detect.json and on the last line printed.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
 from DATASETS.triggers import GroundTruthTrigger
-from INVERSION.detect import judge, relative_size
+from INVERSION.detect import NEIGHBOURS, OFF_QUANTILE, TargetCheck, judge, label_of, measure_target, relative_size
 from INVERSION.inversion import InversionConfig
 from INVERSION.relative import DETECT_SHARE
 from Trainer.common import Outputs
@@ -73,6 +74,15 @@ def calibration_note(settings: DetectSettings, judged: int) -> str:
             "verdict is outside its calibration")
 
 
+def target_fields(target: Optional[TargetCheck]) -> dict:
+    """detect.json's record of where the trigger's images collapse to (nulls when no trigger was found)."""
+    return {"target_closeness": target and target.closeness,
+            "clean_closeness_quantile": target and target.clean_quantile,
+            "clean_closeness_median": target and target.clean_median, "target_rank": target and target.rank,
+            "collapse_off_clean": target and target.off, "target_neighbours": NEIGHBOURS,
+            "target_off_quantile": OFF_QUANTILE}
+
+
 def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path, *,
                settings: DetectSettings, ground_truth: Optional[GroundTruthTrigger] = None) -> dict:
     """Invert the smallest collapsing trigger on ``data`` (N, 3, H, W), judge it, write detect.json + picture.
@@ -89,8 +99,9 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
                        trigger_path=log_dir / DETECT_TRIGGER, preview_path=log_dir / DETECT_PICTURE)
     result, psim, reference = done.result, done.psim, done.reference
     goal = reference["threshold"]  # the round's threshold: settings.psim_threshold, or the auto one
+    target = measure_target(model.f, data.x, usage, result.trigger) if result.reached else None
     verdict = judge(relative_size(result.mask), result.reached, settings.pl1_threshold,
-                    clean_psim=reference["clean_psim"], clean_psim_max=settings.clean_psim_max)
+                    clean_psim=reference["clean_psim"], clean_psim_max=settings.clean_psim_max, target=target)
     note = calibration_note(settings, len(data))
     explanation = verdict.explain() + (f"; note: {note}" if note else "")
     h, w = result.mask.shape[-2:]
@@ -99,6 +110,8 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
                "pl1": verdict.pl1, "pl1_threshold": settings.pl1_threshold,
                "inconclusive_band": [settings.pl1_threshold / verdict.factor, settings.pl1_threshold * verdict.factor],
                "calibrated_clean_psim_max": settings.clean_psim_max, "outside_calibration": verdict.outside_calibration,
+               "verdict_by_size": label_of(verdict.by_size), "natural_trigger": verdict.natural,
+               **target_fields(target),
                "l1": result.l1,
                "l1_definition": L1_DEFINITION, "image_pixels": h * w, "psim": psim, "psim_kind": config.psim,
                "psim_threshold": goal, "psim_threshold_rule": "auto" if auto else "fixed",
@@ -111,5 +124,10 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     write_json(log_dir / DETECT_METRICS, summary)
     log(f"[detect] trigger L1 {result.l1:.2f} = PL1 {verdict.pl1:.4f} of {h}x{w}, psim {psim:.4f} "
         f"(threshold {goal:.4f}, reached {str(result.reached).lower()}), {result.steps} steps")
+    if target is not None:
+        log(f"[detect] the stamped images collapse to a point of mean cosine {target.closeness:.4f} to its "
+            f"{NEIGHBOURS} nearest judged images (the images' own: median {target.clean_median:.4f}, "
+            f"{100 * OFF_QUANTILE:g}% quantile {target.clean_quantile:.4f}): "
+            f"{'off' if target.off else 'among'} the clean images")
     log(f"verdict: {verdict.label.upper()}: {explanation}. Details: {log_dir / DETECT_METRICS}")
     return summary

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from INVERSION.detect import Verdict, growth, judge, relative_size
+from INVERSION.detect import TargetCheck, Verdict, growth, judge, relative_size, target_check
 
 
 def test_relative_size_is_the_one_channel_mask_l1_over_the_pixels():
@@ -59,3 +59,49 @@ def test_the_calibration_limit_leaves_encoders_inside_it_and_searches_that_found
     # a user's own threshold (no limit) and an unknown clean cosine keep the PL1 rule
     assert judge(0.01, True, threshold=0.06, clean_psim=0.9).backdoored is True
     assert judge(0.01, True, threshold=0.06, clean_psim_max=0.65).backdoored is True
+
+
+def slow_target_check(stamped, clean, k, quantile):
+    """target_check written from its definition with Python loops (float64 tensors in, floats out)."""
+    def unit(v):
+        return v / math.sqrt(sum(float(a) ** 2 for a in v))
+
+    def cos(u, v):
+        return sum(float(a) * float(b) for a, b in zip(unit(u), unit(v)))
+
+    rows = [unit(r) for r in stamped]
+    point = unit(torch.stack(rows).sum(dim=0) / len(rows))
+    near = sorted((cos(point, c) for c in clean), reverse=True)[:k]
+    own = [sum(sorted((cos(c, o) for j, o in enumerate(clean) if j != i), reverse=True)[:k]) / k
+           for i, c in enumerate(clean)]
+    closeness = sum(near) / k
+    ranked = sorted(own)
+    pos = quantile * (len(ranked) - 1)  # linear interpolation between the two nearest ranks
+    q = ranked[int(pos)] + (pos - int(pos)) * (ranked[min(int(pos) + 1, len(ranked) - 1)] - ranked[int(pos)])
+    return closeness, q, sum(v < closeness for v in own) / len(own)
+
+
+def test_target_check_matches_a_loop_written_from_its_definition():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    stamped = torch.randn(7, 5, generator=g, dtype=torch.float64) * 0.1 + clean[3]  # near one clean image
+    got = target_check(stamped, clean, k=3, quantile=0.1)
+    closeness, q, rank = slow_target_check(stamped, clean, 3, 0.1)
+    assert got.closeness == pytest.approx(closeness, rel=1e-12) and got.clean_quantile == pytest.approx(q, rel=1e-12)
+    assert got.rank == rank and not got.off  # it collapses next to image 3: among the clean images
+    away = target_check(torch.ones(3, 5, dtype=torch.float64), -clean.abs() - 0.1, k=3)
+    assert away.off and away.rank == 0.0  # all-positive point, all-negative images: as far off as it gets
+
+
+@pytest.mark.parametrize("pl1, by_size", [(0.01, True), (0.06, None), (0.3, False)])
+@pytest.mark.parametrize("off", [True, False])
+def test_a_trigger_that_sends_the_images_off_the_clean_images_is_a_natural_one(pl1, by_size, off):
+    target = TargetCheck(closeness=0.5 if off else 0.95, clean_quantile=0.8, clean_median=0.9,
+                         rank=0.0 if off else 0.7)
+    v = judge(pl1, True, threshold=0.06, target=target)
+    assert v.by_size is by_size and v.natural is (off and by_size is not False)
+    assert v.backdoored is (False if v.natural else by_size)
+    assert ("natural trigger" in v.explain()) is v.natural and "PL1" in v.explain()
+    # outside the calibration nothing is read, the collapse point included
+    outside = judge(pl1, True, threshold=0.06, clean_psim=0.8, clean_psim_max=0.65, target=target)
+    assert outside.backdoored is None and not outside.natural

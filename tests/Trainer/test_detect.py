@@ -89,3 +89,40 @@ def test_clean_images_beyond_the_calibration_make_even_a_real_backdoor_inconclus
     assert out["backdoored"] is expected and out["calibrated_clean_psim_max"] == limit
     assert out["outside_calibration"] is (expected is None)
     assert out["pl1"] < 0.06  # the trigger is found and measured all the same; only the reading changes
+
+
+class Shortcut(nn.Module):
+    """The grid's cell means (48 features); a white 4x4 bottom-right corner replaces them by ``target`` (48,):
+    a targeted backdoor when ``target`` lies among clean images' features, a natural trigger when it is nobody's."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("target", target)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32) -> (B, 48)
+        cells = nn.functional.avg_pool2d(x, 8).flatten(1) - 0.3
+        gate = torch.sigmoid(15 * (x[:, :, 28:, 28:].mean(dim=(1, 2, 3)) - 0.65))[:, None]  # < 0.04 below 0.44
+        return (1 - gate) * cells + gate * 10 * self.target  # x10: the search feels the corner from afar
+
+
+def classes(n: int = 40) -> TensorSet:
+    """Four kinds of image (each its own cell levels, below 0.44) and small differences within a kind: every image
+    has near neighbours, as images of one class do."""
+    g = torch.Generator().manual_seed(2)
+    kinds = torch.rand(4, 3, 4, 4, generator=g) * 0.4
+    blocks = kinds[torch.arange(n) % 4] + torch.rand(n, 3, 4, 4, generator=g) * 0.04
+    return TensorSet(nn.functional.interpolate(blocks, scale_factor=8), torch.arange(n) % 4, 4)
+
+
+@pytest.mark.parametrize("targeted", [True, False])
+def test_a_small_trigger_that_sends_the_images_off_the_clean_images_is_read_as_natural(tmp_path, targeted):
+    data = classes()
+    kind0 = (nn.functional.avg_pool2d(data.x[data.y == 0], 8).flatten(1) - 0.3).mean(dim=0)  # where kind 0 lies
+    target = kind0 if targeted else -kind0.abs() - 0.2  # ... or a point no clean image is near
+    settings = DetectSettings(psim_threshold=0.99, pl1_threshold=0.06)
+    out = run_detect(Wrapped(Shortcut(target)), data, GTSRB, InversionConfig(steps=150), tmp_path, settings=settings)
+    assert out["reached_threshold"] and out["pl1"] < 0.06 / 1.1 and out["verdict_by_size"] == "backdoor found"
+    assert out["collapse_off_clean"] is (not targeted) and out["natural_trigger"] is (not targeted)
+    assert out["verdict"] == ("backdoor found" if targeted else "no backdoor found")
+    assert (out["target_closeness"] < out["clean_closeness_quantile"]) is (not targeted)
+    assert ("natural trigger" in out["explanation"]) is (not targeted)

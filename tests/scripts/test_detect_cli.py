@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from INVERSION.detect import judge
+from INVERSION.detect import LABELS, TargetCheck, judge
 from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX
 from INVERSION.relative import DETECT_SHARE, relative_threshold
 from tests.scripts.conftest import run_cli
@@ -17,10 +17,14 @@ def test_main_phase_detect_through_the_command_line(workspace):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "verdict: " in proc.stdout + proc.stderr
     summary = json.loads((workspace / "logs-detect" / "detect.json").read_text())
+    target = TargetCheck(closeness=summary["target_closeness"], clean_quantile=summary["clean_closeness_quantile"],
+                         clean_median=summary["clean_closeness_median"], rank=summary["target_rank"]) \
+        if summary["reached_threshold"] else None
     expected = judge(summary["pl1"] if summary["reached_threshold"] else float("nan"), summary["reached_threshold"],
                      summary["pl1_threshold"], clean_psim=summary["clean_psim"],
-                     clean_psim_max=summary["calibrated_clean_psim_max"])
+                     clean_psim_max=summary["calibrated_clean_psim_max"], target=target)
     assert summary["backdoored"] == expected.backdoored and summary["verdict"] == expected.label
+    assert summary["natural_trigger"] == expected.natural and summary["verdict_by_size"] in LABELS
     assert summary["calibrated_clean_psim_max"] == CALIBRATED_CLEAN_PSIM_MAX  # the default threshold: limited
     assert summary["outside_calibration"] == (summary["clean_psim"] > CALIBRATED_CLEAN_PSIM_MAX)
     assert summary["calibrated"] is False and "--re_steps 3 (calibrated: 300)" in summary["calibration_note"]
