@@ -301,7 +301,9 @@ class Cell:
             det = encoders[kind]["detect"]
             row[kind] = {"acc": encoders[kind]["acc"], "asr": encoders[kind]["asr"], "verdict": det["verdict"],
                          "pl1": det["pl1"], "clean_psim_pairs": det.get("clean_psim"),
-                         "gt_psim_pairs": det.get("gt_psim")}
+                         "gt_psim_pairs": det.get("gt_psim"), "verdict_by_size": det.get("verdict_by_size"),
+                         "natural": det.get("natural_trigger"), "closeness": det.get("target_closeness"),
+                         "closeness_quantile": det.get("clean_closeness_quantile")}
         for arm, summary in arms.items():
             table = {r["encoder"]: r for r in summary["table"]}
             moth = json.loads((RunLayout(self.root / arm).moth_log / "metrics.json").read_text())
@@ -362,11 +364,17 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
     head = (f"{'cell':<28}{'clean ACC/ASR':>15}{'bd ACC/ASR':>15}  {'verdict clean (PL1)':<28}"
             f"{'verdict backdoored (PL1)':<28}")
     lines += [head, "-" * len(head)]
+    def said(e: dict) -> str:  # the verdict, its PL1, and * when the collapse point overruled the size
+        return f"{e['verdict']}{'*' if e.get('natural') else ''} ({_f(e['pl1'], 4)})"
+
     for r in rows:
         c, b = r["clean"], r["backdoored"]
         lines.append(f"{r['cell'].split('/', 1)[1]:<28}{_f(c['acc'], 1):>7}/{_f(c['asr'], 1):<7}"
-                     f"{_f(b['acc'], 1):>7}/{_f(b['asr'], 1):<7}  {c['verdict'] + ' (' + _f(c['pl1'], 4) + ')':<28}"
-                     f"{b['verdict'] + ' (' + _f(b['pl1'], 4) + ')':<28}")
+                     f"{_f(b['acc'], 1):>7}/{_f(b['asr'], 1):<7}  {said(c):<28}{said(b):<28}")
+    if any(r[k].get("natural") for r in rows for k in ENCODERS):
+        lines.append("*: a natural trigger: PL1 alone said " + "; ".join(
+            f"{r['cell'].split('/', 1)[1]} {k}: {r[k]['verdict_by_size']}" for r in rows for k in ENCODERS
+            if r[k].get("natural")) + "; but the stamped images land off the clean images")
     lines += ["", "similarity scale (first 64 images of the inversion share; gt = stamped with the injected "
               "trigger, a measurement only):",
               f"{'cell':<28}{'encoder':<12}" + "".join(f"{k + ' clean/gt':>22}" for k in PSIM_KINDS)]
@@ -444,6 +452,12 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
     if total:
         out.append(f"[{'met' if unsure <= 0.1 * total else 'MISSED'}] detection: inconclusive for at most 10% of "
                    f"encoders ({unsure} of {total})")
+    sized = [(r, k) for r, k in judged if r[k].get("verdict_by_size")]  # judged before the collapse reading: none
+    if sized:  # the reading only ever overrules the size where it says "natural": elsewhere the verdicts agree
+        before = [r[k]["verdict_by_size"] if r[k].get("natural") else r[k]["verdict"] for r, k in sized]
+        was_wrong = sum(v not in (want[k], "inconclusive") for v, (_r, k) in zip(before, sized))
+        out.append(f"      without the collapse point's reading: {was_wrong} wrong, "
+                   f"{before.count('inconclusive')} inconclusive of {len(sized)}")
         auc = auroc([r["backdoored"]["pl1"] for r, k in judged if k == "backdoored"],
                     [r["clean"]["pl1"] for r, k in judged if k == "clean"])
         out.append(f"[{'met' if auc is not None and auc >= 0.95 else 'MISSED'}] detection: AUROC >= 0.95 on PL1 "
