@@ -69,6 +69,14 @@ class TargetCheck:
         """The collapse point lies off the clean images: below the OFF_QUANTILE of their own closeness."""
         return self.closeness < self.clean_quantile
 
+    @classmethod
+    def from_summary(cls, summary: dict) -> Optional["TargetCheck"]:
+        """The check recorded in a detect.json (Trainer.detect.target_fields); None where it holds none."""
+        keys = ("target_closeness", "clean_closeness_quantile", "clean_closeness_median", "target_rank")
+        if any(summary.get(k) is None for k in keys):
+            return None
+        return cls(*(float(summary[k]) for k in keys))
+
 
 def collapse_point(features: Tensor) -> Tensor:
     """(N, D) features of stamped images -> (D,): the unit-length mean of their unit-length rows."""

@@ -105,3 +105,12 @@ def test_a_trigger_that_sends_the_images_off_the_clean_images_is_a_natural_one(p
     # outside the calibration nothing is read, the collapse point included
     outside = judge(pl1, True, threshold=0.06, clean_psim=0.8, clean_psim_max=0.65, target=target)
     assert outside.backdoored is None and not outside.natural
+
+
+def test_a_recorded_target_check_reads_back_and_a_missing_one_is_none():
+    check = TargetCheck(closeness=0.9, clean_quantile=0.8, clean_median=0.85, rank=0.7)
+    record = {"target_closeness": 0.9, "clean_closeness_quantile": 0.8, "clean_closeness_median": 0.85,
+              "target_rank": 0.7}
+    assert TargetCheck.from_summary(record) == check
+    assert TargetCheck.from_summary({**record, "target_rank": None}) is None  # no trigger was found
+    assert TargetCheck.from_summary({"pl1": 0.05}) is None  # a detect.json from before the check

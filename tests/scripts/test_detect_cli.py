@@ -17,9 +17,8 @@ def test_main_phase_detect_through_the_command_line(workspace):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "verdict: " in proc.stdout + proc.stderr
     summary = json.loads((workspace / "logs-detect" / "detect.json").read_text())
-    target = TargetCheck(closeness=summary["target_closeness"], clean_quantile=summary["clean_closeness_quantile"],
-                         clean_median=summary["clean_closeness_median"], rank=summary["target_rank"]) \
-        if summary["reached_threshold"] else None
+    target = TargetCheck.from_summary(summary)
+    assert (target is None) is (not summary["reached_threshold"])
     expected = judge(summary["pl1"] if summary["reached_threshold"] else float("nan"), summary["reached_threshold"],
                      summary["pl1_threshold"], clean_psim=summary["clean_psim"],
                      clean_psim_max=summary["calibrated_clean_psim_max"], target=target)
