@@ -5,7 +5,8 @@ enough to make the features of stamped clean images collapse (mean pairwise cosi
 encoder needs a mask that covers much of the image before its features agree that much. The verdict
 compares the inverted trigger's relative size PL1 (mask L1 over the image's H*W pixels) with a threshold,
 and then asks where the stamped images collapse to (:func:`target_check`): a backdoor sends them to its target,
-a real image's feature, among the clean images; a clean encoder's small "natural" trigger sends them off them.
+a real image's feature, among the clean images; a clean encoder's small "natural" trigger sends them off them,
+and is then no evidence of a backdoor.
 It is evidence, not proof: see docs/DETECTION.md for what it does and does not say.
 """
 from __future__ import annotations
@@ -175,7 +176,7 @@ class Verdict:
         return (f"{size}, but it sends the images off the clean images (mean cosine {t.closeness:.3f} to its "
                 f"{NEIGHBOURS} nearest, below {t.clean_quantile:.3f}, what {100 * (1 - OFF_QUANTILE):.0f}% of the "
                 f"images have to their own nearest), where a backdoor sends them to its target, a real image's "
-                f"feature: a natural trigger")
+                f"feature: a natural trigger, no evidence either way (a backdoor's trigger, if any, is larger)")
 
 
 def judge(pl1: float, reached: bool, threshold: float, factor: float = INCONCLUSIVE_FACTOR, *,
@@ -185,7 +186,8 @@ def judge(pl1: float, reached: bool, threshold: float, factor: float = INCONCLUS
     when none reached it or PL1 is above ``threshold * factor``; inconclusive in between (``--detect_pl1``,
     whose default Trainer/configs.py explains). Then two readings of that: inconclusive whatever the PL1 when the
     clean images' own pair cosine ``clean_psim`` is above ``clean_psim_max`` (outside the calibration; None: no
-    limit); else clean when ``target`` says the trigger's images collapse off the clean images (a natural trigger)."""
+    limit); else inconclusive when ``target`` says the trigger's images collapse off the clean images: a natural
+    trigger says nothing about the encoder's backdoor, only that its trigger, if any, is larger than this one."""
     if not reached or math.isnan(pl1):
         return Verdict(backdoored=False, pl1=float("nan"), threshold=threshold, reached=False, factor=factor,
                        clean_psim=clean_psim, clean_psim_max=clean_psim_max, target=target)
@@ -193,7 +195,17 @@ def judge(pl1: float, reached: bool, threshold: float, factor: float = INCONCLUS
                       clean_psim=clean_psim, clean_psim_max=clean_psim_max, target=target)
     if verdict.outside_calibration:
         return verdict
-    return replace(verdict, backdoored=False if verdict.natural else verdict.by_size)
+    return replace(verdict, backdoored=None if verdict.natural else verdict.by_size)
+
+
+def judge_record(summary: dict, threshold: Optional[float] = None) -> Verdict:
+    """The verdict the current rule gives on a detect.json's measurements (``summary``), at its own
+    ``pl1_threshold`` or at ``threshold``: for tables re-read from disk after a change to the rule."""
+    reached = bool(summary["reached_threshold"])
+    return judge(summary["pl1"] if reached else float("nan"), reached,
+                 summary["pl1_threshold"] if threshold is None else threshold,
+                 clean_psim=summary.get("clean_psim", float("nan")),
+                 clean_psim_max=summary.get("calibrated_clean_psim_max"), target=TargetCheck.from_summary(summary))
 
 
 def growth(l1_by_round: Sequence[float]) -> float:

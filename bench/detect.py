@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from DEMO.demo import PRETRAIN_SET, USAGE, DemoRun, load_script  # noqa: E402
 from DEMO.layout import RunLayout  # noqa: E402
-from INVERSION.detect import TargetCheck, judge  # noqa: E402
+from INVERSION.detect import judge_record  # noqa: E402
 from DEMO.presets import PRESETS, Preset, flags  # noqa: E402
 from Trainer.configs import DETECT_PL1, DemoConfig  # noqa: E402
 from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
@@ -200,7 +200,7 @@ def one_setting(encs: list[dict], args: argparse.Namespace, images: int | None, 
         # a run whose search never reached the psim threshold counts as PL1 1 (no small trigger exists)
         pl1 = out["pl1"] if out["reached_threshold"] else 1.0
         # judged here at --threshold, so a reused run's stored verdict (made at its own threshold) never counts
-        verdict = judge(out["pl1"], out["reached_threshold"], args.threshold, target=TargetCheck.from_summary(out))
+        verdict = judge_record(out, args.threshold)
         rows.append({"encoder": enc["label"], "kind": enc["kind"], "detect_images": images, "detect_seed": dseed,
                      "pl1": out["pl1"], "pl1_or_1": pl1, "l1": out["l1"], "psim": out["psim"],
                      "reached": out["reached_threshold"], "backdoored": verdict.backdoored})

@@ -293,16 +293,22 @@ class Cell:
 
     def row(self, encoders: dict, arms: dict[str, dict]) -> dict:
         """The cell's numbers for the table and its JSON."""
+        from INVERSION.detect import judge_record, label_of
+
         row = {"cell": self.name, "family": self.family, "model": self.model, "seed": self.seed,
                "trigger": self.trigger, "attack": self.attack, "probe": self.probe()}
         row["collapse"] = self.collapse_cached(list(arms))
         row["oracle"] = json.loads(self.oracle_file.read_text()) if self.oracle_file.is_file() else None
         for kind in ENCODERS:
             det = encoders[kind]["detect"]
-            row[kind] = {"acc": encoders[kind]["acc"], "asr": encoders[kind]["asr"], "verdict": det["verdict"],
+            # the current rule on the recorded measurements: a change to the reading needs no new inversion
+            verdict = judge_record(det) if "reached_threshold" in det else None  # None: refused, no verdict
+            row[kind] = {"acc": encoders[kind]["acc"], "asr": encoders[kind]["asr"],
+                         "verdict": verdict.label if verdict else det["verdict"],
                          "pl1": det["pl1"], "clean_psim_pairs": det.get("clean_psim"),
-                         "gt_psim_pairs": det.get("gt_psim"), "verdict_by_size": det.get("verdict_by_size"),
-                         "natural": det.get("natural_trigger"), "closeness": det.get("target_closeness"),
+                         "gt_psim_pairs": det.get("gt_psim"),
+                         "verdict_by_size": label_of(verdict.by_size) if verdict and verdict.target else None,
+                         "natural": verdict.natural if verdict else None, "closeness": det.get("target_closeness"),
                          "closeness_quantile": det.get("clean_closeness_quantile")}
         for arm, summary in arms.items():
             table = {r["encoder"]: r for r in summary["table"]}

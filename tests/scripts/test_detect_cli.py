@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from INVERSION.detect import LABELS, TargetCheck, judge
+from INVERSION.detect import LABELS, TargetCheck, judge_record
 from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX
 from INVERSION.relative import DETECT_SHARE, relative_threshold
 from tests.scripts.conftest import run_cli
@@ -17,11 +17,8 @@ def test_main_phase_detect_through_the_command_line(workspace):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "verdict: " in proc.stdout + proc.stderr
     summary = json.loads((workspace / "logs-detect" / "detect.json").read_text())
-    target = TargetCheck.from_summary(summary)
-    assert (target is None) is (not summary["reached_threshold"])
-    expected = judge(summary["pl1"] if summary["reached_threshold"] else float("nan"), summary["reached_threshold"],
-                     summary["pl1_threshold"], clean_psim=summary["clean_psim"],
-                     clean_psim_max=summary["calibrated_clean_psim_max"], target=target)
+    assert (TargetCheck.from_summary(summary) is None) is (not summary["reached_threshold"])
+    expected = judge_record(summary)  # the recorded measurements, judged again, give the recorded verdict
     assert summary["backdoored"] == expected.backdoored and summary["verdict"] == expected.label
     assert summary["natural_trigger"] == expected.natural and summary["verdict_by_size"] in LABELS
     assert summary["calibrated_clean_psim_max"] == CALIBRATED_CLEAN_PSIM_MAX  # the default threshold: limited
