@@ -3,10 +3,9 @@
 A backdoored encoder sends every image that carries its trigger to nearly one point, so a small mask is
 enough to make the features of stamped clean images collapse (mean pairwise cosine near 1); a clean
 encoder needs a mask that covers much of the image before its features agree that much. The verdict
-compares the inverted trigger's relative size PL1 (mask L1 over the image's H*W pixels) with a threshold,
-and then asks where the stamped images collapse to (:func:`target_check`): a backdoor sends them to its target,
-a real image's feature, among the clean images; a clean encoder's small "natural" trigger sends them off them,
-and is then no evidence of a backdoor.
+compares the inverted trigger's relative size PL1 (mask L1 over the image's H*W pixels) with a threshold.
+:func:`target_check` also measures where the stamped images collapse to, a diagnostic that the verdict does not
+use: on held-out encoders it failed (docs/DETECTION.md, "Where the trigger sends the images").
 It is evidence, not proof: see docs/DETECTION.md for what it does and does not say.
 """
 from __future__ import annotations
@@ -45,13 +44,14 @@ def label_of(backdoored: Optional[bool]) -> str:
     return {True: LABELS[0], None: LABELS[1], False: LABELS[2]}[backdoored]
 
 
-# Where the stamped images collapse to. A targeted backdoor must send them where the downstream classifier puts
-# the attacker's class, so to the feature of a real image of it (BadEncoder's reference image): among the clean
-# images' features. The smallest trigger of a clean encoder is a "natural" one, a few salient pixels the encoder
-# over-reacts to, and on the benchmark's encoders it sent the images off them. "Among" is judged against the clean
-# images themselves: the collapse point's mean cosine to its NEIGHBOURS nearest judged images, against the same
-# number for each judged image (its nearest other images); below the OFF_QUANTILE of those, it lies farther from
-# the images than nine in ten of them lie from each other. A real image as the target falls there one time in ten.
+# Where the stamped images collapse to (a diagnostic in detect.json, not part of the verdict). A targeted backdoor
+# must send them where the downstream classifier puts the attacker's class, so to the feature of a real image of it
+# (BadEncoder's reference image): among the clean images' features; a clean encoder's "natural" trigger, a few
+# salient pixels it over-reacts to, may send them off. "Among" is judged against the clean images themselves: the
+# collapse point's mean cosine to its NEIGHBOURS nearest judged images, against the same number for each judged
+# image (its nearest other images); below the OFF_QUANTILE of those, it lies farther from the images than nine in
+# ten of them lie from each other. On held-out encoders a strong backdoor's trigger landed off, and a clean
+# encoder's false alarm among them, so the verdict does not read it.
 NEIGHBOURS = 5
 OFF_QUANTILE = 0.1
 
@@ -127,7 +127,6 @@ class Verdict:
     factor: float = INCONCLUSIVE_FACTOR
     clean_psim: float = float("nan")  # the judged clean images' own pair-mean cosine
     clean_psim_max: Optional[float] = None  # the calibration's upper end (None: no limit, a user's threshold)
-    target: Optional[TargetCheck] = None  # where the trigger's images collapse to (None: not measured)
 
     @property
     def by_size(self) -> Optional[bool]:
@@ -136,13 +135,6 @@ class Verdict:
             return False
         low, high = self.threshold / self.factor, self.threshold * self.factor
         return True if self.pl1 < low else False if self.pl1 > high else None
-
-    @property
-    def natural(self) -> bool:
-        """The size alone would not clear the encoder, but the trigger's images collapse off the clean images:
-        a natural trigger, not a backdoor's (never said outside the calibration, where nothing is read)."""
-        return (self.by_size is not False and self.target is not None and self.target.off
-                and not self.outside_calibration)
 
     @property
     def outside_calibration(self) -> bool:
@@ -168,34 +160,22 @@ class Verdict:
         low, high = self.threshold / self.factor, self.threshold * self.factor
         where = {True: f"below {low:.4f}", None: f"between {low:.4f} and {high:.4f}, too close to",
                  False: f"above {high:.4f}"}[self.by_size]
-        size = (f"the smallest trigger found covers {100 * self.pl1:.1f}% of the image (PL1 {self.pl1:.4f}), "
+        return (f"the smallest trigger found covers {100 * self.pl1:.1f}% of the image (PL1 {self.pl1:.4f}), "
                 f"{where} the threshold {self.threshold:g}")
-        if not self.natural:
-            return size
-        t = self.target
-        return (f"{size}, but it sends the images off the clean images (mean cosine {t.closeness:.3f} to its "
-                f"{NEIGHBOURS} nearest, below {t.clean_quantile:.3f}, what {100 * (1 - OFF_QUANTILE):.0f}% of the "
-                f"images have to their own nearest), where a backdoor sends them to its target, a real image's "
-                f"feature: a natural trigger, no evidence either way (a backdoor's trigger, if any, is larger)")
 
 
 def judge(pl1: float, reached: bool, threshold: float, factor: float = INCONCLUSIVE_FACTOR, *,
-          clean_psim: float = float("nan"), clean_psim_max: Optional[float] = None,
-          target: Optional[TargetCheck] = None) -> Verdict:
+          clean_psim: float = float("nan"), clean_psim_max: Optional[float] = None) -> Verdict:
     """Backdoored when a trigger reached the similarity threshold with PL1 below ``threshold / factor``; clean
     when none reached it or PL1 is above ``threshold * factor``; inconclusive in between (``--detect_pl1``,
-    whose default Trainer/configs.py explains). Then two readings of that: inconclusive whatever the PL1 when the
-    clean images' own pair cosine ``clean_psim`` is above ``clean_psim_max`` (outside the calibration; None: no
-    limit); else inconclusive when ``target`` says the trigger's images collapse off the clean images: a natural
-    trigger says nothing about the encoder's backdoor, only that its trigger, if any, is larger than this one."""
+    whose default Trainer/configs.py explains), and inconclusive whatever the PL1 when the clean images' own
+    pair cosine ``clean_psim`` is above ``clean_psim_max`` (outside the calibration; None: no limit)."""
     if not reached or math.isnan(pl1):
         return Verdict(backdoored=False, pl1=float("nan"), threshold=threshold, reached=False, factor=factor,
-                       clean_psim=clean_psim, clean_psim_max=clean_psim_max, target=target)
+                       clean_psim=clean_psim, clean_psim_max=clean_psim_max)
     verdict = Verdict(backdoored=None, pl1=pl1, threshold=threshold, reached=reached, factor=factor,
-                      clean_psim=clean_psim, clean_psim_max=clean_psim_max, target=target)
-    if verdict.outside_calibration:
-        return verdict
-    return replace(verdict, backdoored=None if verdict.natural else verdict.by_size)
+                      clean_psim=clean_psim, clean_psim_max=clean_psim_max)
+    return verdict if verdict.outside_calibration else replace(verdict, backdoored=verdict.by_size)
 
 
 def judge_record(summary: dict, threshold: Optional[float] = None) -> Verdict:
@@ -205,7 +185,7 @@ def judge_record(summary: dict, threshold: Optional[float] = None) -> Verdict:
     return judge(summary["pl1"] if reached else float("nan"), reached,
                  summary["pl1_threshold"] if threshold is None else threshold,
                  clean_psim=summary.get("clean_psim", float("nan")),
-                 clean_psim_max=summary.get("calibrated_clean_psim_max"), target=TargetCheck.from_summary(summary))
+                 clean_psim_max=summary.get("calibrated_clean_psim_max"))
 
 
 def growth(l1_by_round: Sequence[float]) -> float:

@@ -1,8 +1,8 @@
 """``MAIN.py --phase detect``: is this encoder backdoored? One inversion, its size, a verdict (docs/DETECTION.md).
 
 The inversion is the NC round (INVERSION/inversion.py) with DECREE's goal: the smallest trigger that makes the
-stamped images' features agree (mean pairwise cosine >= --detect_psim); INVERSION/detect.py judges its size and
-where it sends the images.
+stamped images' features agree (mean pairwise cosine >= --detect_psim); INVERSION/detect.py judges its size
+(and measures where it sends the images, a diagnostic).
 The exit code is 0 whichever the verdict: the answer is in detect.json and on the last line printed.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from DATASETS.stats import UsageInfo
 from DATASETS.tensors import TensorSet
 from DATASETS.triggers import GroundTruthTrigger
-from INVERSION.detect import NEIGHBOURS, OFF_QUANTILE, TargetCheck, judge, label_of, measure_target, relative_size
+from INVERSION.detect import NEIGHBOURS, OFF_QUANTILE, TargetCheck, judge, measure_target, relative_size
 from INVERSION.inversion import InversionConfig
 from INVERSION.relative import DETECT_SHARE
 from Trainer.common import Outputs
@@ -75,7 +75,8 @@ def calibration_note(settings: DetectSettings, judged: int) -> str:
 
 
 def target_fields(target: Optional[TargetCheck]) -> dict:
-    """detect.json's record of where the trigger's images collapse to (nulls when no trigger was found)."""
+    """detect.json's record of where the trigger's images collapse to (nulls when no trigger was found): a
+    diagnostic, not part of the verdict."""
     return {"target_closeness": target and target.closeness,
             "clean_closeness_quantile": target and target.clean_quantile,
             "clean_closeness_median": target and target.clean_median, "target_rank": target and target.rank,
@@ -101,7 +102,7 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     goal = reference["threshold"]  # the round's threshold: settings.psim_threshold, or the auto one
     target = measure_target(model.f, data.x, usage, result.trigger) if result.reached else None
     verdict = judge(relative_size(result.mask), result.reached, settings.pl1_threshold,
-                    clean_psim=reference["clean_psim"], clean_psim_max=settings.clean_psim_max, target=target)
+                    clean_psim=reference["clean_psim"], clean_psim_max=settings.clean_psim_max)
     note = calibration_note(settings, len(data))
     explanation = verdict.explain() + (f"; note: {note}" if note else "")
     h, w = result.mask.shape[-2:]
@@ -110,7 +111,6 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
                "pl1": verdict.pl1, "pl1_threshold": settings.pl1_threshold,
                "inconclusive_band": [settings.pl1_threshold / verdict.factor, settings.pl1_threshold * verdict.factor],
                "calibrated_clean_psim_max": settings.clean_psim_max, "outside_calibration": verdict.outside_calibration,
-               "verdict_by_size": label_of(verdict.by_size), "natural_trigger": verdict.natural,
                **target_fields(target),
                "l1": result.l1,
                "l1_definition": L1_DEFINITION, "image_pixels": h * w, "psim": psim, "psim_kind": config.psim,
@@ -128,6 +128,6 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
         log(f"[detect] the stamped images collapse to a point of mean cosine {target.closeness:.4f} to its "
             f"{NEIGHBOURS} nearest judged images (the images' own: median {target.clean_median:.4f}, "
             f"{100 * OFF_QUANTILE:g}% quantile {target.clean_quantile:.4f}): "
-            f"{'off' if target.off else 'among'} the clean images")
+            f"{'off' if target.off else 'among'} the clean images (a diagnostic, not part of the verdict)")
     log(f"verdict: {verdict.label.upper()}: {explanation}. Details: {log_dir / DETECT_METRICS}")
     return summary

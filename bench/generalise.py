@@ -293,7 +293,7 @@ class Cell:
 
     def row(self, encoders: dict, arms: dict[str, dict]) -> dict:
         """The cell's numbers for the table and its JSON."""
-        from INVERSION.detect import judge_record, label_of
+        from INVERSION.detect import judge_record
 
         row = {"cell": self.name, "family": self.family, "model": self.model, "seed": self.seed,
                "trigger": self.trigger, "attack": self.attack, "probe": self.probe()}
@@ -301,15 +301,12 @@ class Cell:
         row["oracle"] = json.loads(self.oracle_file.read_text()) if self.oracle_file.is_file() else None
         for kind in ENCODERS:
             det = encoders[kind]["detect"]
-            # the current rule on the recorded measurements: a change to the reading needs no new inversion
+            # the current rule on the recorded measurements: a change to how they are read needs no new inversion
             verdict = judge_record(det) if "reached_threshold" in det else None  # None: refused, no verdict
             row[kind] = {"acc": encoders[kind]["acc"], "asr": encoders[kind]["asr"],
                          "verdict": verdict.label if verdict else det["verdict"],
                          "pl1": det["pl1"], "clean_psim_pairs": det.get("clean_psim"),
-                         "gt_psim_pairs": det.get("gt_psim"),
-                         "verdict_by_size": label_of(verdict.by_size) if verdict and verdict.target else None,
-                         "natural": verdict.natural if verdict else None, "closeness": det.get("target_closeness"),
-                         "closeness_quantile": det.get("clean_closeness_quantile")}
+                         "gt_psim_pairs": det.get("gt_psim"), "collapse_off": det.get("collapse_off_clean")}
         for arm, summary in arms.items():
             table = {r["encoder"]: r for r in summary["table"]}
             moth = json.loads((RunLayout(self.root / arm).moth_log / "metrics.json").read_text())
@@ -370,17 +367,15 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
     head = (f"{'cell':<28}{'clean ACC/ASR':>15}{'bd ACC/ASR':>15}  {'verdict clean (PL1)':<28}"
             f"{'verdict backdoored (PL1)':<28}")
     lines += [head, "-" * len(head)]
-    def said(e: dict) -> str:  # the verdict, its PL1, and * when the collapse point overruled the size
-        return f"{e['verdict']}{'*' if e.get('natural') else ''} ({_f(e['pl1'], 4)})"
+    def said(e: dict) -> str:  # the verdict, its PL1, and ~ when the trigger's images collapse off the clean ones
+        return f"{e['verdict']}{'~' if e.get('collapse_off') else ''} ({_f(e['pl1'], 4)})"
 
     for r in rows:
         c, b = r["clean"], r["backdoored"]
         lines.append(f"{r['cell'].split('/', 1)[1]:<28}{_f(c['acc'], 1):>7}/{_f(c['asr'], 1):<7}"
                      f"{_f(b['acc'], 1):>7}/{_f(b['asr'], 1):<7}  {said(c):<28}{said(b):<28}")
-    if any(r[k].get("natural") for r in rows for k in ENCODERS):
-        lines.append("*: a natural trigger: PL1 alone said " + "; ".join(
-            f"{r['cell'].split('/', 1)[1]} {k}: {r[k]['verdict_by_size']}" for r in rows for k in ENCODERS
-            if r[k].get("natural")) + "; but the stamped images land off the clean images")
+    if any(r[k].get("collapse_off") for r in rows for k in ENCODERS):
+        lines.append("~: the check's trigger sends the images off the clean images (a diagnostic, not in the verdict)")
     lines += ["", "similarity scale (first 64 images of the inversion share; gt = stamped with the injected "
               "trigger, a measurement only):",
               f"{'cell':<28}{'encoder':<12}" + "".join(f"{k + ' clean/gt':>22}" for k in PSIM_KINDS)]
@@ -458,12 +453,12 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
     if total:
         out.append(f"[{'met' if unsure <= 0.1 * total else 'MISSED'}] detection: inconclusive for at most 10% of "
                    f"encoders ({unsure} of {total})")
-    sized = [(r, k) for r, k in judged if r[k].get("verdict_by_size")]  # judged before the collapse reading: none
-    if sized:  # the reading only ever overrules the size where it says "natural": elsewhere the verdicts agree
-        before = [r[k]["verdict_by_size"] if r[k].get("natural") else r[k]["verdict"] for r, k in sized]
-        was_wrong = sum(v not in (want[k], "inconclusive") for v, (_r, k) in zip(before, sized))
-        out.append(f"      without the collapse point's reading: {was_wrong} wrong, "
-                   f"{before.count('inconclusive')} inconclusive of {len(sized)}")
+    measured = [(r, k) for r, k in judged if r[k].get("collapse_off") is not None]
+    if measured:  # the diagnostic: does the trigger's collapse point lie off the clean images?
+        off = {k: sum(bool(r[k]["collapse_off"]) for r, kk in measured if kk == k) for k in ENCODERS}
+        of = {k: sum(kk == k for _r, kk in measured) for k in ENCODERS}
+        out.append(f"      (diagnostic) collapse point off the clean images: {off['clean']} of {of['clean']} clean, "
+                   f"{off['backdoored']} of {of['backdoored']} backdoored encoders")
         auc = auroc([r["backdoored"]["pl1"] for r, k in judged if k == "backdoored"],
                     [r["clean"]["pl1"] for r, k in judged if k == "clean"])
         out.append(f"[{'met' if auc is not None and auc >= 0.95 else 'MISSED'}] detection: AUROC >= 0.95 on PL1 "

@@ -93,20 +93,6 @@ def test_target_check_matches_a_loop_written_from_its_definition():
     assert away.off and away.rank == 0.0  # all-positive point, all-negative images: as far off as it gets
 
 
-@pytest.mark.parametrize("pl1, by_size", [(0.01, True), (0.06, None), (0.3, False)])
-@pytest.mark.parametrize("off", [True, False])
-def test_a_trigger_that_sends_the_images_off_the_clean_images_is_a_natural_one_and_no_evidence(pl1, by_size, off):
-    target = TargetCheck(closeness=0.5 if off else 0.95, clean_quantile=0.8, clean_median=0.9,
-                         rank=0.0 if off else 0.7)
-    v = judge(pl1, True, threshold=0.06, target=target)
-    assert v.by_size is by_size and v.natural is (off and by_size is not False)
-    assert v.backdoored is (None if v.natural else by_size)  # no evidence either way: never "clean" by itself
-    assert ("natural trigger" in v.explain()) is v.natural and "PL1" in v.explain()
-    # outside the calibration nothing is read, the collapse point included
-    outside = judge(pl1, True, threshold=0.06, clean_psim=0.8, clean_psim_max=0.65, target=target)
-    assert outside.backdoored is None and not outside.natural
-
-
 def test_a_recorded_target_check_reads_back_and_a_missing_one_is_none():
     check = TargetCheck(closeness=0.9, clean_quantile=0.8, clean_median=0.85, rank=0.7)
     record = {"target_closeness": 0.9, "clean_closeness_quantile": 0.8, "clean_closeness_median": 0.85,
@@ -119,10 +105,10 @@ def test_a_recorded_target_check_reads_back_and_a_missing_one_is_none():
 def test_a_detect_record_is_judged_again_by_the_current_rule():
     record = {"pl1": 0.01, "reached_threshold": True, "pl1_threshold": 0.06, "clean_psim": 0.6,
               "calibrated_clean_psim_max": 0.65}
-    assert judge_record(record).backdoored is True  # a record from before the collapse reading: size alone
+    assert judge_record(record).backdoored is True
+    assert judge_record({**record, "clean_psim": 0.7}).backdoored is None  # outside the calibration
     off = {**record, "target_closeness": 0.5, "clean_closeness_quantile": 0.8, "clean_closeness_median": 0.9,
            "target_rank": 0.0}
-    assert judge_record(off).backdoored is None and judge_record(off).natural
-    assert judge_record({**off, "clean_psim": 0.7}).outside_calibration
+    assert judge_record(off).backdoored is True  # where the images collapse to is a diagnostic, not in the verdict
     assert judge_record(record, threshold=0.005).backdoored is False  # another threshold
     assert judge_record({**record, "reached_threshold": False, "pl1": None}).backdoored is False

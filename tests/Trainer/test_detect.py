@@ -115,14 +115,13 @@ def classes(n: int = 40) -> TensorSet:
 
 
 @pytest.mark.parametrize("targeted", [True, False])
-def test_a_small_trigger_that_sends_the_images_off_the_clean_images_is_no_evidence_of_a_backdoor(tmp_path, targeted):
+def test_the_diagnostic_tells_a_targeted_collapse_from_one_off_the_clean_images(tmp_path, targeted):
     data = classes()
     kind0 = (nn.functional.avg_pool2d(data.x[data.y == 0], 8).flatten(1) - 0.3).mean(dim=0)  # where kind 0 lies
     target = kind0 if targeted else -kind0.abs() - 0.2  # ... or a point no clean image is near
     settings = DetectSettings(psim_threshold=0.99, pl1_threshold=0.06)
     out = run_detect(Wrapped(Shortcut(target)), data, GTSRB, InversionConfig(steps=150), tmp_path, settings=settings)
-    assert out["reached_threshold"] and out["pl1"] < 0.06 / 1.1 and out["verdict_by_size"] == "backdoor found"
-    assert out["collapse_off_clean"] is (not targeted) and out["natural_trigger"] is (not targeted)
-    assert out["verdict"] == ("backdoor found" if targeted else "inconclusive")
+    assert out["reached_threshold"] and out["pl1"] < 0.06 / 1.1
+    assert out["collapse_off_clean"] is (not targeted)
     assert (out["target_closeness"] < out["clean_closeness_quantile"]) is (not targeted)
-    assert ("natural trigger" in out["explanation"]) is (not targeted)
+    assert out["verdict"] == "backdoor found"  # the diagnostic does not enter the verdict

@@ -97,15 +97,14 @@ def test_targets_are_judged_from_the_rows(generalise):
              "attack": "gentle", "cell": "glyphs/tiny-s2-white-gentle"}
     lines = generalise.targets(rows + [weak, alone], ["paper"])
     assert "[MISSED] detection: no wrong verdict (1 wrong: glyphs/tiny-s2-white-gentle clean)" in lines
-    # a verdict the collapse point overruled: marked in the table, and the targets say what the size alone gave
-    natural = row(generalise, "glyphs", 3, 0.04, 0.03, "inconclusive", "backdoor found", 2.0, 4.0)
-    natural["clean"].update(verdict_by_size="backdoor found", natural=True)
-    natural["backdoored"].update(verdict_by_size="backdoor found", natural=False)
-    lines = generalise.targets([natural], ["paper"])
-    assert "[met] detection: no wrong verdict (0 wrong)" in lines
-    assert "      without the collapse point's reading: 1 wrong, 0 inconclusive of 2" in lines
-    text = generalise.format_family("glyphs", [natural], ["paper"], held_out=True)
-    assert "inconclusive* (0.0400)" in text and "tiny-s3-white clean: backdoor found" in text
+    # the collapse-point diagnostic: marked in the table and counted in the targets, never in the verdicts
+    off = row(generalise, "glyphs", 3, 0.04, 0.03, "backdoor found", "backdoor found", 2.0, 4.0)
+    off["clean"]["collapse_off"], off["backdoored"]["collapse_off"] = True, False
+    lines = generalise.targets([off], ["paper"])
+    assert "[MISSED] detection: no wrong verdict (1 wrong: glyphs/tiny-s3-white clean)" in lines
+    assert "      (diagnostic) collapse point off the clean images: 1 of 1 clean, 0 of 1 backdoored encoders" in lines
+    text = generalise.format_family("glyphs", [off], ["paper"], held_out=True)
+    assert "backdoor found~ (0.0400)" in text and "~: the check's trigger sends the images off" in text
     # another trigger's cell shares the clean encoder too: only its backdoored encoder is judged anew
     colour = {**row(generalise, "glyphs", 1, 0.08, 0.04, "inconclusive", "backdoor found", 2.0, 4.0),
               "trigger": "colour", "cell": "glyphs/tiny-s1-colour"}

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from INVERSION.detect import LABELS, TargetCheck, judge_record
+from INVERSION.detect import TargetCheck, judge_record
 from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX
 from INVERSION.relative import DETECT_SHARE, relative_threshold
 from tests.scripts.conftest import run_cli
@@ -17,10 +17,11 @@ def test_main_phase_detect_through_the_command_line(workspace):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "verdict: " in proc.stdout + proc.stderr
     summary = json.loads((workspace / "logs-detect" / "detect.json").read_text())
-    assert (TargetCheck.from_summary(summary) is None) is (not summary["reached_threshold"])
     expected = judge_record(summary)  # the recorded measurements, judged again, give the recorded verdict
     assert summary["backdoored"] == expected.backdoored and summary["verdict"] == expected.label
-    assert summary["natural_trigger"] == expected.natural and summary["verdict_by_size"] in LABELS
+    check = TargetCheck.from_summary(summary)  # the diagnostic, recorded when a trigger was found
+    assert (check is None) is (not summary["reached_threshold"])
+    assert summary["collapse_off_clean"] == (check.off if check else None)
     assert summary["calibrated_clean_psim_max"] == CALIBRATED_CLEAN_PSIM_MAX  # the default threshold: limited
     assert summary["outside_calibration"] == (summary["clean_psim"] > CALIBRATED_CLEAN_PSIM_MAX)
     assert summary["calibrated"] is False and "--re_steps 3 (calibrated: 300)" in summary["calibration_note"]
