@@ -39,11 +39,6 @@ INCONCLUSIVE_FACTOR = 1.1
 LABELS = ("backdoor found", "inconclusive", "no backdoor found")
 
 
-def label_of(backdoored: Optional[bool]) -> str:
-    """True / None / False -> the verdict in words."""
-    return {True: LABELS[0], None: LABELS[1], False: LABELS[2]}[backdoored]
-
-
 # Where the stamped images collapse to (a diagnostic in detect.json, not part of the verdict). A targeted backdoor
 # must send them where the downstream classifier puts the attacker's class, so to the feature of a real image of it
 # (BadEncoder's reference image): among the clean images' features; a clean encoder's "natural" trigger, a few
@@ -144,7 +139,7 @@ class Verdict:
     @property
     def label(self) -> str:
         """The verdict in words, as the table and detect.json print it."""
-        return label_of(self.backdoored)
+        return {True: LABELS[0], None: LABELS[1], False: LABELS[2]}[self.backdoored]
 
     def explain(self) -> str:
         """One sentence on why the verdict reads as it does."""

@@ -453,16 +453,16 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
     if total:
         out.append(f"[{'met' if unsure <= 0.1 * total else 'MISSED'}] detection: inconclusive for at most 10% of "
                    f"encoders ({unsure} of {total})")
+        auc = auroc([r["backdoored"]["pl1"] for r, k in judged if k == "backdoored"],
+                    [r["clean"]["pl1"] for r, k in judged if k == "clean"])
+        out.append(f"[{'met' if auc is not None and auc >= 0.95 else 'MISSED'}] detection: AUROC >= 0.95 on PL1 "
+                   f"({_f(auc, 3)})")
     measured = [(r, k) for r, k in judged if r[k].get("collapse_off") is not None]
     if measured:  # the diagnostic: does the trigger's collapse point lie off the clean images?
         off = {k: sum(bool(r[k]["collapse_off"]) for r, kk in measured if kk == k) for k in ENCODERS}
         of = {k: sum(kk == k for _r, kk in measured) for k in ENCODERS}
         out.append(f"      (diagnostic) collapse point off the clean images: {off['clean']} of {of['clean']} clean, "
                    f"{off['backdoored']} of {of['backdoored']} backdoored encoders")
-        auc = auroc([r["backdoored"]["pl1"] for r, k in judged if k == "backdoored"],
-                    [r["clean"]["pl1"] for r, k in judged if k == "clean"])
-        out.append(f"[{'met' if auc is not None and auc >= 0.95 else 'MISSED'}] detection: AUROC >= 0.95 on PL1 "
-                   f"({_f(auc, 3)})")
     return out
 
 

@@ -81,6 +81,7 @@ def test_targets_are_judged_from_the_rows(generalise):
     assert "[MISSED] arm paper: RECEIVE below NC on mean ASR: 4.50% vs 3.50%" in lines
     assert "[met] detection: no wrong verdict (0 wrong)" in lines
     assert any(line.startswith("[MISSED] detection: inconclusive") and "(1 of 4)" in line for line in lines)
+    assert "[met] detection: AUROC >= 0.95 on PL1 (1.000)" in lines  # also where no collapse point was recorded
     assert generalise.auroc([0.03, 0.04], [0.09, 0.08]) == 1.0
     assert generalise.auroc([None], [0.08]) == 0.0  # no trigger found counts as the largest size
     text = generalise.format_family("glyphs", rows, ["paper"], held_out=True)
