@@ -364,7 +364,8 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
     if held_out and family in SEEN:
         status = f"HELD OUT, except that {SEEN[family]}"
     lines = [f"Generalisation, family {family}: {status}", ""]
-    head = (f"{'cell':<28}{'clean ACC/ASR':>15}{'bd ACC/ASR':>15}  {'verdict clean (PL1)':<28}"
+    w = max([28] + [len(r["cell"].split("/", 1)[1]) + 2 for r in rows])  # the cell column fits the longest name
+    head = (f"{'cell':<{w}}{'clean ACC/ASR':>15}{'bd ACC/ASR':>15}  {'verdict clean (PL1)':<28}"
             f"{'verdict backdoored (PL1)':<28}")
     lines += [head, "-" * len(head)]
     def said(e: dict) -> str:  # the verdict, its PL1, and ~ when the trigger's images collapse off the clean ones
@@ -372,34 +373,34 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
 
     for r in rows:
         c, b = r["clean"], r["backdoored"]
-        lines.append(f"{r['cell'].split('/', 1)[1]:<28}{_f(c['acc'], 1):>7}/{_f(c['asr'], 1):<7}"
+        lines.append(f"{r['cell'].split('/', 1)[1]:<{w}}{_f(c['acc'], 1):>7}/{_f(c['asr'], 1):<7}"
                      f"{_f(b['acc'], 1):>7}/{_f(b['asr'], 1):<7}  {said(c):<28}{said(b):<28}")
     if any(r[k].get("collapse_off") for r in rows for k in ENCODERS):
         lines.append("~: the check's trigger sends the images off the clean images (a diagnostic, not in the verdict)")
     lines += ["", "similarity scale (first 64 images of the inversion share; gt = stamped with the injected "
               "trigger, a measurement only):",
-              f"{'cell':<28}{'encoder':<12}" + "".join(f"{k + ' clean/gt':>22}" for k in PSIM_KINDS)]
+              f"{'cell':<{w}}{'encoder':<12}" + "".join(f"{k + ' clean/gt':>22}" for k in PSIM_KINDS)]
     for r in rows:
         for kind in ENCODERS:
             p = r["probe"][kind]
-            lines.append(f"{r['cell'].split('/', 1)[1]:<28}{kind:<12}" + "".join(
+            lines.append(f"{r['cell'].split('/', 1)[1]:<{w}}{kind:<12}" + "".join(
                 f"{_f(p[k]['clean'], 4):>14} /{_f(p[k]['gt'], 4):>6}" for k in PSIM_KINDS))
     lines += ["", "what each check trigger collapses onto (in sq: share of its mask inside the injected square, "
               "chance ~0.10; onto: cosine of its centred collapse point with the injected trigger's):"]
     for r in rows:
-        lines.append(f"{r['cell'].split('/', 1)[1]:<28}" + "".join(
+        lines.append(f"{r['cell'].split('/', 1)[1]:<{w}}" + "".join(
             f"{kind} in sq {_f(_get(r, 'collapse', kind, 'check', 'in_square'), 2)} onto "
             f"{_f(_get(r, 'collapse', kind, 'check', 'onto_injected'), 2)}    " for kind in ENCODERS))
     for arm in arms:
         lines += ["", f"arm {arm}: {ARMS[arm] or 'the paper flags'}"]
-        head = (f"{'cell':<28}{'thr':>7}{'clean psim':>11}{'gt psim':>9}{'RECEIVE ACC/ASR':>17}{'NC ACC/ASR':>15}"
+        head = (f"{'cell':<{w}}{'thr':>7}{'clean psim':>11}{'gt psim':>9}{'RECEIVE ACC/ASR':>17}{'NC ACC/ASR':>15}"
                 f"{'round':>6}{'L1':>7}{'in sq':>7}{'onto':>6}  stop")
         lines += [head, "-" * len(head)]
         for r in rows:
             if arm not in r:
                 continue
             a = r[arm]
-            lines.append(f"{r['cell'].split('/', 1)[1]:<28}{str(a['threshold'])[:6]:>7}{_f(a['clean_psim'], 4):>11}"
+            lines.append(f"{r['cell'].split('/', 1)[1]:<{w}}{str(a['threshold'])[:6]:>7}{_f(a['clean_psim'], 4):>11}"
                          f"{_f(a['gt_psim'], 4):>9}{_f(a['receive']['acc'], 1):>9}/{_f(a['receive']['asr'], 1):<7}"
                          f"{_f(a['nc']['acc'], 1):>7}/{_f(a['nc']['asr'], 1):<7}{a['round']:>6}{_f(a['l1'], 1):>7}"
                          f"{_f(_get(r, 'collapse', 'backdoored', f'{arm} RECEIVE', 'in_square'), 2):>7}"
@@ -407,7 +408,7 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
                          f"{a['stop']} ({a['rounds']} rounds)")
     if any(r.get("oracle") for r in rows):
         lines += ["", "unlearning the injected trigger instead (the unlearning stage's ceiling; a measurement only):"]
-        lines += [f"{r['cell'].split('/', 1)[1]:<28}ACC/ASR {_f(r['oracle']['acc'], 1)}/{_f(r['oracle']['asr'], 1)}"
+        lines += [f"{r['cell'].split('/', 1)[1]:<{w}}ACC/ASR {_f(r['oracle']['acc'], 1)}/{_f(r['oracle']['asr'], 1)}"
                   for r in rows if r.get("oracle")]
     lines += ["", "targets:"] + [f"  {t}" for t in targets(rows, arms)]
     return "\n".join(lines)

@@ -113,6 +113,20 @@ def test_targets_are_judged_from_the_rows(generalise):
     assert any(line.startswith("[MISSED] detection: inconclusive") and "(1 of 8)" in line for line in lines)
 
 
+def test_a_long_cell_name_keeps_the_table_columns_in_line(generalise):
+    short = row(generalise, "greyshapes", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 2.0, 4.0)
+    long = {**row(generalise, "greyshapes", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 2.0, 4.0),
+            "cell": "greyshapes/resnet18_small-s0-white-gentle"}  # 30 characters: wider than the usual column
+    lines = generalise.format_family("greyshapes", [short, long], ["paper"], held_out=True).splitlines()
+    for start in ("tiny-s0-white ", "resnet18_small-s0-white-gentle "):
+        rows = [line for line in lines if line.startswith(start)]
+        assert len(rows) == 5  # encoders, two similarity rows, the collapse row, the arm
+    first = [line for line in lines if line.startswith("tiny-s0-white ")]
+    second = [line for line in lines if line.startswith("resnet18_small-s0-white-gentle ")]
+    for a, b in zip(first, second):  # the same columns after the name: each line starts its numbers in one place
+        assert len(a) - len(a[len(a.split()[0]):].lstrip()) == len(b) - len(b[len(b.split()[0]):].lstrip())
+
+
 @pytest.mark.parametrize("flag, value", [("--families", "cifar"), ("--models", "vit"), ("--seeds", "9"),
                                          ("--triggers", "blend"), ("--arms", "magic"),
                                          ("--attacks", "strong")])
