@@ -91,6 +91,9 @@ def build_parser() -> ArgumentParser:
                         "keeping everything else; "
                         "table: run nothing, write the tables from the cells already on disk")
     p.add_argument("--rerun", action="store_true", help="run finished stages again instead of keeping them")
+    p.add_argument("--fresh", action="store_true",
+                   help="write each table from this machine's cells only (default: keep the rows of the recorded "
+                        "<results>/generalise-<family>.json whose cells are not on disk here, marked *)")
     p.add_argument("--device", default="cpu")
     return p
 
@@ -358,13 +361,18 @@ def _f(value, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
 
+def short(row: dict) -> str:
+    """The cell's name in its family's table; * marks a row kept from the recorded table (see merge_recorded)."""
+    return row["cell"].split("/", 1)[1] + (" *" if row.get("recorded") else "")
+
+
 def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool) -> str:
     """One family's table: encoders and verdicts, then per arm RECEIVE and NC, then the targets."""
     status = "HELD OUT (no setting was chosen on it)" if held_out else "tuned (settings were chosen on it)"
     if held_out and family in SEEN:
         status = f"HELD OUT, except that {SEEN[family]}"
     lines = [f"Generalisation, family {family}: {status}", ""]
-    w = max([28] + [len(r["cell"].split("/", 1)[1]) + 2 for r in rows])  # the cell column fits the longest name
+    w = max([28] + [len(short(r)) + 2 for r in rows])  # the cell column fits the longest name
     head = (f"{'cell':<{w}}{'clean ACC/ASR':>15}{'bd ACC/ASR':>15}  {'verdict clean (PL1)':<28}"
             f"{'verdict backdoored (PL1)':<28}")
     lines += [head, "-" * len(head)]
@@ -373,8 +381,11 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
 
     for r in rows:
         c, b = r["clean"], r["backdoored"]
-        lines.append(f"{r['cell'].split('/', 1)[1]:<{w}}{_f(c['acc'], 1):>7}/{_f(c['asr'], 1):<7}"
+        lines.append(f"{short(r):<{w}}{_f(c['acc'], 1):>7}/{_f(c['asr'], 1):<7}"
                      f"{_f(b['acc'], 1):>7}/{_f(b['asr'], 1):<7}  {said(c):<28}{said(b):<28}")
+    if any(r.get("recorded") for r in rows):
+        lines.append("*: kept from the recorded table (its runs are not on this machine; verdicts by the rule that "
+                     "wrote it)")
     if any(r[k].get("collapse_off") for r in rows for k in ENCODERS):
         lines.append("~: the check's trigger sends the images off the clean images (a diagnostic, not in the verdict)")
     lines += ["", "similarity scale (first 64 images of the inversion share; gt = stamped with the injected "
@@ -383,12 +394,12 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
     for r in rows:
         for kind in ENCODERS:
             p = r["probe"][kind]
-            lines.append(f"{r['cell'].split('/', 1)[1]:<{w}}{kind:<12}" + "".join(
+            lines.append(f"{short(r):<{w}}{kind:<12}" + "".join(
                 f"{_f(p[k]['clean'], 4):>14} /{_f(p[k]['gt'], 4):>6}" for k in PSIM_KINDS))
     lines += ["", "what each check trigger collapses onto (in sq: share of its mask inside the injected square, "
               "chance ~0.10; onto: cosine of its centred collapse point with the injected trigger's):"]
     for r in rows:
-        lines.append(f"{r['cell'].split('/', 1)[1]:<{w}}" + "".join(
+        lines.append(f"{short(r):<{w}}" + "".join(
             f"{kind} in sq {_f(_get(r, 'collapse', kind, 'check', 'in_square'), 2)} onto "
             f"{_f(_get(r, 'collapse', kind, 'check', 'onto_injected'), 2)}    " for kind in ENCODERS))
     for arm in arms:
@@ -400,7 +411,7 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
             if arm not in r:
                 continue
             a = r[arm]
-            lines.append(f"{r['cell'].split('/', 1)[1]:<{w}}{str(a['threshold'])[:6]:>7}{_f(a['clean_psim'], 4):>11}"
+            lines.append(f"{short(r):<{w}}{str(a['threshold'])[:6]:>7}{_f(a['clean_psim'], 4):>11}"
                          f"{_f(a['gt_psim'], 4):>9}{_f(a['receive']['acc'], 1):>9}/{_f(a['receive']['asr'], 1):<7}"
                          f"{_f(a['nc']['acc'], 1):>7}/{_f(a['nc']['asr'], 1):<7}{a['round']:>6}{_f(a['l1'], 1):>7}"
                          f"{_f(_get(r, 'collapse', 'backdoored', f'{arm} RECEIVE', 'in_square'), 2):>7}"
@@ -408,7 +419,7 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
                          f"{a['stop']} ({a['rounds']} rounds)")
     if any(r.get("oracle") for r in rows):
         lines += ["", "unlearning the injected trigger instead (the unlearning stage's ceiling; a measurement only):"]
-        lines += [f"{r['cell'].split('/', 1)[1]:<{w}}ACC/ASR {_f(r['oracle']['acc'], 1)}/{_f(r['oracle']['asr'], 1)}"
+        lines += [f"{short(r):<{w}}ACC/ASR {_f(r['oracle']['acc'], 1)}/{_f(r['oracle']['asr'], 1)}"
                   for r in rows if r.get("oracle")]
     lines += ["", "targets:"] + [f"  {t}" for t in targets(rows, arms)]
     return "\n".join(lines)
@@ -477,6 +488,33 @@ def auroc(positive: list, negative: list) -> float | None:
     return area([-big(v) for v in positive], [-big(v) for v in negative])
 
 
+def cell_order(row: dict) -> tuple:
+    """The tables' row order: model, seed, trigger, attack, as the cells are enumerated."""
+    return (MODELS.index(row["model"]), row["seed"], list(TRIGGERS).index(row["trigger"]),
+            list(ATTACKS).index(row.get("attack", "full")))
+
+
+def merge_recorded(path: Path, rows: list[dict], arms: list[str]) -> tuple[list[dict], list[str]]:
+    """``rows`` plus the rows of the recorded table at ``path`` (a generalise-<family>.json) whose cells ``rows``
+    lacks, each marked ``recorded``; and the arms of both, in ARMS order.
+
+    Runs live on the machine that made them, while the tables are committed: a cell run elsewhere (or before the
+    runs folder was lost) keeps its row instead of vanishing from the table. A recorded row is shown as it was
+    written: its verdicts are not judged again.
+    """
+    if not path.is_file():
+        return rows, arms
+    try:
+        recorded = json.loads(path.read_text())
+        kept = [{**r, "recorded": True} for r in recorded["rows"]
+                if r["cell"] not in {row["cell"] for row in rows}]
+        kept_arms = set(recorded.get("arms", {}))
+        merged = sorted(rows + kept, key=cell_order)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        fail(f"{path}: not a table written by bench/generalise.py (run with --fresh to replace it)")
+    return merged, [a for a in ARMS if a in arms or a in kept_arms]
+
+
 def build(cell: Cell, args: argparse.Namespace, arms: list[str]) -> None:
     """Run what ``--stage`` asks of one cell (each finished stage is kept unless --rerun)."""
     encoders = cell.redetect() if args.stage == "detect" else cell.encoders()
@@ -509,9 +547,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                 build(cell, args, arms)
         rows = [cell.row(cell.encoders(), {a: cell.arm(a, cell.encoders()) for a in arms
                                            if RunLayout(cell.root / a).summary.is_file()}) for cell in cells]
-        text = format_family(family, rows, arms, family not in tuned)
+        shown = arms
+        if not args.fresh:
+            rows, shown = merge_recorded(Path(args.results) / f"generalise-{family}.json", rows, arms)
+        text = format_family(family, rows, shown, family not in tuned)
         write_result(args.results, f"generalise-{family}", text, {"family": family, "held_out": family not in tuned,
-                                                                  "arms": {a: ARMS[a] for a in arms}, "rows": rows})
+                                                                  "arms": {a: ARMS[a] for a in shown}, "rows": rows})
         log(text)
         out[family] = rows
     return out

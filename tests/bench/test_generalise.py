@@ -127,6 +127,29 @@ def test_a_long_cell_name_keeps_the_table_columns_in_line(generalise):
         assert len(a) - len(a[len(a.split()[0]):].lstrip()) == len(b) - len(b[len(b.split()[0]):].lstrip())
 
 
+def test_the_recorded_table_keeps_the_rows_of_cells_not_on_this_machine(generalise, tmp_path):
+    import json
+
+    old = [row(generalise, "glyphs", 1, 0.09, 0.03, "no backdoor found", "backdoor found", 2.0, 4.0),
+           {**row(generalise, "glyphs", 0, 0.08, 0.04, "inconclusive", "backdoor found", 7.0, 3.0), "auto": None}]
+    path = tmp_path / "generalise-glyphs.json"
+    path.write_text(json.dumps({"family": "glyphs", "arms": {"paper": {}, "auto": {}}, "rows": old}))
+    new = [row(generalise, "glyphs", 0, 0.07, 0.02, "no backdoor found", "backdoor found", 1.0, 2.0)]
+    merged, arms = generalise.merge_recorded(path, new, ["paper"])
+    assert [r["cell"] for r in merged] == ["glyphs/tiny-s0-white", "glyphs/tiny-s1-white"]  # in cell order
+    assert merged[0] is new[0] and not merged[0].get("recorded")  # this machine's run replaces the recorded row
+    assert merged[1]["recorded"] and merged[1]["paper"]["receive"]["asr"] == 2.0  # the other is kept, marked
+    assert arms == ["paper", "auto"]  # an arm only the recorded table had stays in it
+    text = generalise.format_family("glyphs", merged, ["paper"], held_out=True)
+    assert "tiny-s1-white *" in text and "*: kept from the recorded table" in text
+    assert generalise.merge_recorded(tmp_path / "none.json", new, ["paper"]) == (new, ["paper"])
+    path.write_text('{"rows": [{"cell": 3}]}')
+    from UTILS.errors import UserError
+
+    with pytest.raises(UserError, match="generalise-glyphs.json: not a table"):
+        generalise.merge_recorded(path, new, ["paper"])
+
+
 @pytest.mark.parametrize("flag, value", [("--families", "cifar"), ("--models", "vit"), ("--seeds", "9"),
                                          ("--triggers", "blend"), ("--arms", "magic"),
                                          ("--attacks", "strong")])
