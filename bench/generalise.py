@@ -506,8 +506,8 @@ def merge_recorded(path: Path, rows: list[dict], arms: list[str]) -> tuple[list[
         return rows, arms
     try:
         recorded = json.loads(path.read_text())
-        kept = [{**r, "recorded": True} for r in recorded["rows"]
-                if r["cell"] not in {row["cell"] for row in rows}]
+        here = {row["cell"] for row in rows}
+        kept = [{**r, "recorded": True} for r in recorded["rows"] if r["cell"] not in here]
         kept_arms = set(recorded.get("arms", {}))
         merged = sorted(rows + kept, key=cell_order)
     except (ValueError, KeyError, TypeError, AttributeError):
