@@ -68,6 +68,14 @@ SEEN = dict.fromkeys(("greydigits", "nearsame"),
 ENCODERS = ("clean", "backdoored")
 PSIM_KINDS = ("original", "pairs", "centred")
 INJECTED_ASR = 50.0  # a backdoored encoder below this ASR counts as a failed injection in the detection targets
+# Encoder variants. "cone" gives the clean encoder's features a large common component before the attack, as CLIP's
+# features have (unrelated images' features lie in a narrow cone): every output channel of the last residual block is
+# raised by one shift, chosen so that the clean images' own psim is CONE_PSIM, the private real-image check's (clean
+# psim 0.88-0.90, where the injected trigger took psim only to 0.92-0.93). BadEncoder freezes BatchNorm, so the
+# backdoor is planted into the anisotropic encoder and the shift stays. No setting was chosen on such encoders: their
+# tables (generalise-<family>-cone) are held out whatever the family.
+VARIANTS = ("plain", "cone")
+CONE_PSIM = 0.89
 
 
 def build_parser() -> ArgumentParser:
@@ -79,6 +87,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--triggers", default="white", help=f"comma-separated, of {', '.join(TRIGGERS)}")
     p.add_argument("--attacks", default="full", help=f"comma-separated, of {', '.join(ATTACKS)}")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    p.add_argument("--variants", default="plain",
+                   help="comma-separated, of plain, cone (the clean encoder's features shifted into a narrow cone, "
+                        f"clean psim {CONE_PSIM}, before the attack; see CONE_PSIM)")
     p.add_argument("--oracle", action="store_true",
                    help="also unlearn the injected trigger (a measurement of the unlearning stage's ceiling)")
     p.add_argument("--tuned", default=",".join(TUNED), help="families the settings were chosen on (others: held out)")
@@ -120,9 +131,9 @@ class Cell:
     """One (family, model, seed, trigger): its folders, its runs and its row of the table."""
 
     def __init__(self, family: str, model: str, seed: int, trigger: str, args: argparse.Namespace,
-                 attack: str = "full") -> None:
+                 attack: str = "full", variant: str = "plain") -> None:
         self.family, self.model, self.seed, self.trigger, self.args = family, model, seed, trigger, args
-        self.attack = attack
+        self.attack, self.variant = attack, variant
         self.root = Path(args.runs) / family / self.name.split("/", 1)[1]
         preset = PRESETS["default"]
         self.preset: Preset = replace(preset, model=model, badencoder={**preset.badencoder, **ATTACKS[attack]})
@@ -134,7 +145,13 @@ class Cell:
     @property
     def name(self) -> str:
         weak = "" if self.attack == "full" else f"-{self.attack}"  # the full attack's cells keep their names
-        return f"{self.family}/{self.model}-s{self.seed}-{self.trigger}{weak}"
+        cone = "" if self.variant == "plain" else f"-{self.variant}"
+        return f"{self.family}/{self.model}-s{self.seed}-{self.trigger}{weak}{cone}"
+
+    @property
+    def table(self) -> str:
+        """The table the cell's row goes to: its family's, or the family's cone table."""
+        return table_name(self.family, self.variant)
 
     def run_for(self, arm: str) -> DemoRun:
         """The demo run whose folder holds ``arm``'s defence (the paper arm's also holds the encoders)."""
@@ -152,7 +169,10 @@ class Cell:
         if path.is_file() and not self.args.rerun:
             return json.loads(path.read_text())
         log(f"\n##### {self.name}: encoders #####")
-        self.share_clean_encoder()
+        if self.variant == "cone":
+            self.cone_clean_encoder()
+        else:
+            self.share_clean_encoder()
         results = self.run_for("paper").encoders(keep_finished=not self.args.rerun)  # an interrupted cell resumes
         write_json(path, results)
         return results
@@ -176,6 +196,35 @@ class Cell:
                 shutil.copyfile(other, mine)
                 log(f"clean encoder: {other} (the same pre-training, shared)")
                 return
+
+    def cone_clean_encoder(self) -> None:
+        """The cone variant's clean encoder: the plain cell's (pre-trained first if no plain cell of this family,
+        model and seed has one) with every output channel of its last residual block shifted by one value so that
+        the clean images' psim is CONE_PSIM (cone_shift); the shift and both psims go to cone.json, written last,
+        so that an interrupted cell starts the step again from the plain encoder."""
+        mark = self.root / "cone.json"
+        if mark.is_file() and not self.args.rerun:
+            return
+        from DATASETS.stats import get_usage
+        from DATASETS.tensors import load_train_share
+        from MODELS.checkpoint import load_encoder, save_checkpoint
+
+        plain = Cell(self.family, self.model, self.seed, self.trigger, self.args, self.attack)
+        plain.share_clean_encoder()
+        source = plain.run_for("paper")
+        if not source.clean_encoder.is_file():
+            source.prepare()
+            source.pretrain()
+        usage = get_usage(self.data.usage)
+        images = load_train_share(self.data.pretrain, self.preset.inversion["data_ratio"], self.data_dir, usage,
+                                  "cpu").x[:64]
+        model = load_encoder(source.clean_encoder, self.model, "cpu")
+        found = cone_shift(model.f, images, usage, CONE_PSIM)
+        mine = self.run_for("paper").clean_encoder
+        save_checkpoint(mine, model, self.preset.pretrain["epochs"])
+        write_json(mark, {"from": str(source.clean_encoder), "target_psim": CONE_PSIM, **found})
+        log(f"cone: {source.clean_encoder} -> {mine}: shift {found['shift']:.4g}, clean psim "
+            f"{found['psim_before']:.4f} -> {found['psim_after']:.4f}")
 
     def redetect(self) -> dict:
         """MAIN.py --phase detect on both finished encoders again; encoders.json gets the new verdicts."""
@@ -299,7 +348,9 @@ class Cell:
         from INVERSION.detect import judge_record
 
         row = {"cell": self.name, "family": self.family, "model": self.model, "seed": self.seed,
-               "trigger": self.trigger, "attack": self.attack, "probe": self.probe()}
+               "trigger": self.trigger, "attack": self.attack, "variant": self.variant, "probe": self.probe()}
+        cone = self.root / "cone.json"
+        row["cone"] = json.loads(cone.read_text()) if cone.is_file() else None
         row["collapse"] = self.collapse_cached(list(arms))
         row["oracle"] = json.loads(self.oracle_file.read_text()) if self.oracle_file.is_file() else None
         for kind in ENCODERS:
@@ -322,6 +373,54 @@ class Cell:
                         "round": moth["best_round"], "l1": moth["best_l1"], "stop": moth["stop_reason"],
                         "rounds": moth["rounds"]}
         return row
+
+
+def last_block_norm(backbone):
+    """The BatchNorm whose bias sets the final ReLU's input: bn2 of the backbone's last residual block."""
+    from torchvision.models.resnet import BasicBlock
+
+    blocks = [m for m in backbone.modules() if isinstance(m, BasicBlock)]
+    if not blocks:
+        fail("the cone variant needs a ResNet of BasicBlocks (--models tiny, resnet18_small)")
+    return blocks[-1].bn2
+
+
+def cone_shift(backbone, images, usage, target: float, iterations: int = 40) -> dict:
+    """Raise the bias of ``last_block_norm(backbone)`` by the one shift (>= 0) that brings the clean ``images``'
+    psim (the paper's, over their pairs; images (N, 3, H, W) in [0, 1]) to ``target``, in place.
+
+    Adding s to the final ReLU's input moves every feature by about s along the all-ones direction, the common
+    component that makes unrelated images' features agree. psim rises with s towards 1, so the shift is found by
+    doubling, then bisection. Returns {"shift", "psim_before", "psim_after"}.
+    """
+    import torch
+
+    from INVERSION.inversion import chunk_similarity
+
+    norm = last_block_norm(backbone)
+    base = norm.bias.detach().clone()
+
+    def psim(shift: float) -> float:
+        with torch.no_grad():
+            norm.bias.copy_(base + shift)
+        return chunk_similarity(backbone, images, usage, None, "original")  # as the probe and MAIN.py measure it
+
+    before = psim(0.0)
+    low, high = 0.0, 1.0
+    while before < target and psim(high) < target:
+        low, high = high, high * 2
+        if high > 1e6:
+            fail(f"the cone variant: no shift brings the clean psim to {target} (it stays at {psim(high):.4f})")
+    for _ in range(iterations if before < target else 0):
+        mid = (low + high) / 2
+        low, high = (mid, high) if psim(mid) < target else (low, mid)
+    shift = high if before < target else 0.0
+    return {"shift": shift, "psim_before": before, "psim_after": psim(shift)}
+
+
+def table_name(family: str, variant: str) -> str:
+    """generalise-<this>.txt|json: a family's plain cells, or its cone cells (always held out)."""
+    return family if variant == "plain" else f"{family}-{variant}"
 
 
 def collapse_measures(backbone, images, usage, trigger, gt) -> dict:
@@ -369,7 +468,10 @@ def short(row: dict) -> str:
 def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool) -> str:
     """One family's table: encoders and verdicts, then per arm RECEIVE and NC, then the targets."""
     status = "HELD OUT (no setting was chosen on it)" if held_out else "tuned (settings were chosen on it)"
-    if held_out and family in SEEN:
+    if family.endswith("-cone"):
+        status = (f"HELD OUT (the cone variant: clean encoders' features shifted to a clean psim of {CONE_PSIM} "
+                  "before the attack; no setting was chosen on such encoders)")
+    elif held_out and family in SEEN:
         status = f"HELD OUT, except that {SEEN[family]}"
     lines = [f"Generalisation, family {family}: {status}", ""]
     w = max([28] + [len(short(r)) + 2 for r in rows])  # the cell column fits the longest name
@@ -388,6 +490,11 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
                      "wrote it)")
     if any(r[k].get("collapse_off") for r in rows for k in ENCODERS):
         lines.append("~: the check's trigger sends the images off the clean images (a diagnostic, not in the verdict)")
+    for r in rows:
+        if r.get("cone"):
+            c = r["cone"]
+            lines.append(f"cone {short(r)}: shift {_f(c['shift'], 3)}, the plain clean encoder's psim "
+                         f"{_f(c['psim_before'], 4)} -> {_f(c['psim_after'], 4)}")
     lines += ["", "similarity scale (first 64 images of the inversion share; gt = stamped with the injected "
               "trigger, a measurement only):",
               f"{'cell':<{w}}{'encoder':<12}" + "".join(f"{k + ' clean/gt':>22}" for k in PSIM_KINDS)]
@@ -445,7 +552,7 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
     # a backdoored encoder whose injection failed (ASR below INJECTED_ASR) is no backdoored encoder to find
     # cells of one family, model and seed share one clean encoder (Cell.share_clean_encoder): it is judged once,
     # in the full attack's white-trigger cell when there is one, else in the first other cell
-    key = lambda r: (r.get("family"), r.get("model"), r.get("seed"))  # noqa: E731
+    key = lambda r: (r.get("family"), r.get("model"), r.get("seed"), r.get("variant", "plain"))  # noqa: E731
     first: dict = {}
     for r in sorted(rows, key=lambda r: (r.get("attack", "full") != "full", r.get("trigger") != "white")):
         first.setdefault(key(r), id(r))
@@ -536,10 +643,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     arms = choices(args.arms, ARMS, "--arms")
     attacks = choices(args.attacks, ATTACKS, "--attacks")
     seeds = [int(s) for s in choices(args.seeds, [str(i) for i in range(5)], "--seeds")]
+    variants = choices(args.variants, VARIANTS, "--variants")
     tuned = [t for t in args.tuned.split(",") if t]
     out: dict[str, list[dict]] = {}
-    for family in families:
-        cells = [Cell(family, m, s, t, args, a) for m in models for s in seeds for t in triggers for a in attacks]
+    for family, variant in ((f, v) for f in families for v in variants):
+        table = table_name(family, variant)
+        cells = [Cell(family, m, s, t, args, a, variant)
+                 for m in models for s in seeds for t in triggers for a in attacks]
         if args.stage in ("table", "detect"):  # build no encoder: only the cells whose encoders are done
             cells = [c for c in cells if (c.root / "encoders.json").is_file()]
         if args.stage != "table":
@@ -549,12 +659,16 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                                            if RunLayout(cell.root / a).summary.is_file()}) for cell in cells]
         shown = arms
         if not args.fresh:
-            rows, shown = merge_recorded(Path(args.results) / f"generalise-{family}.json", rows, arms)
-        text = format_family(family, rows, shown, family not in tuned)
-        write_result(args.results, f"generalise-{family}", text, {"family": family, "held_out": family not in tuned,
-                                                                  "arms": {a: ARMS[a] for a in shown}, "rows": rows})
+            rows, shown = merge_recorded(Path(args.results) / f"generalise-{table}.json", rows, arms)
+        if not rows and variant != "plain":
+            continue  # no cone cell of this family has run anywhere: no empty table
+        held_out = family not in tuned or variant != "plain"
+        text = format_family(table, rows, shown, held_out)
+        write_result(args.results, f"generalise-{table}", text, {"family": family, "variant": variant,
+                                                                 "held_out": held_out,
+                                                                 "arms": {a: ARMS[a] for a in shown}, "rows": rows})
         log(text)
-        out[family] = rows
+        out[table] = rows
     return out
 
 

@@ -152,7 +152,7 @@ def test_the_recorded_table_keeps_the_rows_of_cells_not_on_this_machine(generali
 
 @pytest.mark.parametrize("flag, value", [("--families", "cifar"), ("--models", "vit"), ("--seeds", "9"),
                                          ("--triggers", "blend"), ("--arms", "magic"),
-                                         ("--attacks", "strong")])
+                                         ("--attacks", "strong"), ("--variants", "round")])
 def test_bad_flags_are_one_line_errors(flag, value, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "generalise.py"), flag, value, "--runs",
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -201,3 +201,48 @@ def test_judging_again_builds_no_encoder(generalise, tmp_path, monkeypatch):
                            str(tmp_path / "results")])
     assert out == {"glyphs": []}  # no cell was built, so none is judged
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pth"))
+
+
+def test_the_cone_shift_brings_the_clean_psim_to_its_target_and_changes_one_bias(generalise):
+    """cone_shift moves only the last block's bn2 bias, and the psim it reports is measured again here; the
+    target lies halfway between the encoder's own psim and its ceiling, so reaching it is a real change."""
+    import torch
+
+    from DATASETS.stats import get_usage
+    from INVERSION.inversion import chunk_similarity
+    from MODELS.simclr import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    images = torch.rand(64, 3, 32, 32)
+    usage = get_usage("cifar10")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    own = chunk_similarity(model.f, images, usage, None, "original")
+    ceiling = 31 / 32  # the paper's psim over chunks of 32 images stays below (B-1)/B
+    target = own + (ceiling - own) / 2
+    assert ceiling - target > 0.005  # room to move
+    found = generalise.cone_shift(model.f, images, usage, target)
+    assert found["shift"] > 0 and abs(found["psim_before"] - own) < 1e-6
+    again = chunk_similarity(model.f, images, usage, None, "original")
+    assert again == found["psim_after"] and target <= again < target + 0.002
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed == ["f.f.6.0.bn2.bias"]  # layer4's (only) block of tiny
+    shift = model.state_dict()[changed[0]] - before[changed[0]]
+    assert torch.allclose(shift, torch.full_like(shift, found["shift"]))
+
+
+def test_cone_cells_get_their_own_held_out_table(generalise):
+    assert generalise.table_name("synthetic", "plain") == "synthetic"
+    assert generalise.table_name("synthetic", "cone") == "synthetic-cone"
+    text = generalise.format_family("synthetic-cone", [], ["paper"], True)
+    assert text.startswith("Generalisation, family synthetic-cone: HELD OUT (the cone variant")
+
+
+def test_no_cone_table_is_written_before_a_cone_cell_ran(tmp_path):
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "generalise.py"), "--stage", "table", "--families",
+                           "synthetic", "--variants", "plain,cone", "--runs", str(tmp_path / "runs"), "--data_root",
+                           str(tmp_path / "data"), "--results", str(results)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in results.iterdir()) == ["generalise-synthetic.json", "generalise-synthetic.txt"]
