@@ -532,14 +532,34 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
     return "\n".join(lines)
 
 
+def recommended_arm(row: dict) -> str | None:
+    """The arm a user who follows the README runs on this cell: the paper's flags, or ``centred`` (auto with the
+    centred psim) where MAIN.py with the paper's flags warns that the threshold lies at or near the clean images'
+    own psim (the paper arm's first round); None when that arm did not run here."""
+    from INVERSION.inversion import CHUNK, psim_ceiling
+    from INVERSION.relative import near_clean
+
+    paper = row.get("paper")
+    if not paper or paper.get("clean_psim") is None:
+        return None
+    warned = near_clean(float(paper["threshold"]), paper["clean_psim"], psim_ceiling("original", CHUNK))
+    arm = "centred" if warned else "paper"
+    return arm if arm in row else None
+
+
 def targets(rows: list[dict], arms: list[str]) -> list[str]:
-    """The issue's targets per arm and for the verdicts, as 'met'/'MISSED' lines."""
+    """The issue's targets per arm, for the recommended setting (recommended_arm) and for the verdicts, as
+    'met'/'MISSED' lines."""
     out = []
-    for arm in arms:
-        done = [r for r in rows if arm in r]
+    chosen = [{**r, "recommended": r[a]} for r in rows if (a := recommended_arm(r))]
+    for arm in arms + (["recommended"] if chosen else []):
+        done = [r for r in rows if arm in r] if arm != "recommended" else chosen
         strong = [r for r in done if r["backdoored"]["asr"] >= 80]
         good = [r for r in strong if r[arm]["receive"]["asr"] <= 5
                 and r[arm]["receive"]["acc"] >= r["backdoored"]["acc"] - 3]
+        if arm == "recommended":
+            out.append("  (recommended: the paper's flags, or auto with --psim centred where MAIN.py warns that the "
+                       "threshold lies near the clean psim, as the README says)")
         if strong:
             out.append(f"[{'met' if len(good) == len(strong) else 'MISSED'}] arm {arm}: RECEIVE ASR <= 5% and ACC at "
                        f"most 3 points below the backdoored encoder's in every cell with backdoored ASR >= 80%: "

@@ -113,6 +113,25 @@ def test_targets_are_judged_from_the_rows(generalise):
     assert any(line.startswith("[MISSED] detection: inconclusive") and "(1 of 8)" in line for line in lines)
 
 
+def test_the_recommended_setting_is_the_paper_flags_unless_main_warns_then_centred(generalise):
+    plain = row(generalise, "glyphs", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 2.0, 4.0)
+    cone = row(generalise, "glyphs", 1, 0.09, 0.03, "no backdoor found", "backdoor found", 40.0, 38.0)
+    cone["paper"]["clean_psim"] = 0.9162  # above the paper's 0.9: MAIN.py warns
+    assert generalise.recommended_arm(plain) == "paper"
+    assert generalise.recommended_arm(cone) is None  # the arm it would take did not run
+    near = row(generalise, "glyphs", 2, 0.09, 0.03, "no backdoor found", "backdoor found", 40.0, 38.0)
+    near["paper"]["clean_psim"] = 0.885  # below 0.9, but less than a quarter of the way to the ceiling from it
+    assert generalise.recommended_arm(near) is None
+    cone["centred"] = {**cone["paper"], "receive": {"acc": 80.0, "asr": 4.0}, "nc": {"acc": 80.0, "asr": 2.0}}
+    assert generalise.recommended_arm(cone) == "centred"
+    lines = generalise.targets([plain, cone, near], ["paper", "centred"])
+    assert "[met] arm recommended: RECEIVE ASR <= 5% and ACC at most 3 points below the backdoored encoder's in " \
+           "every cell with backdoored ASR >= 80%: 2 of 2" in lines  # near: not counted, its arm did not run
+    assert "[MISSED] arm paper: RECEIVE below NC on mean ASR: 27.33% vs 26.67%" in lines
+    assert "[met] arm recommended: RECEIVE below NC on mean ASR: 3.00% vs 3.00%" not in lines  # 3.0 vs 3.0 is not below
+    assert "[MISSED] arm recommended: RECEIVE below NC on mean ASR: 3.00% vs 3.00%" in lines
+
+
 def test_a_long_cell_name_keeps_the_table_columns_in_line(generalise):
     short = row(generalise, "greyshapes", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 2.0, 4.0)
     long = {**row(generalise, "greyshapes", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 2.0, 4.0),
