@@ -148,11 +148,6 @@ class Cell:
         cone = "" if self.variant == "plain" else f"-{self.variant}"
         return f"{self.family}/{self.model}-s{self.seed}-{self.trigger}{weak}{cone}"
 
-    @property
-    def table(self) -> str:
-        """The table the cell's row goes to: its family's, or the family's cone table."""
-        return table_name(self.family, self.variant)
-
     def run_for(self, arm: str) -> DemoRun:
         """The demo run whose folder holds ``arm``'s defence (the paper arm's also holds the encoders)."""
         inversion = {**self.preset.inversion, **ARMS.get(arm, {})}
@@ -205,8 +200,6 @@ class Cell:
         mark = self.root / "cone.json"
         if mark.is_file() and not self.args.rerun:
             return
-        from DATASETS.stats import get_usage
-        from DATASETS.tensors import load_train_share
         from MODELS.checkpoint import load_encoder, save_checkpoint
 
         plain = Cell(self.family, self.model, self.seed, self.trigger, self.args, self.attack)
@@ -215,9 +208,7 @@ class Cell:
         if not source.clean_encoder.is_file():
             source.prepare()
             source.pretrain()
-        usage = get_usage(self.data.usage)
-        images = load_train_share(self.data.pretrain, self.preset.inversion["data_ratio"], self.data_dir, usage,
-                                  "cpu").x[:64]
+        usage, images = self.probe_images()
         model = load_encoder(source.clean_encoder, self.model, "cpu")
         found = cone_shift(model.f, images, usage, CONE_PSIM)
         mine = self.run_for("paper").clean_encoder
@@ -291,16 +282,22 @@ class Cell:
                 out.setdefault(encoder, {})[what] = collapse_measures(backbones[file], images, usage, trigger, gt)
         return out
 
-    def measurement_inputs(self):
-        """What probe and collapse measure on: (usage, the first 64 images (64, 3, H, W) of the demo's inversion
-        share, the paper arm's DemoRun, the injected trigger)."""
+    def probe_images(self):
+        """(usage, the first 64 images (64, 3, H, W) of the demo's inversion share): what the cone step, probe and
+        collapse measure on."""
         from DATASETS.stats import get_usage
         from DATASETS.tensors import load_train_share
-        from DATASETS.triggers import load_trigger
 
         usage = get_usage(self.data.usage)
-        images = load_train_share(self.data.pretrain, self.preset.inversion["data_ratio"], self.data_dir, usage,
-                                  "cpu").x[:64]
+        return usage, load_train_share(self.data.pretrain, self.preset.inversion["data_ratio"], self.data_dir, usage,
+                                       "cpu").x[:64]
+
+    def measurement_inputs(self):
+        """What probe and collapse measure on: (usage, the probe images, the paper arm's DemoRun, the injected
+        trigger)."""
+        from DATASETS.triggers import load_trigger
+
+        usage, images = self.probe_images()
         run = self.run_for("paper")
         return usage, images, run, load_trigger(run.layout.trigger, "--trigger_file", expected_size=usage.size)
 
@@ -405,17 +402,18 @@ def cone_shift(backbone, images, usage, target: float, iterations: int = 40) -> 
             norm.bias.copy_(base + shift)
         return chunk_similarity(backbone, images, usage, None, "original")  # as the probe and MAIN.py measure it
 
-    before = psim(0.0)
+    before = psim(0.0)  # leaves the bias as it was
+    if before >= target:
+        return {"shift": 0.0, "psim_before": before, "psim_after": before}
     low, high = 0.0, 1.0
-    while before < target and psim(high) < target:
+    while psim(high) < target:
         low, high = high, high * 2
         if high > 1e6:
             fail(f"the cone variant: no shift brings the clean psim to {target} (it stays at {psim(high):.4f})")
-    for _ in range(iterations if before < target else 0):
+    for _ in range(iterations):
         mid = (low + high) / 2
         low, high = (mid, high) if psim(mid) < target else (low, mid)
-    shift = high if before < target else 0.0
-    return {"shift": shift, "psim_before": before, "psim_after": psim(shift)}
+    return {"shift": high, "psim_before": before, "psim_after": psim(high)}
 
 
 def table_name(family: str, variant: str) -> str:
