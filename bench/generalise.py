@@ -16,7 +16,8 @@ Every cell records the clean images' psim and the injected trigger's psim (the t
 encoder; the injected trigger is never an input of any method), RECEIVE's chosen round, trigger L1 and stop
 reason, both verdicts with their PL1, and ACC/ASR of all encoders; where each found trigger sits and what it
 collapses the features onto (collapse.json); with --oracle, the unlearning of the injected trigger (the
-unlearning stage's ceiling). Cells are resumable: a finished stage (its
+unlearning stage's ceiling); with --floor, the unlearning of an empty trigger (the unlearning stage alone, what a
+found trigger must beat). Cells are resumable: a finished stage (its
 JSON on disk) is kept unless --rerun. Settings were chosen on the --tuned families only; the others are marked
 "held out" in the table and reported as they came. One table per family goes to
 ``<results>/generalise-<family>.txt|json`` as soon as its cells are done.
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import numpy as np  # noqa: E402
 from families import FAMILIES, ensure_family  # noqa: E402
 
 from DEMO.demo import DemoData, DemoRun  # noqa: E402
@@ -76,6 +78,10 @@ INJECTED_ASR = 50.0  # a backdoored encoder below this ASR counts as a failed in
 # tables (generalise-<family>-cone) are held out whatever the family.
 VARIANTS = ("plain", "cone")
 CONE_PSIM = 0.89
+# Unlearnings of a trigger no method finds, measurements of the unlearning stage (--oracle, --floor): the injected
+# trigger is its ceiling; an empty one (mask 0) is its fine-tuning alone, the floor a found trigger must beat
+REFERENCES = {"oracle": "the injected trigger (the unlearning stage's ceiling)",
+              "floor": "an empty trigger (the unlearning stage's fine-tuning alone)"}
 
 
 def build_parser() -> ArgumentParser:
@@ -92,6 +98,9 @@ def build_parser() -> ArgumentParser:
                         f"clean psim {CONE_PSIM}, before the attack; see CONE_PSIM)")
     p.add_argument("--oracle", action="store_true",
                    help="also unlearn the injected trigger (a measurement of the unlearning stage's ceiling)")
+    p.add_argument("--floor", action="store_true",
+                   help="also unlearn an empty trigger (mask 0: the unlearning stage's fine-tuning alone, what a "
+                        "found trigger must beat; a measurement)")
     p.add_argument("--tuned", default=",".join(TUNED), help="families the settings were chosen on (others: held out)")
     p.add_argument("--runs", default="demo_runs/generalise", help="folder of the cells' runs")
     p.add_argument("--data_root", default="data/families", help="folder the families' datasets are written to")
@@ -321,22 +330,30 @@ class Cell:
         self.data.write_trigger(run.layout.trigger)  # the injected trigger: its ASR sets and gt_psim column
         return run.defend({k: dict(v) for k, v in encoders.items()})
 
-    @property
-    def oracle_file(self) -> Path:
-        """Where oracle() keeps its ACC/ASR."""
-        return self.root / "oracle" / "oracle.json"
+    def reference_file(self, kind: str) -> Path:
+        """Where reference(kind) keeps its ACC/ASR."""
+        return self.root / kind / f"{kind}.json"
 
-    def oracle(self) -> dict:
-        """The unlearning stage's ceiling on this cell: ``Unlearn-trigger.py`` given the *injected* trigger (a
-        measurement only: no method ever sees it), then the downstream classifier (kept in oracle/oracle.json).
-        When RECEIVE misses, this says whether the inversion found the wrong trigger or the unlearning falls short."""
-        path = self.oracle_file
+    def reference(self, kind: str) -> dict:
+        """A measurement of the unlearning stage on this cell, with a trigger no method finds (REFERENCES):
+        ``Unlearn-trigger.py`` given the *injected* trigger (``oracle``: the ceiling; when RECEIVE misses and this
+        does not, the inversion found the wrong trigger) or an empty one (``floor``: fine-tuning alone; when RECEIVE
+        does no better, its trigger added nothing), then the downstream classifier (kept in <kind>/<kind>.json)."""
+        from DATASETS.stats import get_usage
+        from DATASETS.triggers import InvertedTrigger
+
+        path = self.reference_file(kind)
         if path.is_file() and not self.args.rerun:
             return json.loads(path.read_text())
-        log(f"\n##### {self.name}: unlearning the injected trigger (the ceiling) #####")
-        run = self.run_for("oracle")
-        self.data.write_trigger(run.layout.trigger)
-        found = run.evaluate("RECEIVE", run.unlearn("moth", run.layout.trigger))
+        log(f"\n##### {self.name}: unlearning {REFERENCES[kind]} #####")
+        run = self.run_for(kind)
+        self.data.write_trigger(run.layout.trigger)  # the injected trigger: ASR is measured with it
+        trigger = run.layout.trigger
+        if kind == "floor":
+            size = get_usage(self.data.usage).size
+            trigger = InvertedTrigger(np.zeros((size, size), np.float32), np.zeros((3, size, size), np.float32)).save(
+                run.layout.root / "empty-trigger.npz")
+        found = run.evaluate("RECEIVE", run.unlearn("moth", trigger))
         write_json(path, {"acc": found["acc"], "asr": found["asr"]})
         return json.loads(path.read_text())
 
@@ -349,7 +366,9 @@ class Cell:
         cone = self.root / "cone.json"
         row["cone"] = json.loads(cone.read_text()) if cone.is_file() else None
         row["collapse"] = self.collapse_cached(list(arms))
-        row["oracle"] = json.loads(self.oracle_file.read_text()) if self.oracle_file.is_file() else None
+        for kind in REFERENCES:
+            path = self.reference_file(kind)
+            row[kind] = json.loads(path.read_text()) if path.is_file() else None
         for kind in ENCODERS:
             det = encoders[kind]["detect"]
             # the current rule on the recorded measurements: a change to how they are read needs no new inversion
@@ -484,8 +503,8 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
         lines.append(f"{short(r):<{w}}{_f(c['acc'], 1):>7}/{_f(c['asr'], 1):<7}"
                      f"{_f(b['acc'], 1):>7}/{_f(b['asr'], 1):<7}  {said(c):<28}{said(b):<28}")
     if any(r.get("recorded") for r in rows):
-        lines.append("*: kept from the recorded table (its runs are not on this machine; verdicts by the rule that "
-                     "wrote it)")
+        lines.append("*: kept from the recorded table (not among this run's cells, or its runs are not on this machine; "
+                     "verdicts by the rule that wrote it)")
     if any(r[k].get("collapse_off") for r in rows for k in ENCODERS):
         lines.append("~: the check's trigger sends the images off the clean images (a diagnostic, not in the verdict)")
     for r in rows:
@@ -522,10 +541,11 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
                          f"{_f(_get(r, 'collapse', 'backdoored', f'{arm} RECEIVE', 'in_square'), 2):>7}"
                          f"{_f(_get(r, 'collapse', 'backdoored', f'{arm} RECEIVE', 'onto_injected'), 2):>6}  "
                          f"{a['stop']} ({a['rounds']} rounds)")
-    if any(r.get("oracle") for r in rows):
-        lines += ["", "unlearning the injected trigger instead (the unlearning stage's ceiling; a measurement only):"]
-        lines += [f"{short(r):<{w}}ACC/ASR {_f(r['oracle']['acc'], 1)}/{_f(r['oracle']['asr'], 1)}"
-                  for r in rows if r.get("oracle")]
+    for kind, what in REFERENCES.items():
+        if any(r.get(kind) for r in rows):
+            lines += ["", f"unlearning {what} instead (a measurement only):"]
+            lines += [f"{short(r):<{w}}ACC/ASR {_f(r[kind]['acc'], 1)}/{_f(r[kind]['asr'], 1)}"
+                      for r in rows if r.get(kind)]
     lines += ["", "targets:"] + [f"  {t}" for t in targets(rows, arms)]
     return "\n".join(lines)
 
@@ -647,8 +667,9 @@ def build(cell: Cell, args: argparse.Namespace, arms: list[str]) -> None:
     if args.stage == "all":
         for arm in arms:
             cell.arm(arm, encoders)
-        if args.oracle:
-            cell.oracle()
+        for kind in REFERENCES:
+            if getattr(args, kind):
+                cell.reference(kind)
 
 
 @cli_entry

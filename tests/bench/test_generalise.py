@@ -265,3 +265,47 @@ def test_no_cone_table_is_written_before_a_cone_cell_ran(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in results.iterdir()) == ["generalise-synthetic.json", "generalise-synthetic.txt"]
+
+
+def test_the_references_unlearn_the_injected_or_an_empty_trigger_once_and_the_table_shows_them(
+        generalise, tmp_path, monkeypatch):
+    """--oracle hands Unlearn-trigger.py the injected trigger, --floor a trigger whose mask is 0 everywhere (the
+    unlearning stage alone); each is measured once, kept, and printed under its own heading."""
+    import argparse
+    import json
+
+    from DATASETS.triggers import load_trigger
+    from DEMO.layout import RunLayout
+
+    monkeypatch.setitem(generalise.ensure_family.__globals__, "SIZES",
+                        {"pre": {"train": 20, "test": 10}, "down": {"train": 20, "test": 10}})
+    args = argparse.Namespace(runs=str(tmp_path / "runs"), data_root=str(tmp_path / "data"), rerun=False,
+                              device="cpu")
+    cell = generalise.Cell("synthetic", "tiny", 0, "white", args)
+    handed = []
+
+    class Run:  # the two scripts a reference runs, recorded instead of run
+        def __init__(self, kind):
+            self.layout = RunLayout(cell.root / kind)
+
+        def unlearn(self, phase, trigger):
+            handed.append(Path(trigger))
+            return self.layout.root / "unlearned.pth"
+
+        def evaluate(self, who, encoder):
+            return {"acc": 90.0, "asr": 1.5 if "oracle" in str(encoder) else 7.5}
+
+    monkeypatch.setattr(cell, "run_for", Run)
+    assert cell.reference("oracle") == {"acc": 90.0, "asr": 1.5}
+    assert handed[-1] == RunLayout(cell.root / "oracle").trigger
+    assert cell.reference("floor") == {"acc": 90.0, "asr": 7.5}
+    empty = load_trigger(handed[-1], "--re_mask_pattern", expected_size=32)
+    assert float(empty.mask.abs().sum()) == 0.0 and tuple(empty.mask.shape) == (3, 32, 32)
+    assert json.loads(cell.reference_file("floor").read_text()) == {"acc": 90.0, "asr": 7.5}
+    cell.reference("floor")
+    assert len(handed) == 2  # kept on disk: not measured again
+    r = {**row(generalise, "synthetic", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 2.0, 4.0),
+         "oracle": {"acc": 90.0, "asr": 1.5}, "floor": {"acc": 90.0, "asr": 7.5}}
+    text = generalise.format_family("synthetic", [r], ["paper"], held_out=False)
+    assert "unlearning the injected trigger" in text and "unlearning an empty trigger" in text
+    assert "ACC/ASR 90.0/7.5" in text
