@@ -80,8 +80,8 @@ VARIANTS = ("plain", "cone")
 CONE_PSIM = 0.89
 # Unlearnings of a trigger no method finds, measurements of the unlearning stage (--oracle, --floor): the injected
 # trigger is its ceiling; an empty one (mask 0) is its fine-tuning alone, the floor a found trigger must beat
-REFERENCES = {"oracle": "the injected trigger (the unlearning stage's ceiling)",
-              "floor": "an empty trigger (the unlearning stage's fine-tuning alone)"}
+REFERENCES = {"oracle": ("the injected trigger", "the unlearning stage's ceiling"),
+              "floor": ("an empty trigger", "the unlearning stage's fine-tuning alone")}
 
 
 def build_parser() -> ArgumentParser:
@@ -345,7 +345,7 @@ class Cell:
         path = self.reference_file(kind)
         if path.is_file() and not self.args.rerun:
             return json.loads(path.read_text())
-        log(f"\n##### {self.name}: unlearning {REFERENCES[kind]} #####")
+        log(f"\n##### {self.name}: unlearning {REFERENCES[kind][0]} ({REFERENCES[kind][1]}) #####")
         run = self.run_for(kind)
         self.data.write_trigger(run.layout.trigger)  # the injected trigger: ASR is measured with it
         trigger = run.layout.trigger
@@ -541,9 +541,9 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
                          f"{_f(_get(r, 'collapse', 'backdoored', f'{arm} RECEIVE', 'in_square'), 2):>7}"
                          f"{_f(_get(r, 'collapse', 'backdoored', f'{arm} RECEIVE', 'onto_injected'), 2):>6}  "
                          f"{a['stop']} ({a['rounds']} rounds)")
-    for kind, what in REFERENCES.items():
+    for kind, (trigger, meaning) in REFERENCES.items():
         if any(r.get(kind) for r in rows):
-            lines += ["", f"unlearning {what} instead (a measurement only):"]
+            lines += ["", f"unlearning {trigger} instead ({meaning}; a measurement only):"]
             lines += [f"{short(r):<{w}}ACC/ASR {_f(r[kind]['acc'], 1)}/{_f(r[kind]['asr'], 1)}"
                       for r in rows if r.get(kind)]
     lines += ["", "targets:"] + [f"  {t}" for t in targets(rows, arms)]
@@ -587,6 +587,13 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
             nc = sum(r[arm]["nc"]["asr"] for r in done) / len(done)
             out.append(f"[{'met' if rec < nc else 'MISSED'}] arm {arm}: RECEIVE below NC on mean ASR: {rec:.2f}% vs "
                        f"{nc:.2f}%")
+        floored = [r for r in done if r.get("floor")]
+        if floored:  # did the found trigger add anything to the unlearning stage's fine-tuning?
+            below = sum(r[arm]["receive"]["asr"] < r["floor"]["asr"] for r in floored)
+            rec, floor = (sum(x for x in xs) / len(floored) for xs in
+                          ([r[arm]["receive"]["asr"] for r in floored], [r["floor"]["asr"] for r in floored]))
+            out.append(f"      (diagnostic) arm {arm}: RECEIVE below the empty trigger's unlearning on ASR in {below} "
+                       f"of {len(floored)} cells (mean {rec:.2f}% vs {floor:.2f}%)")
     # a backdoored encoder whose injection failed (ASR below INJECTED_ASR) is no backdoored encoder to find
     # cells of one family, model and seed share one clean encoder (Cell.share_clean_encoder): it is judged once,
     # in the full attack's white-trigger cell when there is one, else in the first other cell

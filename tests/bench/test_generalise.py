@@ -111,6 +111,12 @@ def test_targets_are_judged_from_the_rows(generalise):
               "trigger": "colour", "cell": "glyphs/tiny-s1-colour"}
     lines = generalise.targets(rows + [weak, alone, colour], ["paper"])
     assert any(line.startswith("[MISSED] detection: inconclusive") and "(1 of 8)" in line for line in lines)
+    # the floor (an empty trigger unlearned): counted only over the cells that measured it
+    floored = [{**rows[0], "floor": {"acc": 80.0, "asr": 30.0}}, {**rows[1], "floor": {"acc": 80.0, "asr": 6.0}}]
+    lines = generalise.targets(floored + [weak], ["paper"])
+    assert ("      (diagnostic) arm paper: RECEIVE below the empty trigger's unlearning on ASR in 1 of 2 cells "
+            "(mean 4.50% vs 18.00%)") in lines
+    assert not any("empty trigger" in line for line in generalise.targets(rows, ["paper"]))
 
 
 def test_the_recommended_setting_is_the_paper_flags_unless_main_warns_then_centred(generalise):
