@@ -503,8 +503,8 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
         lines.append(f"{short(r):<{w}}{_f(c['acc'], 1):>7}/{_f(c['asr'], 1):<7}"
                      f"{_f(b['acc'], 1):>7}/{_f(b['asr'], 1):<7}  {said(c):<28}{said(b):<28}")
     if any(r.get("recorded") for r in rows):
-        lines.append("*: kept from the recorded table (not among this run's cells, or its runs are not on this machine; "
-                     "verdicts by the rule that wrote it)")
+        lines.append("*: kept from the recorded table (not among this run's cells, or its runs are not on this "
+                     "machine; verdicts by the rule that wrote it)")
     if any(r[k].get("collapse_off") for r in rows for k in ENCODERS):
         lines.append("~: the check's trigger sends the images off the clean images (a diagnostic, not in the verdict)")
     for r in rows:
