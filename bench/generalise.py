@@ -39,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import numpy as np  # noqa: E402
 from families import FAMILIES, ensure_family  # noqa: E402
 
 from DEMO.demo import DemoData, DemoRun  # noqa: E402
@@ -339,6 +338,8 @@ class Cell:
         ``Unlearn-trigger.py`` given the *injected* trigger (``oracle``: the ceiling; when RECEIVE misses and this
         does not, the inversion found the wrong trigger) or an empty one (``floor``: fine-tuning alone; when RECEIVE
         does no better, its trigger added nothing), then the downstream classifier (kept in <kind>/<kind>.json)."""
+        import torch
+
         from DATASETS.stats import get_usage
         from DATASETS.triggers import InvertedTrigger
 
@@ -351,7 +352,7 @@ class Cell:
         trigger = run.layout.trigger
         if kind == "floor":
             size = get_usage(self.data.usage).size
-            trigger = InvertedTrigger(np.zeros((size, size), np.float32), np.zeros((3, size, size), np.float32)).save(
+            trigger = InvertedTrigger(torch.zeros(size, size), torch.zeros(3, size, size)).save(
                 run.layout.root / "empty-trigger.npz")
         found = run.evaluate("RECEIVE", run.unlearn("moth", trigger))
         write_json(path, {"acc": found["acc"], "asr": found["asr"]})
@@ -590,8 +591,8 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
         floored = [r for r in done if r.get("floor")]
         if floored:  # did the found trigger add anything to the unlearning stage's fine-tuning?
             below = sum(r[arm]["receive"]["asr"] < r["floor"]["asr"] for r in floored)
-            rec, floor = (sum(x for x in xs) / len(floored) for xs in
-                          ([r[arm]["receive"]["asr"] for r in floored], [r["floor"]["asr"] for r in floored]))
+            rec = sum(r[arm]["receive"]["asr"] for r in floored) / len(floored)
+            floor = sum(r["floor"]["asr"] for r in floored) / len(floored)
             out.append(f"      (diagnostic) arm {arm}: RECEIVE below the empty trigger's unlearning on ASR in {below} "
                        f"of {len(floored)} cells (mean {rec:.2f}% vs {floor:.2f}%)")
     # a backdoored encoder whose injection failed (ASR below INJECTED_ASR) is no backdoored encoder to find
