@@ -11,6 +11,7 @@ not only in seed, each written once in BadEncoder's npz layout so that the norma
 | greyphotos   | photos' regions in grey: real grayscale images (a photograph, an MRI slice, terrain maps) | matplotlib's sample data |
 | greyshapes   | synthetic's shapes in grey: the tuned family's drawing without its colours             | this repository      |
 | greydigits   | grey digits on a dark background, near the centre (as scanned handwriting sets are): grayscale, one layout | Pillow's bundled font |
+| textures     | ten kinds of periodic or random texture (stripes four ways, checks, dots, rings, bricks, blobs, speckle) in random colour pairs: no object, the class is the pattern | generated |
 
 A family other than ``synthetic`` is written under ``<data_dir>/<family>/`` in the slots of two dataset names
 the loaders know: its pre-training set as ``cifar10`` and its downstream set as ``stl10`` (ten classes each,
@@ -28,7 +29,8 @@ import numpy as np
 from DATASETS import synthetic
 from UTILS.io import ensure_writable_dir, save_npz
 
-FAMILIES = ("synthetic", "glyphs", "photos", "lowcontrast", "nearsame", "greydigits", "greyphotos", "greyshapes")
+FAMILIES = ("synthetic", "glyphs", "photos", "lowcontrast", "nearsame", "greydigits", "greyphotos", "greyshapes",
+            "textures")  # appended, never reordered: the index seeds the drawing
 SIZES = {"pre": {"train": 10000, "test": 2000}, "down": {"train": 5000, "test": 2000}}
 SLOTS = {"pre": "cifar10", "down": "stl10"}  # dataset names whose npz slots a family's sets are written into
 SIDE = 32
@@ -236,8 +238,54 @@ def _synthetic_shapes(rng: np.random.Generator, y: np.ndarray, down: bool) -> np
     return out
 
 
+def _pattern(rng: np.random.Generator, label: int, down: bool) -> np.ndarray:
+    """(32, 32) floats in [0, 1]: one texture of kind ``label``, at a random scale, angle and phase."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE].astype(np.float64)
+    period = rng.uniform(4.0, 11.0) if down else rng.uniform(5.0, 10.0)
+    tilt = np.deg2rad(rng.uniform(-12, 12))
+    phase = rng.uniform(0, 2 * np.pi, 2)
+
+    def wave(angle: float, shift: float, stretch: float = 1.0) -> np.ndarray:  # a sinusoid across ``angle``
+        return np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / (period * stretch) + shift)
+
+    if label < 4:  # stripes: horizontal, vertical, and the two diagonals
+        field = wave(np.pi / 2 - label * np.pi / 4 + tilt, phase[0])
+    elif label == 4:  # square checks
+        field = wave(tilt, phase[0]) * wave(tilt + np.pi / 2, phase[1])
+    elif label == 5:  # dots on a grid
+        field = np.minimum(wave(tilt, phase[0]), wave(tilt + np.pi / 2, phase[1])) * 2 - 1
+    elif label == 6:  # rings around a random centre
+        cy, cx = rng.uniform(0, SIDE, 2)
+        field = np.sin(2 * np.pi * np.hypot(yy - cy, xx - cx) / period + phase[0])
+    elif label == 7:  # bricks: checks twice as long one way as the other
+        field = wave(tilt, phase[0], 2.0) * wave(tilt + np.pi / 2, phase[1])
+    else:  # random fields: smooth blobs (8) or fine speckle (9)
+        coarse = rng.normal(size=(5, 5) if label == 8 else (16, 16))
+        field = np.asarray(Image.fromarray(coarse.astype(np.float32)).resize((SIDE, SIDE), Image.BICUBIC), np.float64)
+        field = field / max(float(np.abs(field).max()), 1e-12)
+    sharpness = rng.uniform(1.5, 6.0)
+    return 0.5 + 0.5 * np.tanh(sharpness * field) / np.tanh(sharpness)
+
+
+def _textures(rng: np.random.Generator, y: np.ndarray, down: bool) -> np.ndarray:
+    """A texture of kind ``y[i]`` in two random colours whose brightness differs: the colours say nothing of
+    the class, only the pattern does; nothing in the image is an object or has a place."""
+    out = np.zeros((y.size, 3, SIDE, SIDE))
+    for i, label in enumerate(y):
+        while True:
+            fg, bg = rng.uniform(0.05, 0.85, 3), rng.uniform(0.05, 0.85, 3)
+            if abs(fg.mean() - bg.mean()) >= 0.2:
+                break
+        alpha = _pattern(rng, int(label), down)
+        out[i] = alpha[None] * fg[:, None, None] + (1 - alpha[None]) * bg[:, None, None]
+    return out + rng.normal(0, 0.03 if down else 0.02, out.shape)
+
+
 DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast, "nearsame": _nearsame,
-        "greydigits": _greydigits, "greyphotos": _grey(_photos), "greyshapes": _grey(_synthetic_shapes)}
+        "greydigits": _greydigits, "greyphotos": _grey(_photos), "greyshapes": _grey(_synthetic_shapes),
+        "textures": _textures}
 
 
 def generate(family: str, part: str, split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ def generalise():
 
 
 @pytest.mark.parametrize("family", ["glyphs", "photos", "lowcontrast", "nearsame", "greydigits", "greyphotos",
-                                    "greyshapes"])
+                                    "greyshapes", "textures"])
 def test_a_family_is_ten_balanced_classes_of_32_pixel_images_and_the_same_every_time(families, family):
     x, y = families.generate(family, "pre", "test", 30)
     again = families.generate(family, "pre", "test", 30)
