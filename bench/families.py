@@ -24,10 +24,15 @@ import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
+import sys
+
 import numpy as np
 
-from DATASETS import synthetic
-from UTILS.io import ensure_writable_dir, save_npz
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
+
+from DATASETS import synthetic  # noqa: E402
+from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
+from UTILS.io import atomic_write, ensure_writable_dir, save_npz  # noqa: E402
 
 FAMILIES = ("synthetic", "glyphs", "photos", "lowcontrast", "nearsame", "greydigits", "greyphotos", "greyshapes",
             "textures")  # appended, never reordered: the index seeds the drawing
@@ -319,3 +324,49 @@ def ensure_family(family: str, data_root: str | Path) -> FamilyData:
                 x, y = generate(family, part, split)
                 save_npz(path, x=x, y=y, family_version=np.asarray(VERSION, dtype=np.int64))
     return FamilyData(family, folder, SLOTS["pre"], SLOTS["down"], "cifar10")
+
+
+def preview(families=FAMILIES, per_class: int = 1, part: str = "pre"):
+    """A PIL image: one row per family, its first ``per_class`` images of each of the ten classes (scaled up
+    twice), the family's name on the left. Drawn with :func:`generate`, so it shows what the cells see (for
+    synthetic: the embedded set's drawing, other draws than its cached files)."""
+    from PIL import Image, ImageDraw
+
+    cell, label_w = 2 * SIDE + 4, 96
+    sheet = Image.new("RGB", (label_w + 10 * per_class * cell, len(families) * cell), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, family in enumerate(families):
+        draw_family = DRAW.get(family, _synthetic_shapes)
+        rng = np.random.default_rng(_seed(family, part, "test"))
+        y = _labels(rng, 40 * per_class)
+        x = _to_uint8(draw_family(rng, y, part == "down"))
+        draw.text((4, r * cell + cell // 2 - 6), family, fill=(0, 0, 0))
+        for c in range(10):
+            for k, i in enumerate(np.flatnonzero(y == c)[:per_class]):
+                tile = Image.fromarray(x[i]).resize((2 * SIDE, 2 * SIDE), Image.NEAREST)
+                sheet.paste(tile, (label_w + (c * per_class + k) * cell + 2, r * cell + 2))
+    return sheet
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    """``python bench/families.py --preview families.png``: the picture of :func:`preview`."""
+    p = ArgumentParser(description="Write a picture of the benchmark's data families (one row each, "
+                                            "one image per class).")
+    p.add_argument("--preview", required=True, help="PNG file to write")
+    p.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
+    p.add_argument("--per_class", type=int, default=1, help="images per class (default 1)")
+    args = p.parse_args(argv)
+    names = [f.strip() for f in args.families.split(",") if f.strip()]
+    if not names or any(f not in FAMILIES for f in names):
+        fail(f"--families {args.families}: expected comma-separated values of {', '.join(FAMILIES)}")
+    if args.per_class < 1:
+        fail(f"--per_class {args.per_class}: expected a positive number")
+    path = Path(args.preview)
+    ensure_writable_dir(path.parent if str(path.parent) else Path("."), "--preview")
+    atomic_write(path, lambda h: preview(names, args.per_class).save(h, format="PNG"))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

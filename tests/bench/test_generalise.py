@@ -315,3 +315,18 @@ def test_the_references_unlearn_the_injected_or_an_empty_trigger_once_and_the_ta
     text = generalise.format_family("synthetic", [r], ["paper"], held_out=False)
     assert "unlearning the injected trigger" in text and "unlearning an empty trigger" in text
     assert "ACC/ASR 90.0/7.5" in text
+
+
+def test_the_families_picture_has_a_row_per_family_and_shows_their_images(families, tmp_path):
+    sheet = families.preview(["glyphs", "textures"])
+    assert sheet.size == (96 + 10 * 68, 2 * 68)
+    tile = np.asarray(sheet)[2:66, 96 + 2:96 + 66]  # first row (glyphs), first column (class 0)
+    x, y = families.generate("glyphs", "pre", "test", 40)
+    assert np.array_equal(tile[::2, ::2], x[np.flatnonzero(y == 0)[0]])  # glyphs' first class-0 image, scaled x2
+
+
+def test_the_families_picture_refuses_an_unknown_family_in_one_line(families, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        families.main(["--preview", str(tmp_path / "f.png"), "--families", "glyphs,nope"])
+    assert stop.value.code != 0 and not (tmp_path / "f.png").exists()
+    assert "--families glyphs,nope" in capsys.readouterr().err
