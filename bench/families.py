@@ -11,7 +11,7 @@ not only in seed, each written once in BadEncoder's npz layout so that the norma
 | greyphotos   | photos' regions in grey: real grayscale images (a photograph, an MRI slice, terrain maps) | matplotlib's sample data |
 | greyshapes   | synthetic's shapes in grey: the tuned family's drawing without its colours             | this repository      |
 | greydigits   | grey digits on a dark background, near the centre (as scanned handwriting sets are): grayscale, one layout | Pillow's bundled font |
-| textures     | ten kinds of periodic or random texture (stripes four ways, checks, dots, rings, bricks, blobs, speckle) in random colour pairs: no object, the class is the pattern | generated |
+| textures     | stripes, checks, dots, rings, bricks, blobs, speckle in random colours: only the pattern tells the class | generated |
 
 A family other than ``synthetic`` is written under ``<data_dir>/<family>/`` in the slots of two dataset names
 the loaders know: its pre-training set as ``cifar10`` and its downstream set as ``stl10`` (ten classes each,

@@ -45,6 +45,7 @@ from DEMO.demo import DemoData, DemoRun  # noqa: E402
 from DEMO.layout import RunLayout  # noqa: E402
 from DEMO.presets import PRESETS, Preset  # noqa: E402
 from Trainer.configs import DemoConfig  # noqa: E402
+from Trainer.filenames import BEST_TRIGGER, UNLEARNED_CKPT  # noqa: E402
 from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
 from UTILS.io import read_csv, write_json, write_result  # noqa: E402
 from UTILS.runtime import log  # noqa: E402
@@ -100,6 +101,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--floor", action="store_true",
                    help="also unlearn an empty trigger (mask 0: the unlearning stage's fine-tuning alone, what a "
                         "found trigger must beat; a measurement)")
+    p.add_argument("--second", action="store_true",
+                   help="also run each arm again on the encoder it cleaned: MAIN.py --phase detect, then MAIN.py "
+                        "--phase moth and Unlearn-trigger.py with the same flags (what a user can do with the "
+                        "scripts as they are; the arm must have run)")
     p.add_argument("--tuned", default=",".join(TUNED), help="families the settings were chosen on (others: held out)")
     p.add_argument("--runs", default="demo_runs/generalise", help="folder of the cells' runs")
     p.add_argument("--data_root", default="data/families", help="folder the families' datasets are written to")
@@ -156,15 +161,17 @@ class Cell:
         cone = "" if self.variant == "plain" else f"-{self.variant}"
         return f"{self.family}/{self.model}-s{self.seed}-{self.trigger}{weak}{cone}"
 
-    def run_for(self, arm: str) -> DemoRun:
-        """The demo run whose folder holds ``arm``'s defence (the paper arm's also holds the encoders)."""
+    def run_for(self, arm: str, *, folder: str | None = None, encoder: Path | None = None) -> DemoRun:
+        """The demo run whose folder (``folder``, else ``arm``) holds ``arm``'s defence of ``encoder`` (default: the
+        backdoored encoder, which the paper arm's folder holds with the clean one)."""
         inversion = {**self.preset.inversion, **ARMS.get(arm, {})}
-        cfg = DemoConfig(out=str(self.root / arm), device=self.args.device, data_dir=self.data_dir, seed=self.seed,
+        root = self.root / (folder or arm)
+        cfg = DemoConfig(out=str(root), device=self.args.device, data_dir=self.data_dir, seed=self.seed,
                          overwrite=True).validate()
-        encoders = RunLayout(self.root / "paper")
-        backdoored = encoders.backdoor / f"model_{self.preset.badencoder['epochs']}.pth"
-        return DemoRun(cfg, replace(self.preset, inversion=inversion), RunLayout(self.root / arm), self.data,
-                       backdoored=backdoored)
+        if encoder is None:
+            encoder = RunLayout(self.root / "paper").backdoor / f"model_{self.preset.badencoder['epochs']}.pth"
+        return DemoRun(cfg, replace(self.preset, inversion=inversion), RunLayout(root), self.data,
+                       backdoored=encoder)
 
     def encoders(self) -> dict:
         """The clean and backdoored encoder with ACC/ASR and verdicts (kept in encoders.json)."""
@@ -271,7 +278,7 @@ class Cell:
         images stamped with it and that of images stamped with the injected trigger (1: the same collapse point)."""
         from DATASETS.triggers import load_trigger
         from MODELS.checkpoint import load_encoder
-        from Trainer.filenames import BEST_TRIGGER, DETECT_TRIGGER, NC_TRIGGER
+        from Trainer.filenames import DETECT_TRIGGER, NC_TRIGGER
 
         usage, images, run, gt = self.measurement_inputs()
         found = {("clean", "check"): (run.clean_encoder, run.layout.detect_dir("clean") / DETECT_TRIGGER),
@@ -358,6 +365,33 @@ class Cell:
         write_json(path, {"acc": found["acc"], "asr": found["asr"]})
         return json.loads(path.read_text())
 
+    def second_file(self, arm: str) -> Path:
+        """Where second(arm) keeps its numbers."""
+        return self.root / f"{arm}-second" / "second.json"
+
+    def second(self, arm: str) -> dict | None:
+        """``arm`` run again on the encoder it cleaned, as a user can with the scripts as they are: MAIN.py
+        --phase detect on the cleaned encoder (does the check still find something?), then MAIN.py --phase moth
+        and Unlearn-trigger.py with the arm's flags and seeds, then the classifier (kept in <arm>-second/second.json).
+        None when the arm has not cleaned an encoder yet."""
+        path = self.second_file(arm)
+        if path.is_file() and not self.args.rerun:
+            return json.loads(path.read_text())
+        first = self.run_for(arm)
+        cleaned = first.layout.unlearn_ckpt / UNLEARNED_CKPT.format(self.preset.unlearn["epochs"])
+        if not cleaned.is_file():
+            return None
+        log(f"\n##### {self.name}: arm {arm} again, on its cleaned encoder #####")
+        run = self.run_for(arm, folder=path.parent.name, encoder=cleaned)
+        self.data.write_trigger(run.layout.trigger)  # the injected trigger: ASR is measured with it
+        check = run.detect("backdoored", cleaned)
+        moth = run.invert("moth")
+        found = run.evaluate("RECEIVE", run.unlearn("moth", run.layout.moth_log / BEST_TRIGGER))
+        write_json(path, {"acc": found["acc"], "asr": found["asr"], "round": moth["best_round"],
+                          "l1": moth["best_l1"], "stop": moth["stop_reason"],
+                          "check": {"verdict": check["verdict"], "pl1": check["pl1"]}})
+        return json.loads(path.read_text())
+
     def row(self, encoders: dict, arms: dict[str, dict]) -> dict:
         """The cell's numbers for the table and its JSON."""
         from INVERSION.detect import judge_record
@@ -370,6 +404,7 @@ class Cell:
         for kind in REFERENCES:
             path = self.reference_file(kind)
             row[kind] = json.loads(path.read_text()) if path.is_file() else None
+        row["second"] = {a: json.loads(self.second_file(a).read_text()) for a in arms if self.second_file(a).is_file()}
         for kind in ENCODERS:
             det = encoders[kind]["detect"]
             # the current rule on the recorded measurements: a change to how they are read needs no new inversion
@@ -547,6 +582,18 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
             lines += ["", f"unlearning {trigger} instead ({meaning}; a measurement only):"]
             lines += [f"{short(r):<{w}}ACC/ASR {_f(r[kind]['acc'], 1)}/{_f(r[kind]['asr'], 1)}"
                       for r in rows if r.get(kind)]
+    for arm in arms:
+        twice = [r for r in rows if _get(r, "second", arm)]
+        if twice:
+            lines += ["", f"arm {arm} run again on the encoder it cleaned (--second; a check of the cleaned encoder, "
+                          "then the same flags):",
+                      f"{'cell':<{w}}{'check of the cleaned encoder (PL1)':<38}{'once ACC/ASR':>14}"
+                      f"{'twice ACC/ASR':>15}{'round':>6}{'L1':>7}"]
+            for r in twice:
+                t = r["second"][arm]
+                lines.append(f"{short(r):<{w}}{t['check']['verdict'] + ' (' + _f(t['check']['pl1'], 4) + ')':<38}"
+                             f"{_f(r[arm]['receive']['acc'], 1):>7}/{_f(r[arm]['receive']['asr'], 1):<6}"
+                             f"{_f(t['acc'], 1):>8}/{_f(t['asr'], 1):<6}{t['round']:>6}{_f(t['l1'], 1):>7}")
     lines += ["", "targets:"] + [f"  {t}" for t in targets(rows, arms)]
     return "\n".join(lines)
 
@@ -595,6 +642,15 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
             floor = sum(r["floor"]["asr"] for r in floored) / len(floored)
             out.append(f"      (diagnostic) arm {arm}: RECEIVE below the empty trigger's unlearning on ASR in {below} "
                        f"of {len(floored)} cells (mean {rec:.2f}% vs {floor:.2f}%)")
+        twice = [r for r in strong if _get(r, "second", arm)]
+        if twice:  # the same arm run again on the encoder it cleaned (--second)
+            ok = [r for r in twice
+                  if r["second"][arm]["asr"] <= 5 and r["second"][arm]["acc"] >= r["backdoored"]["acc"] - 3]
+            once = sum(r[arm]["receive"]["asr"] for r in twice) / len(twice)
+            again = sum(r["second"][arm]["asr"] for r in twice) / len(twice)
+            out.append(f"      (diagnostic) arm {arm} run twice (--second): ASR <= 5% and ACC at most 3 points below "
+                       f"the backdoored encoder's in {len(ok)} of {len(twice)} cells with backdoored ASR >= 80% "
+                       f"(mean ASR {once:.2f}% once, {again:.2f}% twice)")
     # a backdoored encoder whose injection failed (ASR below INJECTED_ASR) is no backdoored encoder to find
     # cells of one family, model and seed share one clean encoder (Cell.share_clean_encoder): it is judged once,
     # in the full attack's white-trigger cell when there is one, else in the first other cell
@@ -678,6 +734,9 @@ def build(cell: Cell, args: argparse.Namespace, arms: list[str]) -> None:
         for kind in REFERENCES:
             if getattr(args, kind):
                 cell.reference(kind)
+        if args.second:
+            for arm in arms:
+                cell.second(arm)
 
 
 @cli_entry

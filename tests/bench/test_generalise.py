@@ -317,6 +317,68 @@ def test_the_references_unlearn_the_injected_or_an_empty_trigger_once_and_the_ta
     assert "ACC/ASR 90.0/7.5" in text
 
 
+def test_a_second_pass_starts_from_the_arms_cleaned_encoder_once_and_the_table_shows_it(
+        generalise, tmp_path, monkeypatch):
+    """--second checks the arm's cleaned encoder, inverts and unlearns on it (not on the backdoored one) with the
+    arm's flags, keeps the numbers, and is skipped while the arm has cleaned nothing."""
+    import argparse
+    import json
+
+    from DEMO.layout import RunLayout
+
+    monkeypatch.setitem(generalise.ensure_family.__globals__, "SIZES",
+                        {"pre": {"train": 20, "test": 10}, "down": {"train": 20, "test": 10}})
+    args = argparse.Namespace(runs=str(tmp_path / "runs"), data_root=str(tmp_path / "data"), rerun=False,
+                              device="cpu")
+    cell = generalise.Cell("synthetic", "tiny", 0, "white", args)
+    calls = []
+    real_run_for = cell.run_for
+
+    class Run:  # the scripts a second pass runs, recorded instead of run
+        def __init__(self, arm, folder=None, encoder=None):
+            self.real = real_run_for(arm, folder=folder, encoder=encoder)
+            self.layout, self.backdoored = self.real.layout, self.real.backdoored
+            self.inversion = self.real.preset.inversion
+
+        def detect(self, label, encoder):
+            calls.append(("detect", Path(encoder)))
+            return {"verdict": "no backdoor found", "pl1": 0.1}
+
+        def invert(self, phase):
+            calls.append(("invert", self.backdoored, self.inversion.get("psim")))
+            return {"best_round": 4, "best_l1": 120.0, "stop_reason": "patience 6"}
+
+        def unlearn(self, phase, trigger):
+            calls.append(("unlearn", self.backdoored, Path(trigger)))
+            return self.layout.root / "unlearned.pth"
+
+        def evaluate(self, who, encoder):
+            return {"acc": 89.0, "asr": 3.5}
+
+    monkeypatch.setattr(cell, "run_for", Run)
+    assert cell.second("centred") is None and not calls  # the arm has cleaned nothing yet
+    cleaned = RunLayout(cell.root / "centred").unlearn_ckpt / generalise.UNLEARNED_CKPT.format(
+        cell.preset.unlearn["epochs"])
+    cleaned.parent.mkdir(parents=True)
+    cleaned.write_bytes(b"")
+    found = cell.second("centred")
+    assert found == {"acc": 89.0, "asr": 3.5, "round": 4, "l1": 120.0, "stop": "patience 6",
+                     "check": {"verdict": "no backdoor found", "pl1": 0.1}}
+    second = RunLayout(cell.root / "centred-second")
+    assert calls == [("detect", cleaned), ("invert", cleaned, "centred"),
+                     ("unlearn", cleaned, second.moth_log / generalise.BEST_TRIGGER)]
+    cell.second("centred")
+    assert len(calls) == 3 and json.loads(cell.second_file("centred").read_text()) == found  # kept, not run again
+    r = {**row(generalise, "synthetic", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 7.0, 4.0),
+         "second": {"paper": found}}
+    text = generalise.format_family("synthetic", [r], ["paper"], held_out=False)
+    assert "arm paper run again on the encoder it cleaned" in text
+    assert "no backdoor found (0.1000)" in text and "80.0/7.0" in text and "89.0/3.5" in text
+    assert ("      (diagnostic) arm paper run twice (--second): ASR <= 5% and ACC at most 3 points below the "
+            "backdoored encoder's in 1 of 1 cells with backdoored ASR >= 80% (mean ASR 7.00% once, 3.50% twice)"
+            ) in generalise.targets([r], ["paper"])
+
+
 def test_the_families_picture_has_a_row_per_family_and_shows_their_images(families, tmp_path):
     sheet = families.preview(["glyphs", "textures"])
     assert sheet.size == (96 + 10 * 68, 2 * 68)
