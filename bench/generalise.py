@@ -617,7 +617,8 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
     """The issue's targets per arm, for the recommended setting (recommended_arm) and for the verdicts, as
     'met'/'MISSED' lines."""
     out = []
-    chosen = [{**r, "recommended": r[a]} for r in rows if (a := recommended_arm(r))]
+    chosen = [{**r, "recommended": r[a], "second": {"recommended": _get(r, "second", a)}}
+              for r in rows if (a := recommended_arm(r))]
     for arm in arms + (["recommended"] if chosen else []):
         done = [r for r in rows if arm in r] if arm != "recommended" else chosen
         strong = [r for r in done if r["backdoored"]["asr"] >= 80]

@@ -377,6 +377,9 @@ def test_a_second_pass_starts_from_the_arms_cleaned_encoder_once_and_the_table_s
     assert ("      (diagnostic) arm paper run twice (--second): ASR <= 5% and ACC at most 3 points below the "
             "backdoored encoder's in 1 of 1 cells with backdoored ASR >= 80% (mean ASR 7.00% once, 3.50% twice)"
             ) in generalise.targets([r], ["paper"])
+    # clean psim 0.6, threshold 0.9: MAIN.py does not warn, so the recommended setting is the paper arm, run twice too
+    assert any(line.startswith("      (diagnostic) arm recommended run twice (--second)") and "in 1 of 1 cells" in line
+               for line in generalise.targets([r], ["paper"]))
 
 
 def test_the_families_picture_has_a_row_per_family_and_shows_their_images(families, tmp_path):
