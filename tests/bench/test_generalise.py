@@ -273,21 +273,27 @@ def test_no_cone_table_is_written_before_a_cone_cell_ran(tmp_path):
     assert sorted(p.name for p in results.iterdir()) == ["generalise-synthetic.json", "generalise-synthetic.txt"]
 
 
-def test_the_references_unlearn_the_injected_or_an_empty_trigger_once_and_the_table_shows_them(
-        generalise, tmp_path, monkeypatch):
-    """--oracle hands Unlearn-trigger.py the injected trigger, --floor a trigger whose mask is 0 everywhere (the
-    unlearning stage alone); each is measured once, kept, and printed under its own heading."""
+@pytest.fixture
+def cell(generalise, tmp_path, monkeypatch):
+    """A synthetic tiny cell whose family files are tiny, under tmp_path; nothing of it has run."""
     import argparse
-    import json
-
-    from DATASETS.triggers import load_trigger
-    from DEMO.layout import RunLayout
 
     monkeypatch.setitem(generalise.ensure_family.__globals__, "SIZES",
                         {"pre": {"train": 20, "test": 10}, "down": {"train": 20, "test": 10}})
     args = argparse.Namespace(runs=str(tmp_path / "runs"), data_root=str(tmp_path / "data"), rerun=False,
                               device="cpu")
-    cell = generalise.Cell("synthetic", "tiny", 0, "white", args)
+    return generalise.Cell("synthetic", "tiny", 0, "white", args)
+
+
+def test_the_references_unlearn_the_injected_or_an_empty_trigger_once_and_the_table_shows_them(
+        generalise, cell, monkeypatch):
+    """--oracle hands Unlearn-trigger.py the injected trigger, --floor a trigger whose mask is 0 everywhere (the
+    unlearning stage alone); each is measured once, kept, and printed under its own heading."""
+    import json
+
+    from DATASETS.triggers import load_trigger
+    from DEMO.layout import RunLayout
+
     handed = []
 
     class Run:  # the two scripts a reference runs, recorded instead of run
@@ -318,19 +324,13 @@ def test_the_references_unlearn_the_injected_or_an_empty_trigger_once_and_the_ta
 
 
 def test_a_second_pass_starts_from_the_arms_cleaned_encoder_once_and_the_table_shows_it(
-        generalise, tmp_path, monkeypatch):
+        generalise, cell, monkeypatch):
     """--second checks the arm's cleaned encoder, inverts and unlearns on it (not on the backdoored one) with the
     arm's flags, keeps the numbers, and is skipped while the arm has cleaned nothing."""
-    import argparse
     import json
 
     from DEMO.layout import RunLayout
 
-    monkeypatch.setitem(generalise.ensure_family.__globals__, "SIZES",
-                        {"pre": {"train": 20, "test": 10}, "down": {"train": 20, "test": 10}})
-    args = argparse.Namespace(runs=str(tmp_path / "runs"), data_root=str(tmp_path / "data"), rerun=False,
-                              device="cpu")
-    cell = generalise.Cell("synthetic", "tiny", 0, "white", args)
     calls = []
     real_run_for = cell.run_for
 
