@@ -22,6 +22,10 @@ def _entry(rank: int, fn: Callable, world: int, port: int, out: str, args: tuple
     try:
         result = fn(Path(out), *args)
         torch.save(result, Path(out) / f"rank{rank}.pt")
+        if torch.distributed.is_initialized():
+            # every rank has finished before any leaves: a rank that tears gloo down while its peer still talks
+            # can abort the peer ("terminate called without an active exception", SIGABRT)
+            torch.distributed.barrier()
     finally:
         distributed.stop()
 
