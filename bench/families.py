@@ -21,10 +21,9 @@ Nothing here is downloaded; every family is drawn from a fixed seed, so the file
 from __future__ import annotations
 
 import gzip
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import sys
 
 import numpy as np
 
@@ -295,10 +294,15 @@ DRAW = {"glyphs": _glyphs, "photos": _photos, "lowcontrast": _lowcontrast, "near
 
 def generate(family: str, part: str, split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, 32, 32, 3) uint8 and balanced labels (n,) of a family's ``part`` ("pre"/"down") and split."""
+    return _drawn(DRAW[family], family, part, split, n)
+
+
+def _drawn(draw, family: str, part: str, split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`generate` with the drawing ``draw`` given: the family's seed, balanced labels, uint8 images."""
     n = SIZES[part][split] if n is None else int(n)
     rng = np.random.default_rng(_seed(family, part, split))
     y = _labels(rng, n)
-    return _to_uint8(DRAW[family](rng, y, part == "down")), y
+    return _to_uint8(draw(rng, y, part == "down")), y
 
 
 def _current(path: Path) -> bool:
@@ -336,10 +340,7 @@ def preview(families=FAMILIES, per_class: int = 1, part: str = "pre"):
     sheet = Image.new("RGB", (label_w + 10 * per_class * cell, len(families) * cell), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for r, family in enumerate(families):
-        draw_family = DRAW.get(family, _synthetic_shapes)
-        rng = np.random.default_rng(_seed(family, part, "test"))
-        y = _labels(rng, 40 * per_class)
-        x = _to_uint8(draw_family(rng, y, part == "down"))
+        x, y = _drawn(DRAW.get(family, _synthetic_shapes), family, part, "test", 40 * per_class)
         draw.text((4, r * cell + cell // 2 - 6), family, fill=(0, 0, 0))
         for c in range(10):
             for k, i in enumerate(np.flatnonzero(y == c)[:per_class]):
@@ -351,8 +352,8 @@ def preview(families=FAMILIES, per_class: int = 1, part: str = "pre"):
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     """``python bench/families.py --preview families.png``: the picture of :func:`preview`."""
-    p = ArgumentParser(description="Write a picture of the benchmark's data families (one row each, "
-                                            "one image per class).")
+    p = ArgumentParser(description="Write a picture of the benchmark's data families (one row each, one image "
+                                   "per class).")
     p.add_argument("--preview", required=True, help="PNG file to write")
     p.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
     p.add_argument("--per_class", type=int, default=1, help="images per class (default 1)")
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.per_class < 1:
         fail(f"--per_class {args.per_class}: expected a positive number")
     path = Path(args.preview)
-    ensure_writable_dir(path.parent if str(path.parent) else Path("."), "--preview")
+    ensure_writable_dir(path.parent, "--preview")  # Path("f.png").parent is Path("."), the working folder
     atomic_write(path, lambda h: preview(names, args.per_class).save(h, format="PNG"))
     print(f"wrote {path}")
 
