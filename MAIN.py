@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import (CALIBRATED_CLEAN_PSIM_MAX, PSIM_CHOICES, MainConfig, add_amp_flag, add_asr_flag,
-                             add_runtime_flags, config_from_args)
+from Trainer.configs import (CALIBRATED_CLEAN_PSIM_MAX, LOWPASS_CHOICES, PSIM_CHOICES, MainConfig, add_amp_flag,
+                             add_asr_flag, add_runtime_flags, config_from_args)
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
@@ -62,6 +62,10 @@ def build_parser() -> ArgumentParser:
                         "code's (B-1)/B^3 * sum of all B^2 cosines of a 32-image chunk (what its thresholds were "
                         "tuned on); pairs = the mean cosine over pairs i != j; centred = pairs on the features "
                         "minus the clean images' mean feature (about 0 for clean images on every encoder)")
+    p.add_argument("--lowpass", default=d.lowpass, choices=LOWPASS_CHOICES,
+                   help="moth, nc (beyond the paper): on = the search sees the stamped images through a 3x3 blur, "
+                        "so a trigger must survive it to collapse the features; scattered single pixels do not, a "
+                        "patch does (docs/ALGORITHMS.md). Off: the paper's search. --phase detect ignores it")
     p.add_argument("--monitor_every", type=int, default=d.monitor_every, help="kNN monitor after every N-th batch of an epoch, and once before the first round (0: off)")
     p.add_argument("--detect_psim", default=d.detect_psim,
                    help="--phase detect: mean pairwise cosine (over pairs i != j) the stamped images' features "

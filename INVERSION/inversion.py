@@ -145,6 +145,7 @@ class InversionConfig:
     step_cap: int = 0           # hard cap on steps when no trigger reaches the threshold; 0 = stall rule
     restart_noise: float = 0.01
     micro_batch: int = 0        # --micro_batch: images per forward/backward inside a chunk; 0 = the whole chunk
+    lowpass: bool = False       # --lowpass on: the objective sees the stamped images low-passed (:func:`lowpass`)
 
     @property
     def cap(self) -> int:
@@ -242,6 +243,22 @@ def restart_point(mask: Tensor, pattern: Tensor, seed: int, scale: float) -> tup
     return m, p
 
 
+def lowpass(images: Tensor) -> Tensor:
+    """(N, 3, H, W) -> (N, 3, H, W): each channel blurred by the 3x3 binomial kernel [1 2 1]^T [1 2 1] / 16
+    (a Gaussian of sigma about 0.7), edges reflected. ``--lowpass on`` searches on stamped images seen through
+    it: a solid patch keeps its inside, a single pixel keeps a quarter of its contrast, so a trigger of
+    scattered pixels no longer collapses the features and the search has to find one with a body."""
+    k = torch.tensor([1.0, 2.0, 1.0], dtype=images.dtype, device=images.device) / 4
+    kernel = (k[:, None] * k[None, :]).expand(images.shape[1], 1, 3, 3)  # (C, 1, 3, 3): one per channel
+    return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="reflect"), kernel, groups=images.shape[1])
+
+
+def stamped_view(trigger: Trigger, images: Tensor, lowpass_on: bool) -> Tensor:
+    """The images the search's encoder sees: ``images`` (N, 3, H, W) stamped, low-passed with ``--lowpass on``."""
+    stamped = trigger(images)
+    return lowpass(stamped) if lowpass_on else stamped
+
+
 def equation2(features: Tensor, mask: Tensor, *, cost: float, psim_kind: str) -> tuple[Tensor, Tensor, Tensor]:
     """The inversion's objective, the paper's Equation 2: ``-psim(features) + cost * |mask|_1``, from the stamped
     chunk's features (B, D) and the mask; the one place it is written (:func:`inversion_loss` and
@@ -252,10 +269,11 @@ def equation2(features: Tensor, mask: Tensor, *, cost: float, psim_kind: str) ->
 
 
 def inversion_loss(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo, *, cost: float,
-                   psim_kind: str = "original") -> tuple[Tensor, Tensor, Tensor, InvertedTrigger]:
+                   psim_kind: str = "original", lowpass_on: bool = False
+                   ) -> tuple[Tensor, Tensor, Tensor, InvertedTrigger]:
     """Equation 2 on one chunk of images (B, 3, H, W). Returns (loss, psim, l1, trigger)."""
     trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))
-    features = backbone(normalize(trigger(images), usage))  # (B, D)
+    features = backbone(normalize(stamped_view(trigger, images, lowpass_on), usage))  # (B, D)
     return (*equation2(features, trigger.mask, cost=cost, psim_kind=psim_kind), trigger)
 
 
@@ -366,9 +384,11 @@ def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, o
         opt.zero_grad(set_to_none=True)
         if 0 < config.micro_batch < chunk.shape[0]:
             loss, psim, l1, trigger = micro_batched_backward(backbone, chunk, a, b, usage, cost=cost,
-                                                             psim_kind=config.psim, micro_batch=config.micro_batch)
+                                                             psim_kind=config.psim, micro_batch=config.micro_batch,
+                                                             lowpass_on=config.lowpass)
         else:
-            loss, psim, l1, trigger = inversion_loss(backbone, chunk, a, b, usage, cost=cost, psim_kind=config.psim)
+            loss, psim, l1, trigger = inversion_loss(backbone, chunk, a, b, usage, cost=cost, psim_kind=config.psim,
+                                                     lowpass_on=config.lowpass)
             loss.backward()
         opt.step()
         stats.append(torch.stack([loss.detach(), psim.detach(), l1.detach()]))
@@ -378,7 +398,7 @@ def _inversion_step(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, o
 
 
 def micro_batched_backward(backbone: nn.Module, images: Tensor, a: Tensor, b: Tensor, usage: UsageInfo, *,
-                           cost: float, psim_kind: str, micro_batch: int
+                           cost: float, psim_kind: str, micro_batch: int, lowpass_on: bool = False
                            ) -> tuple[Tensor, Tensor, Tensor, InvertedTrigger]:
     """Equation 2's loss on one chunk (B, 3, H, W) and its gradient into ``a.grad``/``b.grad``, holding
     the activations of only ``micro_batch`` images at a time; returns (loss, psim, l1, trigger), detached.
@@ -394,13 +414,13 @@ def micro_batched_backward(backbone: nn.Module, images: Tensor, a: Tensor, b: Te
     trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))
     pieces = images.split(micro_batch)
     with torch.no_grad():
-        features = torch.cat([backbone(normalize(trigger(p), usage)) for p in pieces])  # (B, D)
+        features = torch.cat([backbone(normalize(stamped_view(trigger, p, lowpass_on), usage)) for p in pieces])
     features.requires_grad_(True)
     loss, psim, l1 = equation2(features, trigger.mask, cost=cost, psim_kind=psim_kind)
     loss.backward()  # g into features.grad; the mask term straight into a.grad
     for piece, grad in zip(pieces, features.grad.split(micro_batch)):
         piece_trigger = InvertedTrigger(mask_from_logits(a), pattern_from_logits(b))  # a fresh graph per piece
-        backbone(normalize(piece_trigger(piece), usage)).backward(grad)
+        backbone(normalize(stamped_view(piece_trigger, piece, lowpass_on), usage)).backward(grad)
     return loss.detach(), psim.detach(), l1.detach(), trigger
 
 

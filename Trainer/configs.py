@@ -172,6 +172,7 @@ def check_monitor(cfg) -> None:
 
 
 PSIM_CHOICES = ("original", "pairs", "centred")  # MAIN.py --psim (INVERSION.inversion, INVERSION.relative)
+LOWPASS_CHOICES = ("off", "on")  # MAIN.py --lowpass (INVERSION.inversion.lowpass)
 
 
 def threshold_value(value: float | str, flag: str) -> float | str:
@@ -222,6 +223,7 @@ class MainConfig(Common):
     reference_file: str = DEFAULT_REFERENCE_FILE
     source_label: int = -1
     psim: str = PSIM
+    lowpass: str = "off"
     monitor_every: int = MONITOR_EVERY
     asr_include_target: bool = False
     amp: bool = False
@@ -234,6 +236,7 @@ class MainConfig(Common):
         self.check_common("dataset")
         check_choice(self.phase, MAIN_PHASES, "--phase")
         check_choice(self.psim, PSIM_CHOICES, "--psim")
+        check_choice(self.lowpass, LOWPASS_CHOICES, "--lowpass")
         self.similarity_threshold = threshold_value(self.similarity_threshold, "--similarity_threshold")
         self.detect_psim = threshold_value(self.detect_psim, "--detect_psim")
         check_monitor(self)

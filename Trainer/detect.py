@@ -93,7 +93,8 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     """
     data = detection_images(data, settings.images)
     auto = settings.psim_threshold == "auto"  # the same collapse relative to where the clean images already stand
-    config = replace(config, psim=DETECT_PSIM_KIND, auto_share=DETECT_SHARE if auto else 0.0,
+    # the search the threshold was calibrated with: DECREE's psim, no --lowpass
+    config = replace(config, psim=DETECT_PSIM_KIND, auto_share=DETECT_SHARE if auto else 0.0, lowpass=False,
                      threshold=config.threshold if auto else settings.psim_threshold)
     done = invert_once(model, data, usage, config, ground_truth, amp=settings.amp, seed=settings.seed,
                        step_seed=settings.step_seed, what="detection", hint="Check the encoder, or lower --init_cost",

@@ -57,7 +57,7 @@ def inversion_config(cfg: MainConfig) -> InversionConfig:
                            threshold=0.0 if cfg.similarity_threshold == "auto" else cfg.similarity_threshold,
                            auto_share=AUTO_SHARE if cfg.similarity_threshold == "auto" else 0.0, psim=cfg.psim,
                            step_cap=cfg.re_steps_cap,
-                           micro_batch=cfg.micro_batch)
+                           micro_batch=cfg.micro_batch, lowpass=cfg.lowpass == "on")
 
 
 def shuffled_once(data: TensorSet, seed_index: int) -> TensorSet:

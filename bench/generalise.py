@@ -53,7 +53,9 @@ from UTILS.runtime import log  # noqa: E402
 MODELS = ("tiny", "resnet18_small")
 TRIGGERS = {"white": None, "colour": (8, 12, 0)}  # white 10x10 at 21 (the demo's); colour 8x8 at 12, seeded colours
 ARMS = {"paper": {}, "auto": {"similarity_threshold": "auto"},  # MAIN.py inversion flags that differ from the preset
-        "centred": {"similarity_threshold": "auto", "psim": "centred"}}
+        "centred": {"similarity_threshold": "auto", "psim": "centred"},
+        "lowpass": {"lowpass": "on"},  # the paper's flags, the search on low-passed stamped images
+        "centred-lowpass": {"similarity_threshold": "auto", "psim": "centred", "lowpass": "on"}}
 # BadEncoder settings that differ from the demo's: "weak" stops after one epoch, a backdoor that moves the stamped
 # images' features only part of the way to one point (as on the private real-image check, where the injected
 # trigger took psim from 0.89 to 0.93 only); its clean encoder is the full attack's, copied when it exists

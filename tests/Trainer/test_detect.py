@@ -82,6 +82,19 @@ def test_the_verdict_judges_detect_images_of_the_set(tmp_path, capsys):
     assert out["images"] == 32
 
 
+def test_the_detection_searches_without_the_lowpass_it_was_calibrated_without(tmp_path):
+    from dataclasses import replace
+
+    from INVERSION.inversion import lowpass
+    data, settings = images(32), DetectSettings(psim_threshold=0.99, pl1_threshold=0.06)
+    assert (lowpass(data.x) - data.x).abs().max() > 0.05  # the blur would change what the search sees
+    config = InversionConfig(steps=20, step_cap=20)
+    plain = run_detect(Wrapped(Oracle(True)), data, GTSRB, config, tmp_path / "a", settings=settings)
+    asked = run_detect(Wrapped(Oracle(True)), data, GTSRB, replace(config, lowpass=True), tmp_path / "b",
+                       settings=settings)
+    assert asked["pl1"] == plain["pl1"] and asked["psim"] == plain["psim"]
+
+
 @pytest.mark.parametrize("limit, expected", [(None, True), (1.0, True), (-1.0, None)])
 def test_clean_images_beyond_the_calibration_make_even_a_real_backdoor_inconclusive(tmp_path, limit, expected):
     settings = DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, clean_psim_max=limit)
