@@ -567,7 +567,7 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
         lines.append(f"{short(r):<{w}}" + "".join(
             f"{kind} in sq {_f(_get(r, 'collapse', kind, 'check', 'in_square'), 2)} onto "
             f"{_f(_get(r, 'collapse', kind, 'check', 'onto_injected'), 2)}    " for kind in ENCODERS))
-    for arm in arms:
+    for arm in [a for a in arms if any(a in r for r in rows)]:  # an arm no cell of this table ran gets no block
         lines += ["", f"arm {arm}: {ARMS[arm] or 'the paper flags'}"]
         head = (f"{'cell':<{w}}{'thr':>7}{'clean psim':>11}{'gt psim':>9}{'RECEIVE ACC/ASR':>17}{'NC ACC/ASR':>15}"
                 f"{'round':>6}{'L1':>7}{'in sq':>7}{'onto':>6}  stop")
