@@ -65,7 +65,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lowpass", default=d.lowpass, choices=LOWPASS_CHOICES,
                    help="moth, nc (beyond the paper): on = the search sees the stamped images through a 3x3 blur, "
                         "so a trigger must survive it to collapse the features; scattered single pixels do not, a "
-                        "patch does (docs/ALGORITHMS.md). Off: the paper's search. --phase detect ignores it")
+                        "patch does (docs/ALGORITHMS.md). Off: the paper's search, and the recommended one: on our "
+                        "benchmark on helped where RECEIVE missed and cost accuracy on a held-out family "
+                        "(docs/RESULTS.md). --phase detect ignores it")
     p.add_argument("--monitor_every", type=int, default=d.monitor_every, help="kNN monitor after every N-th batch of an epoch, and once before the first round (0: off)")
     p.add_argument("--detect_psim", default=d.detect_psim,
                    help="--phase detect: mean pairwise cosine (over pairs i != j) the stamped images' features "
