@@ -66,7 +66,7 @@ def build_parser() -> ArgumentParser:
                    help="moth, nc (beyond the paper): on = the search sees the stamped images through a 3x3 blur, "
                         "so a trigger must survive it to collapse the features; scattered single pixels do not, a "
                         "patch does (docs/ALGORITHMS.md). Off: the paper's search, and the recommended one: on our "
-                        "benchmark on helped where RECEIVE missed and cost accuracy on a held-out family "
+                        "benchmark the blur helped where RECEIVE missed and cost accuracy on a held-out family "
                         "(docs/RESULTS.md). --phase detect ignores it")
     p.add_argument("--monitor_every", type=int, default=d.monitor_every, help="kNN monitor after every N-th batch of an epoch, and once before the first round (0: off)")
     p.add_argument("--detect_psim", default=d.detect_psim,

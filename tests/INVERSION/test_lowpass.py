@@ -66,7 +66,7 @@ def test_micro_batched_gradient_with_lowpass_equals_one_batch(micro):
     a, b = logits(8, 4)
     loss, _, _, _ = inversion_loss(backbone, images, a, b, PLAIN, cost=0.01, psim_kind="pairs", lowpass_on=True)
     ga, gb = torch.autograd.grad(loss, (a, b))
-    a2, b2 = (a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True))
+    a2, b2 = a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
     micro_batched_backward(backbone, images, a2, b2, PLAIN, cost=0.01, psim_kind="pairs", micro_batch=micro,
                            lowpass_on=True)
     assert_close64(a2.grad, ga)
@@ -83,16 +83,18 @@ def test_a_round_with_lowpass_finds_another_trigger():
     assert off.reached and on.reached and not torch.equal(off.mask, on.mask)
 
 
-
 def test_main_flag_reaches_the_search():
-    from Trainer.configs import MainConfig
+    from Trainer.configs import MainConfig, config_from_args
     from Trainer.main_flow import inversion_config
     from UTILS.errors import UserError
     from tests.scripts.conftest import load_script
 
     parser = load_script("MAIN.py").build_parser()
     common = ["--pretrained_encoder", "e.pth"]
-    assert inversion_config(MainConfig(**vars(parser.parse_args(common + ["--lowpass", "on"]))).validate()).lowpass
-    assert not inversion_config(MainConfig(**vars(parser.parse_args(common))).validate()).lowpass
+
+    def searched(argv):  # the path MAIN.py takes: parsed flags -> MainConfig -> the inversion's settings
+        return inversion_config(config_from_args(MainConfig, parser.parse_args(argv)).validate())
+
+    assert searched(common + ["--lowpass", "on"]).lowpass and not searched(common).lowpass
     with pytest.raises(UserError, match="--lowpass"):
         parser.parse_args(common + ["--lowpass", "3"])
