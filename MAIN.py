@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import (CALIBRATED_CLEAN_PSIM_MAX, LOWPASS_CHOICES, PSIM_CHOICES, MainConfig, add_amp_flag,
-                             add_asr_flag, add_runtime_flags, config_from_args)
+from Trainer.configs import (CALIBRATED_CLEAN_PSIM_MAX, DETECT_PL1_BY_KIND, DETECT_PSIM_KINDS, LOWPASS_CHOICES,
+                             PSIM_CHOICES, MainConfig, add_amp_flag, add_asr_flag, add_runtime_flags, config_from_args)
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
@@ -74,12 +74,17 @@ def build_parser() -> ArgumentParser:
                         "must reach, as DECREE (a number, e.g. its 0.99), or 'auto' (the default): as far from "
                         "the clean images' own cosine as 0.99 is on the encoders the verdict was calibrated on, "
                         "so that an encoder whose clean images already agree is asked the same collapse")
+    p.add_argument("--detect_psim_kind", default=d.detect_psim_kind, choices=DETECT_PSIM_KINDS,
+                   help="--phase detect: the cosine --detect_psim is on: pairs = DECREE's, of the features as they "
+                        "are; centred = of the features minus the judged clean images' mean feature, so that a "
+                        "direction every image shares (an anisotropic encoder, as CLIP's) counts for nothing "
+                        "(docs/DETECTION.md)")
     p.add_argument("--detect_pl1", type=float, default=d.detect_pl1,
                    help="--phase detect: verdict threshold on the trigger's size PL1 = mask L1 / (H*W); "
-                        "smaller means backdoored (default measured by bench/detect.py; with the default, an "
-                        f"encoder whose clean images' pair cosine is above {CALIBRATED_CLEAN_PSIM_MAX}, beyond the "
-                        "calibration, gets "
-                        "'inconclusive'; a value of your own lifts that limit)")
+                        "smaller means backdoored (default: the value calibrated for --detect_psim_kind, "
+                        + ", ".join(f"{k} {v}" for k, v in DETECT_PL1_BY_KIND.items()) + "; with the pairs "
+                        f"default, an encoder whose clean images' pair cosine is above {CALIBRATED_CLEAN_PSIM_MAX}, "
+                        "beyond the calibration, gets 'inconclusive'; a value of your own lifts that limit)")
     p.add_argument("--detect_images", type=int, default=d.detect_images,
                    help="--phase detect: images of the --data_ratio share the trigger must collapse, the number "
                         "--detect_pl1 was calibrated on (0: all; more images make every trigger larger)")

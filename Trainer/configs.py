@@ -39,6 +39,16 @@ KNN_T = 0.5
 # DETECT_PSIM "auto": DECREE's 0.99, relative to the encoder (INVERSION.relative.DETECT_SHARE); a number: fixed.
 DETECT_PSIM = "auto"
 DETECT_PL1 = 0.055
+# --detect_psim_kind: the cosine the goal is on. "pairs" is DECREE's, on the features as they are; "centred" takes
+# them minus the judged clean images' mean feature (INVERSION.relative.CentredFeatures), so that a direction every
+# image shares (an anisotropic encoder's cone, as CLIP's) counts for nothing and clean images score about 0 on
+# every encoder. Its threshold was set by DETECT_PL1's rule on the tuned families' encoders on disk (synthetic seeds
+# 0-4 rebuilt and lowcontrast resnet18_small, bench/detect_kinds.py): the geometric midpoint between the largest
+# backdoored PL1 (ASR >= 50 %: 0.0261) and the smallest clean one (0.0656), before any held-out encoder was judged
+# with it (docs/DETECTION.md, "Centred").
+DETECT_PSIM_KINDS = ("pairs", "centred")
+DETECT_PSIM_KIND = "pairs"
+DETECT_PL1_BY_KIND = {"pairs": DETECT_PL1, "centred": 0.041}
 # The judged clean images' own pair-mean cosine (the detection's psim before any trigger) on the encoders
 # --detect_pl1's default is known to hold for: 0.57-0.64 over the clean and backdoored encoders of the tuned
 # families (bench/generalise.py: synthetic, lowcontrast; seeds 0-2), 0.65 with a margin. Above it the images
@@ -228,8 +238,20 @@ class MainConfig(Common):
     asr_include_target: bool = False
     amp: bool = False
     detect_psim: float | str = DETECT_PSIM
-    detect_pl1: float = DETECT_PL1
+    detect_psim_kind: str = DETECT_PSIM_KIND
+    detect_pl1: float | None = None  # None: the calibrated default of --detect_psim_kind (DETECT_PL1_BY_KIND)
     detect_images: int = DETECT_IMAGES
+
+    @property
+    def detect_threshold(self) -> float:
+        """The verdict's PL1 threshold: --detect_pl1, or the default calibrated for --detect_psim_kind."""
+        return DETECT_PL1_BY_KIND[self.detect_psim_kind] if self.detect_pl1 is None else self.detect_pl1
+
+    @property
+    def detect_calibrated(self) -> bool:
+        """True when the verdict uses the calibrated threshold of its kind, so our calibration's limits apply (a
+        user's own threshold is their own calibration; the default's value given explicitly counts as the default)."""
+        return self.detect_pl1 is None or self.detect_pl1 == DETECT_PL1_BY_KIND[self.detect_psim_kind]
 
     def validate(self) -> "MainConfig":
         """Every flag of MAIN.py, in one-line errors; returns self."""
@@ -261,7 +283,8 @@ class MainConfig(Common):
         for flag, value in [(f, v) for f, v in cosines if v != "auto"]:
             if not 0 < value <= 1:
                 fail(f"{flag} {value}: expected a cosine similarity in (0, 1]")
-        if not 0 < self.detect_pl1 <= 1:
+        check_choice(self.detect_psim_kind, DETECT_PSIM_KINDS, "--detect_psim_kind")
+        if self.detect_pl1 is not None and not 0 < self.detect_pl1 <= 1:
             fail(f"--detect_pl1 {self.detect_pl1}: expected a share of the image's pixels in (0, 1]")
         check_positive(self.detect_images, "--detect_images", allow_zero=True)
         if self.detect_images == 1:

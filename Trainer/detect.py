@@ -30,7 +30,6 @@ SETTINGS_FILE = "setting-detect.txt"
 # Every file of --phase detect (read by the --overwrite guard, checked by tests/scripts/test_outputs.py)
 OUTPUTS = (Outputs("log_dir", (DETECT_TRIGGER, DETECT_METRICS, DETECT_PICTURE), (SETTINGS_FILE,)),
            Outputs("results_dir"))
-DETECT_PSIM_KIND = "pairs"  # DECREE's threshold is on the mean cosine over pairs i != j
 L1_DEFINITION = "L1 of the per-pixel mask (H, W): one channel, not summed over the 3 colour channels"
 
 
@@ -40,6 +39,7 @@ class DetectSettings:
 
     psim_threshold: float | str   # --detect_psim: a pair-mean cosine, or "auto" (INVERSION.relative.DETECT_SHARE)
     pl1_threshold: float    # --detect_pl1
+    psim_kind: str = "pairs"  # --detect_psim_kind: pairs (DECREE's) or centred (INVERSION.relative.CentredFeatures)
     images: int = 0         # --detect_images: how many images of the set are judged (0: all)
     calibrated_images: int = 0  # how many images --detect_pl1's default was measured on (DETECT_IMAGES)
     off_calibration: tuple[str, ...] = ()  # flags set otherwise than when --detect_pl1's default was measured
@@ -93,8 +93,9 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     """
     data = detection_images(data, settings.images)
     auto = settings.psim_threshold == "auto"  # the same collapse relative to where the clean images already stand
-    # the search the threshold was calibrated with: DECREE's psim, no --lowpass
-    config = replace(config, psim=DETECT_PSIM_KIND, auto_share=DETECT_SHARE if auto else 0.0, lowpass=False,
+    # the search the threshold was calibrated with: the mean cosine over pairs i != j (DECREE's), of the features
+    # as they are or centred (settings.psim_kind), no --lowpass
+    config = replace(config, psim=settings.psim_kind, auto_share=DETECT_SHARE if auto else 0.0, lowpass=False,
                      threshold=config.threshold if auto else settings.psim_threshold)
     done = invert_once(model, data, usage, config, ground_truth, amp=settings.amp, seed=settings.seed,
                        step_seed=settings.step_seed, what="detection", hint="Check the encoder, or lower --init_cost",

@@ -20,7 +20,7 @@ from MODELS.checkpoint import load_checkpoint
 from Trainer.common import (canonical, check_fingerprint, input_record,
                             load_ground_truth, load_stage_encoder, monitor_files, refuse_broken_encoder, remove_outputs,
                             run_fingerprint, start_run, write_settings)
-from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX, DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_PL1, MainConfig
+from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX, DEFAULT_REFERENCE_FILE, DETECT_IMAGES, MainConfig
 from Trainer import detect, moth, nc
 from Trainer.detect import DetectSettings, run_detect
 from Trainer.moth import STATE_FILE, UNSAVED_START_FILES, MothRun
@@ -130,16 +130,10 @@ def run_nc_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
 DETECT_SHAPING = ("re_steps", "re_steps_cap", "init_cost", "detect_psim")
 
 
-def default_threshold(cfg: MainConfig) -> bool:
-    """True when the verdict uses the default --detect_pl1, so our calibration's limits apply (a user's own
-    threshold is their own calibration)."""
-    return cfg.detect_pl1 == DETECT_PL1
-
-
 def off_calibration(cfg: MainConfig) -> tuple[str, ...]:
     """'--flag value (calibrated: default)' for each detection-shaping flag set otherwise than its default,
     when the verdict uses the default --detect_pl1."""
-    if not default_threshold(cfg):
+    if not cfg.detect_calibrated:
         return ()
     default = MainConfig()
     return tuple(f"--{name} {getattr(cfg, name)} (calibrated: {getattr(default, name)})" for name in DETECT_SHAPING
@@ -150,10 +144,13 @@ def run_detect_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     """``--phase detect``: one DECREE-style inversion over the whole set, and the verdict."""
     data, log_dir = inputs.data, inputs.log_dir
     start_one_round(cfg, inputs)
-    settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_pl1,
+    # the clean-cosine limit is the raw cosine's: centred, clean images score about 0 on every encoder
+    limited = cfg.detect_calibrated and cfg.detect_psim_kind == "pairs"
+    settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_threshold,
+                              psim_kind=cfg.detect_psim_kind,
                               images=cfg.detect_images, calibrated_images=DETECT_IMAGES,
                               off_calibration=off_calibration(cfg), amp=cfg.amp,
-                              clean_psim_max=CALIBRATED_CLEAN_PSIM_MAX if default_threshold(cfg) else None,
+                              clean_psim_max=CALIBRATED_CLEAN_PSIM_MAX if limited else None,
                               seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
     return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings=settings,
                       ground_truth=inputs.ground_truth)

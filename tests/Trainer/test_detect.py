@@ -95,6 +95,33 @@ def test_the_detection_searches_without_the_lowpass_it_was_calibrated_without(tm
     assert asked["pl1"] == plain["pl1"] and asked["psim"] == plain["psim"]
 
 
+class Cone(nn.Module):
+    """``backbone``'s features followed by 64 channels of one large constant: every image's feature shares that
+    direction, so unrelated images' raw cosine is high (an anisotropic encoder, as CLIP's)."""
+
+    def __init__(self, backbone: nn.Module, level: float = 6.0) -> None:
+        super().__init__()
+        self.backbone, self.level = backbone, level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x)
+        return torch.cat([f, torch.full((f.shape[0], 64), self.level, dtype=f.dtype)], dim=1)
+
+
+@pytest.mark.parametrize("backdoor", [True, False])
+def test_the_centred_kind_judges_an_anisotropic_encoder_by_what_is_left_of_its_features(tmp_path, backdoor):
+    from INVERSION.inversion import chunk_similarity
+
+    data = images()
+    assert chunk_similarity(Cone(Oracle(False)), data.x, GTSRB, None, "pairs") > 0.9  # the raw cosine: a cone
+    settings = DetectSettings(psim_threshold="auto", pl1_threshold=0.06, psim_kind="centred")
+    out = run_detect(Wrapped(Cone(Oracle(backdoor))), data, GTSRB, InversionConfig(steps=150), tmp_path,
+                     settings=settings)
+    assert out["psim_kind"] == "centred" and abs(out["clean_psim"]) < 0.1  # centred, clean images score about 0
+    assert out["psim_threshold"] == pytest.approx(relative_threshold(out["clean_psim"], 1.0, DETECT_SHARE), rel=1e-5)
+    assert out["backdoored"] is backdoor
+
+
 @pytest.mark.parametrize("limit, expected", [(None, True), (1.0, True), (-1.0, None)])
 def test_clean_images_beyond_the_calibration_make_even_a_real_backdoor_inconclusive(tmp_path, limit, expected):
     settings = DetectSettings(psim_threshold=0.99, pl1_threshold=0.06, clean_psim_max=limit)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from INVERSION.detect import TargetCheck, judge_record
-from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX
+from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX, DETECT_PL1_BY_KIND
 from INVERSION.relative import DETECT_SHARE, relative_threshold
 from tests.scripts.conftest import run_cli
 
@@ -36,9 +36,26 @@ def test_main_phase_detect_through_the_command_line(workspace):
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
-@pytest.mark.parametrize("flag, value", [("--detect_psim", "1.5"), ("--detect_pl1", "0"), ("--phase", "detekt")])
+@pytest.mark.parametrize("flag, value", [("--detect_psim", "1.5"), ("--detect_pl1", "0"), ("--phase", "detekt"),
+                                         ("--detect_psim_kind", "raw")])
 def test_bad_detect_flags_are_one_line_errors(workspace, flag, value):
     proc = run_cli("MAIN.py", ["--phase", "detect", "--pretrained_encoder", "encoder.pth", flag, value,
                                "--log_dir", "logs-bad", "--device", "cpu"], workspace)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and flag in proc.stderr
+
+
+@pytest.mark.parametrize("pl1", [None, "0.041", "0.05"])
+def test_the_centred_kind_has_its_own_threshold_and_no_clean_cosine_limit(workspace, pl1):
+    logs = f"logs-centred-{pl1}"
+    args = ["--phase", "detect", "--detect_psim_kind", "centred", "--model", "tiny", "--pretrained_encoder",
+            "encoder.pth", "--data_ratio", "1.0", "--re_steps", "3", "--re_steps_cap", "3", "--log_dir", logs,
+            "--results_dir", logs, "--monitor_every", "0", "--device", "cpu"]
+    proc = run_cli("MAIN.py", args + (["--detect_pl1", pl1] if pl1 else []), workspace)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((workspace / logs / "detect.json").read_text())
+    assert summary["psim_kind"] == "centred" and abs(summary["clean_psim"]) < 0.2  # centred: about 0
+    assert summary["pl1_threshold"] == (float(pl1) if pl1 else DETECT_PL1_BY_KIND["centred"])
+    # the raw cosine's limit does not apply; a threshold of one's own drops the note on the search's flags
+    assert summary["calibrated_clean_psim_max"] is None and summary["outside_calibration"] is False
+    assert ("--re_steps 3 (calibrated: 300)" in (summary["calibration_note"] or "")) is (pl1 != "0.05")
