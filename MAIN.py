@@ -77,8 +77,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--detect_psim_kind", default=d.detect_psim_kind, choices=DETECT_PSIM_KINDS,
                    help="--phase detect: the cosine --detect_psim is on: pairs = DECREE's, of the features as they "
                         "are; centred = of the features minus the judged clean images' mean feature, so that a "
-                        "direction every image shares (an anisotropic encoder, as CLIP's) counts for nothing "
-                        "(docs/DETECTION.md)")
+                        "direction every image shares (an anisotropic encoder, as CLIP's) counts for nothing. "
+                        "pairs is the default: held out, centred ordered encoders within each family but its "
+                        "threshold did not carry to other families (16 wrong verdicts of 49, pairs 1; "
+                        "docs/DETECTION.md): use it with a --detect_pl1 measured on clean encoders of your own")
     p.add_argument("--detect_pl1", type=float, default=d.detect_pl1,
                    help="--phase detect: verdict threshold on the trigger's size PL1 = mask L1 / (H*W); "
                         "smaller means backdoored (default: the value calibrated for --detect_psim_kind, "

@@ -45,7 +45,8 @@ DETECT_PL1 = 0.055
 # every encoder. Its threshold was set by DETECT_PL1's rule on the tuned families' encoders on disk (synthetic seeds
 # 0-4 rebuilt and lowcontrast resnet18_small, bench/detect_kinds.py): the geometric midpoint between the largest
 # backdoored PL1 (ASR >= 50 %: 0.0261) and the smallest clean one (0.0656), before any held-out encoder was judged
-# with it (docs/DETECTION.md, "Centred").
+# with it (docs/DETECTION.md, "Centred"). Judged then on 49 held-out encoders, it ordered them within each family
+# but gave 16 wrong verdicts (pairs: 1), so pairs stays the default.
 DETECT_PSIM_KINDS = ("pairs", "centred")
 DETECT_PSIM_KIND = "pairs"
 DETECT_PL1_BY_KIND = {"pairs": DETECT_PL1, "centred": 0.041}
