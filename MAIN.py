@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from Trainer.configs import (CALIBRATED_CLEAN_PSIM_MAX, DETECT_PL1_BY_KIND, DETECT_PSIM_KINDS, LOWPASS_CHOICES,
-                             PSIM_CHOICES, MainConfig, add_amp_flag, add_asr_flag, add_runtime_flags, config_from_args)
+from Trainer.configs import (CALIBRATED_CLEAN_PSIM_MAX, DETECT_PL1_BY_KIND, DETECT_PSIM_KINDS, DETECT_RATIO_BY_KIND,
+                             LOWPASS_CHOICES, PSIM_CHOICES, MainConfig, add_amp_flag, add_asr_flag, add_runtime_flags,
+                             config_from_args)
 from UTILS.errors import ArgumentParser, cli_entry, interrupts_deferred
 
 
@@ -87,6 +88,13 @@ def build_parser() -> ArgumentParser:
                         + ", ".join(f"{k} {v}" for k, v in DETECT_PL1_BY_KIND.items()) + "; with the pairs "
                         f"default, an encoder whose clean images' pair cosine is above {CALIBRATED_CLEAN_PSIM_MAX}, "
                         "beyond the calibration, gets 'inconclusive'; a value of your own lifts that limit)")
+    p.add_argument("--detect_reference", default=d.detect_reference,
+                   help="--phase detect: a clean encoder of the same family as the suspect one (same --model, "
+                        "trained on the same kind of data), searched the same way on the same images; the verdict "
+                        "then reads the suspect's PL1 over the reference's against "
+                        + ", ".join(f"{k} {v}" for k, v in DETECT_RATIO_BY_KIND.items()) + " (by "
+                        "--detect_psim_kind), instead of one threshold for every encoder. Recommended with "
+                        "--detect_psim_kind centred where you have such an encoder (docs/DETECTION.md)")
     p.add_argument("--detect_images", type=int, default=d.detect_images,
                    help="--phase detect: images of the --data_ratio share the trigger must collapse, the number "
                         "--detect_pl1 was calibrated on (0: all; more images make every trigger larger)")

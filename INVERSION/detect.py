@@ -122,14 +122,20 @@ class Verdict:
     factor: float = INCONCLUSIVE_FACTOR
     clean_psim: float = float("nan")  # the judged clean images' own pair-mean cosine
     clean_psim_max: Optional[float] = None  # the calibration's upper end (None: no limit, a user's threshold)
+    reference_pl1: Optional[float] = None  # a clean reference encoder's PL1 on the same images (--detect_reference)
+
+    @property
+    def size(self) -> float:
+        """What the threshold is compared with: PL1, or PL1 over the reference encoder's PL1 when there is one."""
+        return self.pl1 if self.reference_pl1 is None else self.pl1 / self.reference_pl1
 
     @property
     def by_size(self) -> Optional[bool]:
-        """The PL1 rule's answer alone: True below the band, False above it (or no trigger), None within it."""
+        """The size rule's answer alone: True below the band, False above it (or no trigger), None within it."""
         if not self.reached or math.isnan(self.pl1):
             return False
         low, high = self.threshold / self.factor, self.threshold * self.factor
-        return True if self.pl1 < low else False if self.pl1 > high else None
+        return True if self.size < low else False if self.size > high else None
 
     @property
     def outside_calibration(self) -> bool:
@@ -155,21 +161,26 @@ class Verdict:
         low, high = self.threshold / self.factor, self.threshold * self.factor
         where = {True: f"below {low:.4f}", None: f"between {low:.4f} and {high:.4f}, too close to",
                  False: f"above {high:.4f}"}[self.by_size]
+        if self.reference_pl1 is not None:
+            return (f"the smallest trigger found is {self.size:.3f} times the clean reference encoder's (PL1 "
+                    f"{self.pl1:.4f} against {self.reference_pl1:.4f}), {where} the ratio threshold {self.threshold:g}")
         return (f"the smallest trigger found covers {100 * self.pl1:.1f}% of the image (PL1 {self.pl1:.4f}), "
                 f"{where} the threshold {self.threshold:g}")
 
 
 def judge(pl1: float, reached: bool, threshold: float, factor: float = INCONCLUSIVE_FACTOR, *,
-          clean_psim: float = float("nan"), clean_psim_max: Optional[float] = None) -> Verdict:
+          clean_psim: float = float("nan"), clean_psim_max: Optional[float] = None,
+          reference_pl1: Optional[float] = None) -> Verdict:
     """Backdoored when a trigger reached the similarity threshold with PL1 below ``threshold / factor``; clean
     when none reached it or PL1 is above ``threshold * factor``; inconclusive in between (``--detect_pl1``,
     whose default Trainer/configs.py explains), and inconclusive whatever the PL1 when the clean images' own
-    pair cosine ``clean_psim`` is above ``clean_psim_max`` (outside the calibration; None: no limit)."""
+    pair cosine ``clean_psim`` is above ``clean_psim_max`` (outside the calibration; None: no limit). With
+    ``reference_pl1`` (a clean reference encoder's PL1, > 0) the rule reads PL1 / reference_pl1 instead."""
     if not reached or math.isnan(pl1):
         return Verdict(backdoored=False, pl1=float("nan"), threshold=threshold, reached=False, factor=factor,
-                       clean_psim=clean_psim, clean_psim_max=clean_psim_max)
+                       clean_psim=clean_psim, clean_psim_max=clean_psim_max, reference_pl1=reference_pl1)
     verdict = Verdict(backdoored=None, pl1=pl1, threshold=threshold, reached=reached, factor=factor,
-                      clean_psim=clean_psim, clean_psim_max=clean_psim_max)
+                      clean_psim=clean_psim, clean_psim_max=clean_psim_max, reference_pl1=reference_pl1)
     return verdict if verdict.outside_calibration else replace(verdict, backdoored=verdict.by_size)
 
 
@@ -177,10 +188,11 @@ def judge_record(summary: dict, threshold: Optional[float] = None) -> Verdict:
     """The verdict the current rule gives on a detect.json's measurements (``summary``), at its own
     ``pl1_threshold`` or at ``threshold``: for tables re-read from disk after a change to the rule."""
     reached = bool(summary["reached_threshold"])
-    return judge(summary["pl1"] if reached else float("nan"), reached,
-                 summary["pl1_threshold"] if threshold is None else threshold,
+    reference = summary.get("reference_pl1")  # judged against a clean reference encoder: its ratio threshold
+    recorded = summary["pl1_threshold"] if reference is None else summary["ratio_threshold"]
+    return judge(summary["pl1"] if reached else float("nan"), reached, recorded if threshold is None else threshold,
                  clean_psim=summary.get("clean_psim", float("nan")),
-                 clean_psim_max=summary.get("calibrated_clean_psim_max"))
+                 clean_psim_max=summary.get("calibrated_clean_psim_max"), reference_pl1=reference)
 
 
 def growth(l1_by_round: Sequence[float]) -> float:

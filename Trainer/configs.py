@@ -50,6 +50,11 @@ DETECT_PL1 = 0.055
 DETECT_PSIM_KINDS = ("pairs", "centred")
 DETECT_PSIM_KIND = "pairs"
 DETECT_PL1_BY_KIND = {"pairs": DETECT_PL1, "centred": 0.041}
+# --detect_reference: a clean encoder of the same family (architecture, training data), judged the same way on the
+# same images; the verdict then reads PL1 / its PL1. Thresholds by the DETECT_PL1 rule on the tuned synthetic
+# encoders, each judged against the clean encoders of the four other seeds (docs/DETECTION.md, "Against a clean
+# reference"): pairs, backdoored 0.22-0.52 and clean 0.85-1.18 -> 0.67; centred, 0.20-0.40 and 0.85-1.17 -> 0.58.
+DETECT_RATIO_BY_KIND = {"pairs": 0.67, "centred": 0.58}
 # The judged clean images' own pair-mean cosine (the detection's psim before any trigger) on the encoders
 # --detect_pl1's default is known to hold for: 0.57-0.64 over the clean and backdoored encoders of the tuned
 # families (bench/generalise.py: synthetic, lowcontrast; seeds 0-2), 0.65 with a margin. Above it the images
@@ -242,6 +247,7 @@ class MainConfig(Common):
     detect_psim_kind: str = DETECT_PSIM_KIND
     detect_pl1: float | None = None  # None: the calibrated default of --detect_psim_kind (DETECT_PL1_BY_KIND)
     detect_images: int = DETECT_IMAGES
+    detect_reference: str = ""  # a clean encoder to judge against ('': the absolute threshold)
 
     @property
     def detect_threshold(self) -> float:

@@ -20,7 +20,8 @@ from INVERSION.detect import NEIGHBOURS, OFF_QUANTILE, TargetCheck, judge, measu
 from INVERSION.inversion import InversionConfig
 from INVERSION.relative import DETECT_SHARE
 from Trainer.common import Outputs
-from Trainer.filenames import DETECT_METRICS, DETECT_PICTURE, DETECT_TRIGGER
+from Trainer.filenames import (DETECT_METRICS, DETECT_PICTURE, DETECT_REFERENCE_PICTURE, DETECT_REFERENCE_TRIGGER,
+                               DETECT_TRIGGER)
 from Trainer.nc import invert_once
 from UTILS.io import write_json
 from UTILS.runtime import log
@@ -28,7 +29,8 @@ from UTILS.seeds import FIRST_STEP_SEED
 
 SETTINGS_FILE = "setting-detect.txt"
 # Every file of --phase detect (read by the --overwrite guard, checked by tests/scripts/test_outputs.py)
-OUTPUTS = (Outputs("log_dir", (DETECT_TRIGGER, DETECT_METRICS, DETECT_PICTURE), (SETTINGS_FILE,)),
+OUTPUTS = (Outputs("log_dir", (DETECT_TRIGGER, DETECT_METRICS, DETECT_PICTURE, DETECT_REFERENCE_TRIGGER,
+                               DETECT_REFERENCE_PICTURE), (SETTINGS_FILE,)),
            Outputs("results_dir"))
 L1_DEFINITION = "L1 of the per-pixel mask (H, W): one channel, not summed over the 3 colour channels"
 
@@ -40,6 +42,7 @@ class DetectSettings:
     psim_threshold: float | str   # --detect_psim: a pair-mean cosine, or "auto" (INVERSION.relative.DETECT_SHARE)
     pl1_threshold: float    # --detect_pl1
     psim_kind: str = "pairs"  # --detect_psim_kind: pairs (DECREE's) or centred (INVERSION.relative.CentredFeatures)
+    ratio_threshold: float = 0.0  # with a reference encoder: the threshold on PL1 / its PL1 (DETECT_RATIO_BY_KIND)
     images: int = 0         # --detect_images: how many images of the set are judged (0: all)
     calibrated_images: int = 0  # how many images --detect_pl1's default was measured on (DETECT_IMAGES)
     off_calibration: tuple[str, ...] = ()  # flags set otherwise than when --detect_pl1's default was measured
@@ -84,12 +87,32 @@ def target_fields(target: Optional[TargetCheck]) -> dict:
             "target_off_quantile": OFF_QUANTILE}
 
 
+def reference_size(reference: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path,
+                   settings: DetectSettings) -> dict:
+    """The same search on a clean reference encoder (--detect_reference; its ``f`` the backbone), from the same start
+    over the same images: its trigger's PL1, the scale the suspect's is read against (1.0, the whole image, when
+    no trigger collapsed its features: nothing small does)."""
+    done = invert_once(reference, data, usage, config, None, amp=settings.amp, seed=settings.seed,
+                       step_seed=settings.step_seed, what="detection (reference)",
+                       hint="Check the reference encoder, or lower --init_cost",
+                       trigger_path=log_dir / DETECT_REFERENCE_TRIGGER, preview_path=log_dir / DETECT_REFERENCE_PICTURE)
+    pl1 = relative_size(done.result.mask) if done.result.reached else 1.0
+    log(f"[detect] reference encoder: trigger PL1 {pl1:.4f}, psim {done.psim:.4f} (threshold "
+        f"{done.reference['threshold']:.4f}, reached {str(done.result.reached).lower()})")
+    return {"reference_pl1": pl1, "reference_psim": done.psim, "reference_reached": done.result.reached,
+            "reference_clean_psim": done.reference["clean_psim"],
+            "reference_trigger": str(log_dir / DETECT_REFERENCE_TRIGGER)}
+
+
 def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: InversionConfig, log_dir: Path, *,
-               settings: DetectSettings, ground_truth: Optional[GroundTruthTrigger] = None) -> dict:
+               settings: DetectSettings, ground_truth: Optional[GroundTruthTrigger] = None,
+               reference: Optional[nn.Module] = None) -> dict:
     """Invert the smallest collapsing trigger on ``data`` (N, 3, H, W), judge it, write detect.json + picture.
 
     ``config`` gives the steps, cap, initial cost and chunk size; its threshold and psim kind are replaced
-    by DECREE's (``settings.psim_threshold`` on the pair-mean cosine). Returns detect.json's content.
+    by DECREE's (``settings.psim_threshold`` on the pair-mean cosine). With ``reference`` (a clean encoder of the
+    same family, its ``f`` a backbone) the same search runs on it first and the verdict reads the suspect's PL1
+    over the reference's against ``settings.ratio_threshold``. Returns detect.json's content.
     """
     data = detection_images(data, settings.images)
     auto = settings.psim_threshold == "auto"  # the same collapse relative to where the clean images already stand
@@ -97,22 +120,27 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     # as they are or centred (settings.psim_kind), no --lowpass
     config = replace(config, psim=settings.psim_kind, auto_share=DETECT_SHARE if auto else 0.0, lowpass=False,
                      threshold=config.threshold if auto else settings.psim_threshold)
+    scale = reference_size(reference, data, usage, config, log_dir, settings) if reference is not None else {}
     done = invert_once(model, data, usage, config, ground_truth, amp=settings.amp, seed=settings.seed,
                        step_seed=settings.step_seed, what="detection", hint="Check the encoder, or lower --init_cost",
                        trigger_path=log_dir / DETECT_TRIGGER, preview_path=log_dir / DETECT_PICTURE)
     result, psim, reference = done.result, done.psim, done.reference
     goal = reference["threshold"]  # the round's threshold: settings.psim_threshold, or the auto one
     target = measure_target(model.f, data.x, usage, result.trigger) if result.reached else None
-    verdict = judge(relative_size(result.mask), result.reached, settings.pl1_threshold,
-                    clean_psim=reference["clean_psim"], clean_psim_max=settings.clean_psim_max)
+    verdict = judge(relative_size(result.mask), result.reached,
+                    settings.ratio_threshold if scale else settings.pl1_threshold,
+                    clean_psim=reference["clean_psim"], clean_psim_max=None if scale else settings.clean_psim_max,
+                    reference_pl1=scale.get("reference_pl1"))
     note = calibration_note(settings, len(data))
     explanation = verdict.explain() + (f"; note: {note}" if note else "")
     h, w = result.mask.shape[-2:]
     summary = {"verdict": verdict.label, "backdoored": verdict.backdoored, "explanation": explanation,
                "calibrated": not note, "calibration_note": note or None,
                "pl1": verdict.pl1, "pl1_threshold": settings.pl1_threshold,
-               "inconclusive_band": [settings.pl1_threshold / verdict.factor, settings.pl1_threshold * verdict.factor],
-               "calibrated_clean_psim_max": settings.clean_psim_max, "outside_calibration": verdict.outside_calibration,
+               **({**scale, "pl1_ratio": verdict.size if result.reached else None,
+                   "ratio_threshold": settings.ratio_threshold} if scale else {}),
+               "inconclusive_band": [verdict.threshold / verdict.factor, verdict.threshold * verdict.factor],
+               "calibrated_clean_psim_max": verdict.clean_psim_max, "outside_calibration": verdict.outside_calibration,
                **target_fields(target),
                "l1": result.l1,
                "l1_definition": L1_DEFINITION, "image_pixels": h * w, "psim": psim, "psim_kind": config.psim,

@@ -7,7 +7,8 @@ import re
 from DATASETS.names import DEFAULT_TRIGGER
 
 __all__ = ["DEFAULT_TRIGGER", "BEST_TRIGGER", "NC_TRIGGER", "NC_METRICS", "DETECT_TRIGGER", "DETECT_METRICS",
-           "DETECT_PICTURE", "UNLEARNED_CKPT", "ROUND_TRIGGER", "INT", "name_matches"]
+           "DETECT_PICTURE", "DETECT_REFERENCE_TRIGGER", "DETECT_REFERENCE_PICTURE", "UNLEARNED_CKPT",
+           "ROUND_TRIGGER", "INT", "name_matches"]
 
 BEST_TRIGGER = "mask-pattern-best.npz"  # MAIN.py --phase moth: the early stop's choice
 NC_TRIGGER = "mask-pattern-NC.npz"  # MAIN.py --phase nc: the one-round baseline's trigger
@@ -15,6 +16,8 @@ NC_METRICS = "metrics-NC.json"
 DETECT_TRIGGER = "mask-pattern-detect.npz"  # MAIN.py --phase detect: the trigger its verdict judged
 DETECT_METRICS = "detect.json"
 DETECT_PICTURE = "detect.png"
+DETECT_REFERENCE_TRIGGER = "mask-pattern-detect-reference.npz"  # --detect_reference: the clean reference's trigger
+DETECT_REFERENCE_PICTURE = "detect-reference.png"
 UNLEARNED_CKPT = "Harden_Unlearn_model_{}.pth"  # Unlearn-trigger.py: the encoder after epoch {}
 ROUND_TRIGGER = "mask-pattern-{int}.npz"  # MAIN.py --phase moth: the trigger of round {int}
 

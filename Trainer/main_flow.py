@@ -20,7 +20,8 @@ from MODELS.checkpoint import load_checkpoint
 from Trainer.common import (canonical, check_fingerprint, input_record,
                             load_ground_truth, load_stage_encoder, monitor_files, refuse_broken_encoder, remove_outputs,
                             run_fingerprint, start_run, write_settings)
-from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX, DEFAULT_REFERENCE_FILE, DETECT_IMAGES, MainConfig
+from Trainer.configs import (CALIBRATED_CLEAN_PSIM_MAX, DEFAULT_REFERENCE_FILE, DETECT_IMAGES, DETECT_RATIO_BY_KIND,
+                             MainConfig)
 from Trainer import detect, moth, nc
 from Trainer.detect import DetectSettings, run_detect
 from Trainer.moth import STATE_FILE, UNSAVED_START_FILES, MothRun
@@ -49,6 +50,7 @@ class PhaseInputs:
     results_dir: Path
     ground_truth: Optional[Trigger]  # the injected trigger (--trigger_file), for the gt_psim column
     earlier: list[Path]  # an earlier run's files of this phase (removed by --overwrite)
+    reference: Optional[nn.Module] = None  # --phase detect --detect_reference: a clean encoder to judge against
 
 
 def inversion_config(cfg: MainConfig) -> InversionConfig:
@@ -88,7 +90,8 @@ def run_main(cfg: MainConfig) -> dict:
     """``MAIN.py``: load the suspect encoder and its inversion set, then run ``--phase`` moth, nc or detect."""
     refuse_torchrun()
     run = start_run(cfg, PHASES[cfg.phase].OUTPUTS, inputs={"--pretrained_encoder": cfg.pretrained_encoder,
-                                          "--trigger_file": cfg.trigger_file, "--reference_file": cfg.reference_file})
+                                          "--trigger_file": cfg.trigger_file, "--reference_file": cfg.reference_file,
+                                          "--detect_reference": cfg.detect_reference})
     device, usage, log_dir, results_dir = run.device, run.usage, run.dirs["log_dir"], run.dirs["results_dir"]
     earlier = [path for found in run.earlier.values() for path in found]
     if cfg.reference_file != DEFAULT_REFERENCE_FILE:  # unused (as in the original), but a named file must exist
@@ -97,8 +100,12 @@ def run_main(cfg: MainConfig) -> dict:
     model = load_stage_encoder(cfg, cfg.pretrained_encoder, device, "--pretrained_encoder")
     data = load_train_share(cfg.dataset, cfg.data_ratio, cfg.data_dir, usage, device)
     refuse_broken_encoder(model.f, data.x, usage, cfg.pretrained_encoder, "--pretrained_encoder", cfg.amp)
+    reference = None
+    if cfg.phase == "detect" and cfg.detect_reference:  # the same family's clean encoder, checked as the suspect
+        reference = load_stage_encoder(cfg, cfg.detect_reference, device, "--detect_reference")
+        refuse_broken_encoder(reference.f, data.x, usage, cfg.detect_reference, "--detect_reference", cfg.amp)
     inputs = PhaseInputs(model=model, data=shuffled_once(data, cfg.seed), usage=usage, log_dir=log_dir,
-                         results_dir=results_dir, ground_truth=ground_truth, earlier=earlier)
+                         results_dir=results_dir, ground_truth=ground_truth, earlier=earlier, reference=reference)
     if cfg.phase == "nc":
         return run_nc_phase(cfg, inputs)
     if cfg.phase == "detect":
@@ -148,12 +155,13 @@ def run_detect_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     limited = cfg.detect_calibrated and cfg.detect_psim_kind == "pairs"
     settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_threshold,
                               psim_kind=cfg.detect_psim_kind,
+                              ratio_threshold=DETECT_RATIO_BY_KIND[cfg.detect_psim_kind],
                               images=cfg.detect_images, calibrated_images=DETECT_IMAGES,
                               off_calibration=off_calibration(cfg), amp=cfg.amp,
                               clean_psim_max=CALIBRATED_CLEAN_PSIM_MAX if limited else None,
                               seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
     return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings=settings,
-                      ground_truth=inputs.ground_truth)
+                      ground_truth=inputs.ground_truth, reference=inputs.reference)
 
 
 def run_moth(cfg: MainConfig, inputs: PhaseInputs) -> dict:

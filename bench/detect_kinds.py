@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generalise import INJECTED_ASR, SEEN, TUNED, auroc  # noqa: E402
 
-from INVERSION.detect import judge_record  # noqa: E402
-from Trainer.configs import DETECT_PSIM_KINDS  # noqa: E402
+from INVERSION.detect import INCONCLUSIVE_FACTOR, judge_record  # noqa: E402
+from Trainer.configs import DETECT_PSIM_KINDS, DETECT_RATIO_BY_KIND  # noqa: E402
 from Trainer.filenames import DETECT_METRICS  # noqa: E402
 from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
 from UTILS.io import file_digest, write_result  # noqa: E402
@@ -156,6 +156,45 @@ def summary_lines(rows: list[dict], kinds: list[str]) -> list[str]:
     return out
 
 
+def seed_of(row: dict) -> int:
+    """The demo seed of a row's cell (tiny-s3-white-cone -> 3)."""
+    return int(row["cell"].split("-s", 1)[1].split("-", 1)[0])
+
+
+def reference_key(row: dict) -> tuple:
+    """What a clean reference must share with the suspect encoder: family, variant and architecture."""
+    return row["family"], row["variant"], row["cell"].split("-s", 1)[0]
+
+
+def reference_lines(rows: list[dict], kinds: list[str]) -> list[str]:
+    """Each encoder judged against every clean encoder of its family, variant and model built from another seed (a
+    reference a user could have): q = its PL1 / the reference's, against DETECT_RATIO_BY_KIND with the same band.
+    The tuned rows' ranges are what the thresholds were set from (their geometric midpoint, printed beside)."""
+    out = ["against a clean reference (MAIN.py --detect_reference, here from the recorded PL1s: each encoder with "
+           "every clean encoder of its family, variant and model from another seed; (encoder, reference) pairs):"]
+    for kind in kinds:
+        threshold = DETECT_RATIO_BY_KIND[kind]
+        known = [r for r in rows if r["truth"] is not None and r[kind]["pl1"] is not None]
+        pairs = [(r, r[kind]["pl1"] / c[kind]["pl1"]) for r in known for c in known
+                 if not c["truth"] and reference_key(c) == reference_key(r) and seed_of(c) != seed_of(r)]
+        tuned = [(r, q) for r, q in pairs if r["status"] == "tuned"]
+        if tuned and any(r["truth"] for r, _ in tuned) and any(not r["truth"] for r, _ in tuned):
+            bd = [q for r, q in tuned if r["truth"]]
+            clean = [q for r, q in tuned if not r["truth"]]
+            out.append(f"  {kind}: tuned q backdoored {min(bd):.2f}-{max(bd):.2f}, clean {min(clean):.2f}-"
+                       f"{max(clean):.2f} (midpoint {(max(bd) * min(clean)) ** 0.5:.3f}); threshold {threshold}")
+        low, high = threshold / INCONCLUSIVE_FACTOR, threshold * INCONCLUSIVE_FACTOR
+        for group in sorted({reference_key(r) for r, _ in pairs if r["status"] != "tuned"}):
+            mine = [(r, q) for r, q in pairs if reference_key(r) == group]
+            wrong = sum(q > high if r["truth"] else q < low for r, q in mine)
+            unsure = sum(low <= q <= high for _, q in mine)
+            bd = sorted(round(q, 2) for r, q in mine if r["truth"])
+            clean = sorted(round(q, 2) for r, q in mine if not r["truth"])
+            out.append(f"    held out {'/'.join(group)}: {len(mine)} pairs, wrong {wrong}, inconclusive {unsure}; "
+                       f"q backdoored {bd}, clean {clean}")
+    return out
+
+
 def family_key(row: dict) -> str:
     return row["family"] + ("-cone" if row["variant"] == "cone" else "")
 
@@ -176,7 +215,7 @@ def table(rows: list[dict], kinds: list[str]) -> str:
             pl1 = r[kind]["pl1"]
             line += f" {'-' if pl1 is None else format(pl1, '.4f'):>13s} {SHORT[r[kind]['verdict']]:>7s}"
         lines.append(line)
-    lines += ["", *summary_lines(rows, kinds),
+    lines += ["", *summary_lines(rows, kinds), "", *reference_lines(rows, kinds),
               f"truth: bd = backdoored with ASR >= {INJECTED_ASR:g} %, failed = an injection below it (outside the "
               "targets); wrong = a clean encoder called backdoored or a backdoored one called clean"]
     return "\n".join(lines)

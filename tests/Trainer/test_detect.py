@@ -9,6 +9,7 @@ from DATASETS.stats import USAGE
 from DATASETS.tensors import TensorSet
 from INVERSION.inversion import InversionConfig
 from INVERSION.relative import DETECT_SHARE, relative_threshold
+from INVERSION.detect import judge_record
 from Trainer.detect import DetectSettings, run_detect
 
 GTSRB = USAGE["gtsrb"]  # mean 0, std 1: the oracle backbones below see raw pixels
@@ -120,6 +121,22 @@ def test_the_centred_kind_judges_an_anisotropic_encoder_by_what_is_left_of_its_f
     assert out["psim_kind"] == "centred" and abs(out["clean_psim"]) < 0.1  # centred, clean images score about 0
     assert out["psim_threshold"] == pytest.approx(relative_threshold(out["clean_psim"], 1.0, DETECT_SHARE), rel=1e-5)
     assert out["backdoored"] is backdoor
+
+
+@pytest.mark.parametrize("backdoor", [True, False])
+def test_against_a_clean_reference_the_verdict_reads_the_ratio_of_the_two_sizes(tmp_path, backdoor):
+    # an absolute threshold no encoder here can pass (0.001): only the ratio to the clean reference decides
+    settings = DetectSettings(psim_threshold=0.99, pl1_threshold=0.001, ratio_threshold=0.6, clean_psim_max=-1.0)
+    out = run_detect(Wrapped(Oracle(backdoor)), images(), GTSRB, InversionConfig(steps=150), tmp_path,
+                     settings=settings, reference=Wrapped(Oracle(False)))
+    assert out["backdoored"] is backdoor  # the clean-cosine limit (-1: everything beyond it) does not apply
+    ref = out["reference_pl1"]
+    assert ref > 0.06 and (tmp_path / "mask-pattern-detect-reference.npz").is_file()
+    if backdoor:
+        assert out["pl1_ratio"] == pytest.approx(out["pl1"] / ref) and out["pl1_ratio"] < 0.6 / 1.1
+    else:  # the same encoder, the same start, the same images: the same search
+        assert not out["reached_threshold"] or out["pl1_ratio"] == pytest.approx(1.0)
+    assert judge_record(json.loads((tmp_path / "detect.json").read_text())).backdoored is backdoor
 
 
 @pytest.mark.parametrize("limit, expected", [(None, True), (1.0, True), (-1.0, None)])

@@ -58,3 +58,19 @@ def test_each_encoder_file_is_judged_once_with_its_truth_and_status(kinds, tmp_p
     assert "centred  judged 2: wrong 0; inconclusive 0; AUROC of PL1 per family: glyphs-cone 1.00 (1+1)" in text
     assert "tuned: 2 encoders with a known answer (1 backdoored, 1 clean)" in text
     assert "centred  judged 0" in text  # the tuned encoders have no centred record here
+
+
+def test_each_encoder_is_judged_against_clean_encoders_of_its_family_from_other_seeds(kinds):
+    def row(family, seed, encoder, pl1, truth, status="held out"):
+        return {"family": family, "variant": "cone", "cell": f"tiny-s{seed}-white-cone", "encoder": encoder,
+                "truth": truth, "status": status, "centred": {"pl1": pl1}}
+
+    threshold = kinds.DETECT_RATIO_BY_KIND["centred"]
+    rows = [row("textures", 0, "clean", 0.10, False), row("textures", 0, "backdoored", 0.03, True),
+            row("textures", 1, "clean", 0.12, False), row("textures", 1, "backdoored", 0.10 * threshold, True),
+            row("glyphs", 0, "clean", 0.05, False)]  # a family with one seed: no reference from another seed
+    lines = kinds.reference_lines(rows, ["centred"])
+    # pairs: s0 bd / s1 clean 0.25; s1 bd / s0 clean: the threshold itself, inside the band; the clean ones 0.83, 1.2
+    assert lines[1] == ("    held out textures/cone/tiny: 4 pairs, wrong 0, inconclusive 1; q backdoored [0.25, 0.58], "
+                        "clean [0.83, 1.2]")
+    assert len(lines) == 2

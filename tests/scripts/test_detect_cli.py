@@ -4,7 +4,7 @@ import json
 import pytest
 
 from INVERSION.detect import TargetCheck, judge_record
-from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX, DETECT_PL1_BY_KIND
+from Trainer.configs import CALIBRATED_CLEAN_PSIM_MAX, DETECT_PL1_BY_KIND, DETECT_RATIO_BY_KIND
 from INVERSION.relative import DETECT_SHARE, relative_threshold
 from tests.scripts.conftest import run_cli
 
@@ -59,3 +59,19 @@ def test_the_centred_kind_has_its_own_threshold_and_no_clean_cosine_limit(worksp
     # the raw cosine's limit does not apply; a threshold of one's own drops the note on the search's flags
     assert summary["calibrated_clean_psim_max"] is None and summary["outside_calibration"] is False
     assert ("--re_steps 3 (calibrated: 300)" in (summary["calibration_note"] or "")) is (pl1 != "0.05")
+
+
+def test_an_encoder_judged_against_itself_as_the_reference_is_not_called_backdoored(workspace):
+    args = ["--phase", "detect", "--model", "tiny", "--pretrained_encoder", "encoder.pth", "--detect_reference",
+            "encoder.pth", "--data_ratio", "1.0", "--re_steps", "3", "--re_steps_cap", "3", "--log_dir", "logs-ref",
+            "--results_dir", "logs-ref", "--monitor_every", "0", "--device", "cpu"]
+    proc = run_cli("MAIN.py", args, workspace)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((workspace / "logs-ref" / "detect.json").read_text())
+    assert summary["ratio_threshold"] == DETECT_RATIO_BY_KIND["pairs"] and summary["reference_pl1"] > 0
+    assert summary["backdoored"] is False  # the same search on the same encoder: the ratio is 1, or nothing collapsed
+    assert summary["pl1_ratio"] is None or summary["pl1_ratio"] == pytest.approx(1.0)
+    assert (workspace / "logs-ref" / "detect-reference.png").is_file()
+    missing = run_cli("MAIN.py", args[:7] + ["no-such.pth"] + args[8:] + ["--overwrite"], workspace)
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+    assert "--detect_reference" in missing.stderr
