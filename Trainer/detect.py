@@ -124,12 +124,12 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     done = invert_once(model, data, usage, config, ground_truth, amp=settings.amp, seed=settings.seed,
                        step_seed=settings.step_seed, what="detection", hint="Check the encoder, or lower --init_cost",
                        trigger_path=log_dir / DETECT_TRIGGER, preview_path=log_dir / DETECT_PICTURE)
-    result, psim, reference = done.result, done.psim, done.reference
-    goal = reference["threshold"]  # the round's threshold: settings.psim_threshold, or the auto one
+    result, psim, sims = done.result, done.psim, done.reference
+    goal = sims["threshold"]  # the round's threshold: settings.psim_threshold, or the auto one
     target = measure_target(model.f, data.x, usage, result.trigger) if result.reached else None
     verdict = judge(relative_size(result.mask), result.reached,
                     settings.ratio_threshold if scale else settings.pl1_threshold,
-                    clean_psim=reference["clean_psim"], clean_psim_max=None if scale else settings.clean_psim_max,
+                    clean_psim=sims["clean_psim"], clean_psim_max=None if scale else settings.clean_psim_max,
                     reference_pl1=scale.get("reference_pl1"))
     note = calibration_note(settings, len(data))
     explanation = verdict.explain() + (f"; note: {note}" if note else "")
@@ -146,8 +146,8 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
                "l1_definition": L1_DEFINITION, "image_pixels": h * w, "psim": psim, "psim_kind": config.psim,
                "psim_threshold": goal, "psim_threshold_rule": "auto" if auto else "fixed",
                "reached_threshold": result.reached,
-               "steps": result.steps, "images": len(data), "clean_psim": reference["clean_psim"],
-               "gt_psim": reference["gt_psim"], "trigger": str(log_dir / DETECT_TRIGGER),
+               "steps": result.steps, "images": len(data), "clean_psim": sims["clean_psim"],
+               "gt_psim": sims["gt_psim"], "trigger": str(log_dir / DETECT_TRIGGER),
                "picture": str(log_dir / DETECT_PICTURE)}
     if ground_truth is not None:
         summary["gt_pl1"] = relative_size(ground_truth.mask)
