@@ -258,7 +258,7 @@ class MainConfig(Common):
     def detect_calibrated(self) -> bool:
         """True when the verdict uses the calibrated threshold of its kind, so our calibration's limits apply (a
         user's own threshold is their own calibration; the default's value given explicitly counts as the default)."""
-        return self.detect_pl1 is None or self.detect_pl1 == DETECT_PL1_BY_KIND[self.detect_psim_kind]
+        return self.detect_threshold == DETECT_PL1_BY_KIND[self.detect_psim_kind]
 
     def validate(self) -> "MainConfig":
         """Every flag of MAIN.py, in one-line errors; returns self."""

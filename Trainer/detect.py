@@ -46,7 +46,9 @@ class DetectSettings:
     images: int = 0         # --detect_images: how many images of the set are judged (0: all)
     calibrated_images: int = 0  # how many images --detect_pl1's default was measured on (DETECT_IMAGES)
     off_calibration: tuple[str, ...] = ()  # flags set otherwise than when --detect_pl1's default was measured
-    clean_psim_max: Optional[float] = None  # above this clean pair cosine the verdict is inconclusive (None: no limit)
+    # above this clean pair cosine the verdict is inconclusive (None: no limit); it applies to the pairs kind judged
+    # against the absolute threshold only (run_detect)
+    clean_psim_max: Optional[float] = None
     amp: bool = False
     seed: int = 0           # draws the random start
     step_seed: int = FIRST_STEP_SEED
@@ -127,9 +129,12 @@ def run_detect(model: nn.Module, data: TensorSet, usage: UsageInfo, config: Inve
     result, psim, sims = done.result, done.psim, done.reference
     goal = sims["threshold"]  # the round's threshold: settings.psim_threshold, or the auto one
     target = measure_target(model.f, data.x, usage, result.trigger) if result.reached else None
+    # the clean-cosine limit is the raw cosine's, for the absolute threshold: centred, clean images score about 0
+    # on every encoder; against a reference, the reference carries the family's scale
+    limited = settings.psim_kind == "pairs" and not scale
     verdict = judge(relative_size(result.mask), result.reached,
                     settings.ratio_threshold if scale else settings.pl1_threshold,
-                    clean_psim=sims["clean_psim"], clean_psim_max=None if scale else settings.clean_psim_max,
+                    clean_psim=sims["clean_psim"], clean_psim_max=settings.clean_psim_max if limited else None,
                     reference_pl1=scale.get("reference_pl1"))
     note = calibration_note(settings, len(data))
     explanation = verdict.explain() + (f"; note: {note}" if note else "")

@@ -151,14 +151,12 @@ def run_detect_phase(cfg: MainConfig, inputs: PhaseInputs) -> dict:
     """``--phase detect``: one DECREE-style inversion over the whole set, and the verdict."""
     data, log_dir = inputs.data, inputs.log_dir
     start_one_round(cfg, inputs)
-    # the clean-cosine limit is the raw cosine's: centred, clean images score about 0 on every encoder
-    limited = cfg.detect_calibrated and cfg.detect_psim_kind == "pairs"
     settings = DetectSettings(psim_threshold=cfg.detect_psim, pl1_threshold=cfg.detect_threshold,
                               psim_kind=cfg.detect_psim_kind,
                               ratio_threshold=DETECT_RATIO_BY_KIND[cfg.detect_psim_kind],
                               images=cfg.detect_images, calibrated_images=DETECT_IMAGES,
                               off_calibration=off_calibration(cfg), amp=cfg.amp,
-                              clean_psim_max=CALIBRATED_CLEAN_PSIM_MAX if limited else None,
+                              clean_psim_max=CALIBRATED_CLEAN_PSIM_MAX if cfg.detect_calibrated else None,
                               seed=random_start_seed(cfg.seed), step_seed=first_step_seed(cfg.seed))
     return run_detect(inputs.model, data, inputs.usage, inversion_config(cfg), log_dir, settings=settings,
                       ground_truth=inputs.ground_truth, reference=inputs.reference)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generalise import INJECTED_ASR, SEEN, TUNED, auroc  # noqa: E402
 
-from INVERSION.detect import INCONCLUSIVE_FACTOR, judge_record  # noqa: E402
+from INVERSION.detect import judge as judge_size, judge_record  # noqa: E402
 from Trainer.configs import DETECT_PSIM_KINDS, DETECT_RATIO_BY_KIND  # noqa: E402
 from Trainer.filenames import DETECT_METRICS  # noqa: E402
 from UTILS.errors import ArgumentParser, cli_entry, fail  # noqa: E402
@@ -168,7 +168,7 @@ def reference_key(row: dict) -> tuple:
 
 def reference_lines(rows: list[dict], kinds: list[str]) -> list[str]:
     """Each encoder judged against every clean encoder of its family, variant and model built from another seed (a
-    reference a user could have): q = its PL1 / the reference's, against DETECT_RATIO_BY_KIND with the same band.
+    reference a user could have): q = its PL1 / the reference's, against DETECT_RATIO_BY_KIND by the check's own rule (INVERSION.detect.judge).
     The tuned rows' ranges are what the thresholds were set from (their geometric midpoint, printed beside)."""
     out = ["against a clean reference (MAIN.py --detect_reference, here from the recorded PL1s: each encoder with "
            "every clean encoder of its family, variant and model from another seed; (encoder, reference) pairs):"]
@@ -183,11 +183,11 @@ def reference_lines(rows: list[dict], kinds: list[str]) -> list[str]:
             clean = [q for r, q in tuned if not r["truth"]]
             out.append(f"  {kind}: tuned q backdoored {min(bd):.2f}-{max(bd):.2f}, clean {min(clean):.2f}-"
                        f"{max(clean):.2f} (midpoint {(max(bd) * min(clean)) ** 0.5:.3f}); threshold {threshold}")
-        low, high = threshold / INCONCLUSIVE_FACTOR, threshold * INCONCLUSIVE_FACTOR
         for group in sorted({reference_key(r) for r, _ in pairs if r["status"] != "tuned"}):
             mine = [(r, q) for r, q in pairs if reference_key(r) == group]
-            wrong = sum(q > high if r["truth"] else q < low for r, q in mine)
-            unsure = sum(low <= q <= high for _, q in mine)
+            answers = [(r["truth"], judge_size(q, True, threshold).backdoored) for r, q in mine]  # the tool's band rule
+            wrong = sum(answer is (not truth) for truth, answer in answers)
+            unsure = sum(answer is None for _, answer in answers)
             bd = sorted(round(q, 2) for r, q in mine if r["truth"])
             clean = sorted(round(q, 2) for r, q in mine if not r["truth"])
             out.append(f"    held out {'/'.join(group)}: {len(mine)} pairs, wrong {wrong}, inconclusive {unsure}; "
