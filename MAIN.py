@@ -93,9 +93,9 @@ def build_parser() -> ArgumentParser:
                         "trained on the same kind of data), searched the same way on the same images; the verdict "
                         "then reads the suspect's PL1 over the reference's against "
                         + ", ".join(f"{k} {v}" for k, v in DETECT_RATIO_BY_KIND.items()) + " (by "
-                        "--detect_psim_kind), instead of one threshold for every encoder. Use it with "
-                        "--detect_psim_kind centred; it read anisotropic encoders the default cannot, but missed "
-                        "slow, partial backdoors (docs/DETECTION.md)")
+                        "--detect_psim_kind), instead of one threshold for every encoder. With --detect_psim_kind "
+                        "centred it read anisotropic encoders the default cannot, but missed slow, partial "
+                        "backdoors that the pairs kind read right (docs/DETECTION.md)")
     p.add_argument("--detect_images", type=int, default=d.detect_images,
                    help="--phase detect: images of the --data_ratio share the trigger must collapse, the number "
                         "--detect_pl1 was calibrated on (0: all; more images make every trigger larger)")
