@@ -12,7 +12,8 @@ from UTILS.errors import fail
 
 # <run>/eval/<folder> of each encoder the demo evaluates
 REPORT_FILE = "report.md"  # the report's text, in <run>/report
-EVAL_DIRS = {"clean": "clean", "backdoored": "backdoored", "RECEIVE": "receive", "NC baseline": "nc"}
+EVAL_DIRS = {"clean": "clean", "backdoored": "backdoored", "RECEIVE": "receive", "NC baseline": "nc",
+             "hardened": "hardened"}  # hardened: the encoder MAIN.py --phase moth hardened, as it is
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from DATASETS.names import DEFAULT_TRIGGER
 
 __all__ = ["DEFAULT_TRIGGER", "BEST_TRIGGER", "NC_TRIGGER", "NC_METRICS", "DETECT_TRIGGER", "DETECT_METRICS",
            "DETECT_PICTURE", "DETECT_REFERENCE_TRIGGER", "DETECT_REFERENCE_PICTURE", "UNLEARNED_CKPT",
-           "ROUND_TRIGGER", "INT", "name_matches"]
+           "ROUND_TRIGGER", "HARDENED_CKPT", "INT", "name_matches"]
 
 BEST_TRIGGER = "mask-pattern-best.npz"  # MAIN.py --phase moth: the early stop's choice
 NC_TRIGGER = "mask-pattern-NC.npz"  # MAIN.py --phase nc: the one-round baseline's trigger
@@ -20,6 +20,7 @@ DETECT_REFERENCE_TRIGGER = "mask-pattern-detect-reference.npz"  # --detect_refer
 DETECT_REFERENCE_PICTURE = "detect-reference.png"
 UNLEARNED_CKPT = "Harden_Unlearn_model_{}.pth"  # Unlearn-trigger.py: the encoder after epoch {}
 ROUND_TRIGGER = "mask-pattern-{int}.npz"  # MAIN.py --phase moth: the trigger of round {int}
+HARDENED_CKPT = "Harden_model_{int}.pth"  # MAIN.py --phase moth: the hardened encoder after epoch {int}
 
 
 INT = "{int}"  # in a stage's file name: a run of decimal digits (an epoch, a round), nothing else

@@ -23,7 +23,7 @@ from INVERSION.relative import NEAR_SHARE, near_clean, relative_threshold
 from MODELS.checkpoint import BackgroundSaver, save_checkpoint
 from Trainer.common import Outputs, check_nonfinite, fmt_metrics, load_training_state
 from Trainer.epochs import read_timings
-from Trainer.filenames import BEST_TRIGGER, ROUND_TRIGGER
+from Trainer.filenames import BEST_TRIGGER, HARDENED_CKPT, ROUND_TRIGGER
 from Trainer.preview import save_trigger_preview
 from UTILS.errors import RESUME_HINT, Interrupted, fail
 from UTILS.io import load_npz, write_csv, write_json
@@ -43,7 +43,6 @@ SUMMARY_FILE = "metrics.json"
 STATE_FILE = "moth_state.pth"
 TIMINGS_FILE = "timings.csv"  # wall-clock seconds per round: kept apart so metrics.csv is reproducible
 ROUND_PREVIEW = "preview-{int}.png"  # the picture of round {int}'s trigger
-HARDENED_CKPT = "Harden_model_{int}.pth"  # the hardened encoder after epoch {int}
 SETTINGS_FILE = "setting.txt"  # the run's flags (Trainer.common.write_settings)
 # Every file this phase writes, by folder (exact names, {int} for a number; the README's recipe shares one log
 # dir between stages, so only these count as this phase's): the --overwrite guard reads this declaration

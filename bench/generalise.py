@@ -110,6 +110,11 @@ def build_parser() -> ArgumentParser:
                    help="also run each arm again on the encoder it cleaned: MAIN.py --phase detect, then MAIN.py "
                         "--phase moth and Unlearn-trigger.py with the same flags (what a user can do with the "
                         "scripts as they are; the arm must have run)")
+    p.add_argument("--hardstart", action="store_true",
+                   help="also unlearn each arm's chosen trigger starting from the encoder its MAIN.py --phase moth "
+                        "hardened (Unlearn-trigger.py --pretrained_encoder <its results_dir>/Harden_model_<epoch>.pth) "
+                        "instead of the backdoored encoder, and measure that hardened encoder as it is (what a user "
+                        "can do with the scripts as they are; the arm must have run)")
     p.add_argument("--tuned", default=",".join(TUNED), help="families the settings were chosen on (others: held out)")
     p.add_argument("--runs", default="demo_runs/generalise", help="folder of the cells' runs")
     p.add_argument("--data_root", default="data/families", help="folder the families' datasets are written to")
@@ -397,6 +402,32 @@ class Cell:
                           "check": {"verdict": check["verdict"], "pl1": check["pl1"]}})
         return json.loads(path.read_text())
 
+    def hardstart_file(self, arm: str) -> Path:
+        """Where hardstart(arm) keeps its numbers."""
+        return self.root / f"{arm}-hardstart" / "hardstart.json"
+
+    def hardstart(self, arm: str) -> dict | None:
+        """``arm``'s chosen trigger unlearned from the encoder its ``MAIN.py --phase moth`` hardened instead of the
+        backdoored one (``Unlearn-trigger.py --pretrained_encoder <results_dir>/Harden_model_<epoch>.pth``, the
+        arm's unlearning flags and seed), then the classifier; and the classifier on that hardened encoder as it is
+        (kept in <arm>-hardstart/hardstart.json). None when the arm has not run."""
+        path = self.hardstart_file(arm)
+        if path.is_file() and not self.args.rerun:
+            return json.loads(path.read_text())
+        first = self.run_for(arm)
+        metrics = first.layout.moth_log / "metrics.json"
+        if not (first.layout.summary.is_file() and metrics.is_file()):
+            return None
+        hardened = Path(json.loads(metrics.read_text())["hardened_encoder"])
+        log(f"\n##### {self.name}: arm {arm}'s trigger unlearned from its hardened encoder #####")
+        run = self.run_for(arm, folder=path.parent.name, encoder=hardened)
+        self.data.write_trigger(run.layout.trigger)  # the injected trigger: ASR is measured with it
+        as_is = run.evaluate("hardened", hardened)
+        found = run.evaluate("RECEIVE", run.unlearn("moth", first.layout.moth_log / BEST_TRIGGER))
+        write_json(path, {"acc": found["acc"], "asr": found["asr"], "from": str(hardened),
+                          "hardened": {"acc": as_is["acc"], "asr": as_is["asr"]}})
+        return json.loads(path.read_text())
+
     def row(self, encoders: dict, arms: dict[str, dict]) -> dict:
         """The cell's numbers for the table and its JSON."""
         from INVERSION.detect import judge_record
@@ -410,6 +441,8 @@ class Cell:
             path = self.reference_file(kind)
             row[kind] = json.loads(path.read_text()) if path.is_file() else None
         row["second"] = {a: json.loads(self.second_file(a).read_text()) for a in arms if self.second_file(a).is_file()}
+        row["hardstart"] = {a: json.loads(self.hardstart_file(a).read_text()) for a in arms
+                            if self.hardstart_file(a).is_file()}
         for kind in ENCODERS:
             det = encoders[kind]["detect"]
             # the current rule on the recorded measurements: a change to how they are read needs no new inversion
@@ -599,6 +632,18 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
                 lines.append(f"{short(r):<{w}}{t['check']['verdict'] + ' (' + _f(t['check']['pl1'], 4) + ')':<38}"
                              f"{_f(r[arm]['receive']['acc'], 1):>7}/{_f(r[arm]['receive']['asr'], 1):<6}"
                              f"{_f(t['acc'], 1):>8}/{_f(t['asr'], 1):<6}{t['round']:>6}{_f(t['l1'], 1):>7}")
+    for arm in arms:
+        hard = [r for r in rows if _get(r, "hardstart", arm)]
+        if hard:
+            lines += ["", f"arm {arm}'s trigger unlearned from the encoder its MAIN.py --phase moth hardened "
+                          "(--hardstart):",
+                      f"{'cell':<{w}}{'as recorded ACC/ASR':>20}{'from hardened':>15}{'hardened as is':>16}"]
+            for r in hard:
+                h = r["hardstart"][arm]
+                rec = r[arm]["receive"]
+                lines.append(f"{short(r):<{w}}{_f(rec['acc'], 1):>13}/{_f(rec['asr'], 1):<6}"
+                             f"{_f(h['acc'], 1):>8}/{_f(h['asr'], 1):<6}"
+                             f"{_f(h['hardened']['acc'], 1):>9}/{_f(h['hardened']['asr'], 1):<6}")
     lines += ["", "targets:"] + [f"  {t}" for t in targets(rows, arms)]
     return "\n".join(lines)
 
@@ -622,7 +667,8 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
     """The issue's targets per arm, for the recommended setting (recommended_arm) and for the verdicts, as
     'met'/'MISSED' lines."""
     out = []
-    chosen = [{**r, "recommended": r[a], "second": {"recommended": _get(r, "second", a)}}
+    chosen = [{**r, "recommended": r[a], "second": {"recommended": _get(r, "second", a)},
+               "hardstart": {"recommended": _get(r, "hardstart", a)}}
               for r in rows if (a := recommended_arm(r))]
     for arm in arms + (["recommended"] if chosen else []):
         done = [r for r in rows if arm in r] if arm != "recommended" else chosen
@@ -657,6 +703,18 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
             out.append(f"      (diagnostic) arm {arm} run twice (--second): ASR <= 5% and ACC at most 3 points below "
                        f"the backdoored encoder's in {len(ok)} of {len(twice)} cells with backdoored ASR >= 80% "
                        f"(mean ASR {once:.2f}% once, {again:.2f}% twice)")
+        hard = [r for r in strong if _get(r, "hardstart", arm)]
+        if hard:  # the arm's trigger unlearned from its hardened encoder (--hardstart)
+            ok = [r for r in hard
+                  if r["hardstart"][arm]["asr"] <= 5 and r["hardstart"][arm]["acc"] >= r["backdoored"]["acc"] - 3]
+            was = [r for r in hard if r[arm]["receive"]["asr"] <= 5
+                   and r[arm]["receive"]["acc"] >= r["backdoored"]["acc"] - 3]
+            rec = sum(r[arm]["receive"]["asr"] for r in hard) / len(hard)
+            from_hard = sum(r["hardstart"][arm]["asr"] for r in hard) / len(hard)
+            out.append(f"      (diagnostic) arm {arm} unlearned from its hardened encoder (--hardstart): ASR <= 5% and "
+                       f"ACC at most 3 points below the backdoored encoder's in {len(ok)} of {len(hard)} cells with "
+                       f"backdoored ASR >= 80% (as recorded: {len(was)}; mean ASR {rec:.2f}% as recorded, "
+                       f"{from_hard:.2f}% from the hardened encoder)")
     # a backdoored encoder whose injection failed (ASR below INJECTED_ASR) is no backdoored encoder to find
     # cells of one family, model and seed share one clean encoder (Cell.share_clean_encoder): it is judged once,
     # in the full attack's white-trigger cell when there is one, else in the first other cell
@@ -743,6 +801,9 @@ def build(cell: Cell, args: argparse.Namespace, arms: list[str]) -> None:
         if args.second:
             for arm in arms:
                 cell.second(arm)
+        if args.hardstart:
+            for arm in arms:
+                cell.hardstart(arm)
 
 
 @cli_entry

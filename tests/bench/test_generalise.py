@@ -382,6 +382,59 @@ def test_a_second_pass_starts_from_the_arms_cleaned_encoder_once_and_the_table_s
                for line in generalise.targets([r], ["paper"]))
 
 
+def test_hardstart_unlearns_the_arms_trigger_from_its_hardened_encoder_once_and_the_table_shows_it(
+        generalise, cell, monkeypatch):
+    """--hardstart hands Unlearn-trigger.py the arm's chosen trigger with the encoder the arm's MAIN.py hardened
+    (the path its metrics.json names) as the encoder to clean, measures that hardened encoder as it is too, keeps
+    the numbers, and is skipped while the arm has not run."""
+    import json
+
+    from DEMO.layout import RunLayout
+
+    calls = []
+    real_run_for = cell.run_for
+
+    class Run:  # the scripts --hardstart runs, recorded instead of run
+        def __init__(self, arm, folder=None, encoder=None):
+            self.real = real_run_for(arm, folder=folder, encoder=encoder)
+            self.layout, self.backdoored = self.real.layout, self.real.backdoored
+
+        def unlearn(self, phase, trigger):
+            calls.append(("unlearn", self.backdoored, Path(trigger)))
+            return self.layout.root / "unlearned.pth"
+
+        def evaluate(self, who, encoder):
+            calls.append(("evaluate", who, Path(encoder)))
+            return {"acc": 88.0, "asr": 99.0} if who == "hardened" else {"acc": 89.0, "asr": 2.5}
+
+    monkeypatch.setattr(cell, "run_for", Run)
+    assert cell.hardstart("paper") is None and not calls  # the arm has not run yet
+    first = RunLayout(cell.root / "paper")
+    hardened = first.moth_ckpt / "Harden_model_2.pth"
+    first.moth_log.mkdir(parents=True)
+    (first.moth_log / "metrics.json").write_text(json.dumps({"hardened_encoder": str(hardened)}))
+    first.summary.parent.mkdir(parents=True, exist_ok=True)
+    first.summary.write_text("{}")
+    found = cell.hardstart("paper")
+    assert found == {"acc": 89.0, "asr": 2.5, "from": str(hardened), "hardened": {"acc": 88.0, "asr": 99.0}}
+    mine = RunLayout(cell.root / "paper-hardstart")
+    assert calls == [("evaluate", "hardened", hardened),
+                     ("unlearn", hardened, first.moth_log / generalise.BEST_TRIGGER),
+                     ("evaluate", "RECEIVE", mine.root / "unlearned.pth")]
+    cell.hardstart("paper")
+    assert len(calls) == 3 and json.loads(cell.hardstart_file("paper").read_text()) == found  # kept, not run again
+    r = {**row(generalise, "synthetic", 0, 0.09, 0.03, "no backdoor found", "backdoor found", 7.0, 4.0),
+         "hardstart": {"paper": found}}
+    text = generalise.format_family("synthetic", [r], ["paper"], held_out=False)
+    assert "arm paper's trigger unlearned from the encoder its MAIN.py --phase moth hardened" in text
+    assert "80.0/7.0" in text and "89.0/2.5" in text and "88.0/99.0" in text
+    lines = generalise.targets([r], ["paper"])
+    assert ("      (diagnostic) arm paper unlearned from its hardened encoder (--hardstart): ASR <= 5% and ACC at "
+            "most 3 points below the backdoored encoder's in 1 of 1 cells with backdoored ASR >= 80% (as recorded: 0; "
+            "mean ASR 7.00% as recorded, 2.50% from the hardened encoder)") in lines
+    assert any(line.startswith("      (diagnostic) arm recommended unlearned from its hardened encoder") for line in lines)
+
+
 def test_the_families_picture_has_a_row_per_family_and_shows_their_images(families, tmp_path):
     sheet = families.preview(["glyphs", "textures"])
     assert sheet.size == (96 + 10 * 68, 2 * 68)
