@@ -643,7 +643,7 @@ def format_family(family: str, rows: list[dict], arms: list[str], held_out: bool
                 rec = r[arm]["receive"]
                 lines.append(f"{short(r):<{w}}{_f(rec['acc'], 1):>13}/{_f(rec['asr'], 1):<6}"
                              f"{_f(h['acc'], 1):>8}/{_f(h['asr'], 1):<6}"
-                             f"{_f(h['hardened']['acc'], 1):>9}/{_f(h['hardened']['asr'], 1):<6}")
+                             f"{_f(h['hardened']['acc'], 1):>9}/{_f(h['hardened']['asr'], 1)}")
     lines += ["", "targets:"] + [f"  {t}" for t in targets(rows, arms)]
     return "\n".join(lines)
 
