@@ -95,7 +95,8 @@ def build_parser() -> ArgumentParser:
                         + ", ".join(f"{k} {v}" for k, v in DETECT_RATIO_BY_KIND.items()) + " (by "
                         "--detect_psim_kind), instead of one threshold for every encoder. With --detect_psim_kind "
                         "centred it read anisotropic encoders the default cannot, but missed slow, partial "
-                        "backdoors that the pairs kind read right (docs/DETECTION.md)")
+                        "backdoors that the pairs kind read right, and on encoders built again on another machine "
+                        "it was wrong on 2 of 52 pairs (docs/DETECTION.md)")
     p.add_argument("--detect_images", type=int, default=d.detect_images,
                    help="--phase detect: images of the --data_ratio share the trigger must collapse, the number "
                         "--detect_pl1 was calibrated on (0: all; more images make every trigger larger)")
