@@ -432,7 +432,8 @@ def test_hardstart_unlearns_the_arms_trigger_from_its_hardened_encoder_once_and_
     assert ("      (diagnostic) arm paper unlearned from its hardened encoder (--hardstart): ASR <= 5% and ACC at "
             "most 3 points below the backdoored encoder's in 1 of 1 cells with backdoored ASR >= 80% (as recorded: 0; "
             "mean ASR 7.00% as recorded, 2.50% from the hardened encoder)") in lines
-    assert any(line.startswith("      (diagnostic) arm recommended unlearned from its hardened encoder") for line in lines)
+    assert any(line.startswith("      (diagnostic) arm recommended unlearned from its hardened encoder")
+               for line in lines)
 
 
 def test_the_families_picture_has_a_row_per_family_and_shows_their_images(families, tmp_path):
