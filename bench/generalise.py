@@ -663,6 +663,12 @@ def recommended_arm(row: dict) -> str | None:
     return arm if arm in row else None
 
 
+def removed(result: dict, row: dict) -> bool:
+    """The issue's removal targets on one cell: ``result`` (an ACC/ASR after cleaning) has ASR <= 5 % and ACC at most
+    3 points below the cell's backdoored encoder's."""
+    return result["asr"] <= 5 and result["acc"] >= row["backdoored"]["acc"] - 3
+
+
 def targets(rows: list[dict], arms: list[str]) -> list[str]:
     """The issue's targets per arm, for the recommended setting (recommended_arm) and for the verdicts, as
     'met'/'MISSED' lines."""
@@ -673,8 +679,7 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
     for arm in arms + (["recommended"] if chosen else []):
         done = [r for r in rows if arm in r] if arm != "recommended" else chosen
         strong = [r for r in done if r["backdoored"]["asr"] >= 80]
-        good = [r for r in strong if r[arm]["receive"]["asr"] <= 5
-                and r[arm]["receive"]["acc"] >= r["backdoored"]["acc"] - 3]
+        good = [r for r in strong if removed(r[arm]["receive"], r)]
         if arm == "recommended":
             out.append("  (recommended: the paper's flags, or auto with --psim centred where MAIN.py warns that the "
                        "threshold lies near the clean psim, as the README says)")
@@ -696,8 +701,7 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
                        f"of {len(floored)} cells (mean {rec:.2f}% vs {floor:.2f}%)")
         twice = [r for r in strong if _get(r, "second", arm)]
         if twice:  # the same arm run again on the encoder it cleaned (--second)
-            ok = [r for r in twice
-                  if r["second"][arm]["asr"] <= 5 and r["second"][arm]["acc"] >= r["backdoored"]["acc"] - 3]
+            ok = [r for r in twice if removed(r["second"][arm], r)]
             once = sum(r[arm]["receive"]["asr"] for r in twice) / len(twice)
             again = sum(r["second"][arm]["asr"] for r in twice) / len(twice)
             out.append(f"      (diagnostic) arm {arm} run twice (--second): ASR <= 5% and ACC at most 3 points below "
@@ -705,10 +709,8 @@ def targets(rows: list[dict], arms: list[str]) -> list[str]:
                        f"(mean ASR {once:.2f}% once, {again:.2f}% twice)")
         hard = [r for r in strong if _get(r, "hardstart", arm)]
         if hard:  # the arm's trigger unlearned from its hardened encoder (--hardstart)
-            ok = [r for r in hard
-                  if r["hardstart"][arm]["asr"] <= 5 and r["hardstart"][arm]["acc"] >= r["backdoored"]["acc"] - 3]
-            was = [r for r in hard if r[arm]["receive"]["asr"] <= 5
-                   and r[arm]["receive"]["acc"] >= r["backdoored"]["acc"] - 3]
+            ok = [r for r in hard if removed(r["hardstart"][arm], r)]
+            was = [r for r in hard if removed(r[arm]["receive"], r)]
             rec = sum(r[arm]["receive"]["asr"] for r in hard) / len(hard)
             from_hard = sum(r["hardstart"][arm]["asr"] for r in hard) / len(hard)
             out.append(f"      (diagnostic) arm {arm} unlearned from its hardened encoder (--hardstart): ASR <= 5% and "
